@@ -1,0 +1,1 @@
+"""TFLite conversion and metadata for mobile apps."""

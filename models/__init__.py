@@ -1,0 +1,1 @@
+"""Model code: input pipeline, model registry, Trainer entry point, export."""

@@ -1,0 +1,38 @@
+"""Writes the serving SavedModel with Keras 3's own export API.
+
+Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
+  * ``serving_default``: serialized tf.Example strings -> probabilities; used
+    by TFMA and by model servers (TF Serving's predict/classify on Examples).
+  * ``serving_images``: float32 [N, S, S, 3] in [0, 1] (already resized) ->
+    probabilities; the one the TFLite converter reads.
+Both return ``{'probabilities': float32 [N, num_classes]}``.
+"""
+
+import keras
+import tensorflow as tf
+
+from models import features
+from models import preprocessing
+
+
+def export_serving_model(model: keras.Model, export_dir: str,
+                         image_size: int) -> None:
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+
+  def serve_examples(examples):
+    parsed = tf.io.parse_example(examples, preprocessing.image_spec())
+    images = preprocessing.decode_batch(parsed[features.IMAGE_KEY], image_size)
+    return {features.PREDICTION_KEY: model(images, training=False)}
+
+  def serve_images(images):
+    return {features.PREDICTION_KEY: model(images, training=False)}
+
+  archive.add_endpoint(
+      name=features.EXAMPLE_SIGNATURE, fn=serve_examples,
+      input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+  archive.add_endpoint(
+      name=features.IMAGE_SIGNATURE, fn=serve_images,
+      input_signature=[tf.TensorSpec([None, image_size, image_size, 3],
+                                     tf.float32, name='images')])
+  archive.write_out(export_dir)

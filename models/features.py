@@ -1,0 +1,26 @@
+"""The tf.Example contract shared by ingestion, training, evaluation and export.
+
+Every component reads feature keys from here; nothing else spells them out.
+The label list is a pipeline setting (``pipeline/configs.py``) and reaches the
+code that needs it as a parameter, so a dataset with other classes needs no
+code change.
+"""
+
+IMAGE_KEY = 'image'          # bytes: encoded JPEG
+LABEL_KEY = 'label'          # int64: index into the pipeline's label list
+IMAGE_ID_KEY = 'image_id'    # bytes
+LESION_ID_KEY = 'lesion_id'  # bytes: split groups; an image without one is its own group
+AGE_KEY = 'age'              # float, may be missing
+SEX_KEY = 'sex'              # bytes: male | female | unknown
+LOCALIZATION_KEY = 'localization'  # bytes: anatomical site or 'unknown'
+DATASET_KEY = 'dataset'      # bytes: acquisition source
+
+STRING_FEATURES = (IMAGE_ID_KEY, LESION_ID_KEY, SEX_KEY, LOCALIZATION_KEY,
+                   DATASET_KEY)
+
+# Names of the serving signatures written by the Trainer.
+EXAMPLE_SIGNATURE = 'serving_default'   # serialized tf.Example -> probabilities
+IMAGE_SIGNATURE = 'serving_images'      # float32 [N, H, W, 3] in [0, 1] -> probabilities
+PREDICTION_KEY = 'probabilities'
+
+UNKNOWN = 'unknown'

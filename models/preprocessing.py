@@ -1,0 +1,83 @@
+"""Image decoding and tf.Example parsing, shared by training and serving.
+
+The canonical preprocessing is: decode the JPEG as RGB, resize (bilinear) to
+``image_size`` x ``image_size``, round to uint8, scale to [0, 1].  The
+training input, the tf.Example serving signature and the raw-image signature
+(whose callers, e.g. the TFLite Task Library, resize to uint8 themselves and
+normalize with mean 0 / std 255) all see exactly this.
+"""
+
+from typing import Dict, Sequence
+
+import tensorflow as tf
+
+from models import features
+
+
+def decode_and_resize(jpeg: tf.Tensor, image_size: int) -> tf.Tensor:
+  """One encoded image (scalar string) -> uint8 [image_size, image_size, 3]."""
+  image = tf.io.decode_jpeg(jpeg, channels=3)
+  image = tf.image.resize(image, [image_size, image_size], method='bilinear')
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def to_model_input(images_uint8: tf.Tensor) -> tf.Tensor:
+  """uint8 pixels -> float32 in [0, 1], the models' input."""
+  return tf.cast(images_uint8, tf.float32) / 255.0
+
+
+def decode_batch(jpegs: tf.Tensor, image_size: int) -> tf.Tensor:
+  """A batch of encoded images [N] -> float32 [N, S, S, 3] in [0, 1]."""
+  images = tf.map_fn(
+      lambda jpeg: decode_and_resize(jpeg, image_size), jpegs,
+      fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
+  return to_model_input(images)
+
+
+def image_label_spec() -> Dict[str, tf.io.FixedLenFeature]:
+  return {
+      features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+      features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+  }
+
+
+def image_spec() -> Dict[str, tf.io.FixedLenFeature]:
+  return {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
+
+
+def list_files(file_patterns: Sequence[str]) -> list:
+  files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+  if not files:
+    raise FileNotFoundError(f'no TFRecord files match {list(file_patterns)}')
+  return files
+
+
+def read_examples(file_patterns: Sequence[str]) -> tf.data.Dataset:
+  """Serialized tf.Examples from ExampleGen's GZIP TFRecords, in file order."""
+  return tf.data.TFRecordDataset(list_files(file_patterns),
+                                 compression_type='GZIP')
+
+
+def image_label_dataset(file_patterns: Sequence[str],
+                        image_size: int) -> tf.data.Dataset:
+  """(uint8 image, label) pairs, deterministic order."""
+  def parse(serialized):
+    ex = tf.io.parse_single_example(serialized, image_label_spec())
+    return (decode_and_resize(ex[features.IMAGE_KEY], image_size),
+            ex[features.LABEL_KEY])
+  return read_examples(file_patterns).map(
+      parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def label_counts(file_patterns: Sequence[str], num_classes: int) -> list:
+  """Examples per class index (labels only: no image is decoded)."""
+  spec = {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+  counts = [0] * num_classes
+  labels = read_examples(file_patterns).batch(1024).map(
+      lambda s: tf.io.parse_example(s, spec)[features.LABEL_KEY])
+  for batch in labels.as_numpy_iterator():
+    for label in batch:
+      if not 0 <= label < num_classes:
+        raise ValueError(f'label {label} outside [0, {num_classes})')
+      counts[label] += 1
+  return counts

@@ -1,0 +1,1 @@
+"""Pipeline definition, settings, runners and the `skinlesion` CLI."""

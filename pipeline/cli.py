@@ -1,0 +1,113 @@
+"""The `skinlesion` command line.
+
+  skinlesion demo-data OUT_DIR [--per-class N] [--seed S]
+  skinlesion run --data DIR [--layout ham10000|folders] [--home DIR] [...]
+  skinlesion summary [--home DIR]
+"""
+
+import argparse
+import sys
+import time
+from typing import List, Optional
+
+
+def _settings_from(args):
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  return configs.Settings.from_env(
+      data_root=getattr(args, 'data', None), layout=getattr(args, 'layout', None),
+      home=args.home, pipeline_name=args.pipeline_name,
+      model=getattr(args, 'model', None), epochs=getattr(args, 'epochs', None),
+      image_size=getattr(args, 'image_size', None),
+      min_balanced_accuracy=getattr(args, 'min_balanced_accuracy', None),
+      max_balanced_accuracy_drop=getattr(args, 'max_balanced_accuracy_drop',
+                                         None),
+      enable_cache=False if getattr(args, 'no_cache', False) else None)
+
+
+def cmd_demo_data(args) -> int:
+  from pipeline import demo_data  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  counts = demo_data.generate(args.out_dir, per_class=args.per_class,
+                              seed=args.seed)
+  print(f'Wrote {sum(counts.values())} images to {args.out_dir} in '
+        f'{time.time() - start:.1f} s: '
+        + ', '.join(f'{k} {v}' for k, v in counts.items()))
+  return 0
+
+
+def cmd_run(args) -> int:
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  from pipeline import summary  # pylint: disable=g-import-not-at-top
+  settings = _settings_from(args)
+  logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
+  print(f'Running {settings.pipeline_name} on {settings.data_root} '
+        f'({settings.layout}); outputs under {settings.home}', flush=True)
+  error = None
+  try:
+    local_runner.run(settings)
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  try:
+    print('\n' + summary.latest_run(settings).format())
+  except (LookupError, FileNotFoundError) as e:
+    print(f'(no run summary: {e})')
+  if error is not None:
+    print(f'\nThe run FAILED: {type(error).__name__}: {error}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def cmd_summary(args) -> int:
+  from pipeline import summary  # pylint: disable=g-import-not-at-top
+  print(summary.latest_run(_settings_from(args)).format())
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='skinlesion',
+      description='Skin-lesion classification pipeline on TFX.')
+  sub = parser.add_subparsers(dest='command', required=True)
+
+  demo = sub.add_parser('demo-data', help='write the synthetic demo dataset')
+  demo.add_argument('out_dir')
+  demo.add_argument('--per-class', type=int, default=30,
+                    help='images of the rarest class (default 30)')
+  demo.add_argument('--seed', type=int, default=0)
+  demo.set_defaults(func=cmd_demo_data)
+
+  def common(p):
+    p.add_argument('--home', help='output folder (pipeline root, metadata, '
+                   'serving models); default: ./tfx_home')
+    p.add_argument('--pipeline-name', help='default: skin-lesion-tfx')
+
+  run = sub.add_parser('run', help='run the whole pipeline locally')
+  run.add_argument('--data', required=True, help='archive root folder')
+  run.add_argument('--layout', choices=('ham10000', 'folders'))
+  common(run)
+  run.add_argument('--model', help='model registry name')
+  run.add_argument('--epochs', type=int)
+  run.add_argument('--image-size', type=int)
+  run.add_argument('--min-balanced-accuracy', type=float,
+                   help='blessing: lower bound on test balanced accuracy')
+  run.add_argument('--max-balanced-accuracy-drop', type=float,
+                   help='blessing: allowed drop vs the latest blessed model')
+  run.add_argument('--no-cache', action='store_true',
+                   help='re-run every component')
+  run.add_argument('--verbose', action='store_true', help='TFX INFO logs')
+  run.set_defaults(func=cmd_run)
+
+  summ = sub.add_parser('summary', help="summarise a home's latest run")
+  common(summ)
+  summ.set_defaults(func=cmd_summary)
+  return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  return args.func(args)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

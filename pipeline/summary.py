@@ -1,0 +1,209 @@
+"""What a run did, read back from ML Metadata: the end-of-run summary.
+
+For the latest run of a pipeline: each component's status and wall time, the
+blessing decision with the gated metric values (and the failing thresholds),
+and the paths of the pushed SavedModel and .tflite.
+"""
+
+import dataclasses
+import os
+from typing import Dict, List, Optional, Sequence
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2
+import tensorflow_model_analysis as tfma
+
+from components import tfma_metrics
+from pipeline import configs
+
+_STATE_NAMES = {v: k for k, v in
+                metadata_store_pb2.Execution.State.items()}
+
+
+@dataclasses.dataclass
+class ComponentRun:
+  node_id: str
+  state: str
+  seconds: float
+
+
+@dataclasses.dataclass
+class RunSummary:
+  run_id: str
+  components: List[ComponentRun]
+  blessed: Optional[bool] = None
+  metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+  per_class_recall: Dict[str, float] = dataclasses.field(default_factory=dict)
+  failed_thresholds: List[str] = dataclasses.field(default_factory=list)
+  has_baseline: bool = False
+  pushed_model: Optional[str] = None
+  pushed_tflite: Optional[str] = None
+  examples_uri: Optional[str] = None
+
+  def format(self) -> str:
+    lines = [f'Run {self.run_id}', '', f'{"component":<34}{"status":<10}time']
+    for c in self.components:
+      lines.append(f'{c.node_id:<34}{c.state:<10}{c.seconds:6.1f} s')
+    lines.append('')
+    if self.blessed is None:
+      lines.append('Blessing: no evaluation in this run.')
+    else:
+      verdict = 'BLESSED' if self.blessed else 'NOT BLESSED'
+      baseline = ('against the latest blessed model' if self.has_baseline
+                  else 'no earlier blessed model to compare with')
+      lines.append(f'Blessing: {verdict} ({baseline})')
+      for name, value in sorted(self.metrics.items()):
+        lines.append(f'  {name:<32}{value:.4f}')
+      if self.per_class_recall:
+        lines.append('  recall per class: ' + ', '.join(
+            f'{k} {v:.2f}' for k, v in self.per_class_recall.items()))
+      for failure in self.failed_thresholds:
+        lines.append(f'  FAILED: {failure}')
+    lines.append('')
+    lines.append(f'Pushed SavedModel: {self.pushed_model or "(none)"}')
+    lines.append(f'Pushed TFLite:     {self.pushed_tflite or "(none)"}')
+    return '\n'.join(lines)
+
+
+def _store(metadata_path: str) -> mlmd.MetadataStore:
+  if not os.path.exists(metadata_path):
+    raise FileNotFoundError(f'no metadata store at {metadata_path}')
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = metadata_path
+  config.sqlite.connection_mode = (
+      metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)
+  return mlmd.MetadataStore(config)
+
+
+def _outputs(store: mlmd.MetadataStore, execution_id: int
+             ) -> Dict[str, List[metadata_store_pb2.Artifact]]:
+  events = store.get_events_by_execution_ids([execution_id])
+  by_key: Dict[str, List[int]] = {}
+  for event in events:
+    if event.type in (metadata_store_pb2.Event.OUTPUT,
+                      metadata_store_pb2.Event.DECLARED_OUTPUT):
+      key = next((s.key for s in event.path.steps if s.HasField('key')), '')
+      by_key.setdefault(key, []).append(event.artifact_id)
+  return {key: store.get_artifacts_by_id(ids) for key, ids in by_key.items()}
+
+
+def _prop(artifact: metadata_store_pb2.Artifact, name: str):
+  value = artifact.custom_properties.get(name)
+  if value is None:
+    return None
+  which = value.WhichOneof('value')
+  return getattr(value, which) if which else None
+
+
+def _metric_value(value) -> Optional[float]:
+  if isinstance(value, dict):
+    if 'doubleValue' in value:
+      return float(value['doubleValue'])
+    return None
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
+
+
+def _class_id(sub_key: str) -> int:
+  """'classId:3' or 'classId:3 topK:1' -> 3."""
+  return int(sub_key.split()[0].split(':')[1])
+
+
+def read_evaluation(evaluation_uri: str, labels: Sequence[str]):
+  """(overall metrics, per-class recall, failed thresholds, has_baseline)."""
+  result = tfma.load_eval_result(evaluation_uri)
+  metrics: Dict[str, float] = {}
+  recall: Dict[str, float] = {}
+  has_baseline = False
+  for slice_key, slice_metrics in result.slicing_metrics:
+    if slice_key != ():
+      continue
+    for _, by_sub_key in slice_metrics.items():
+      for sub_key, values in by_sub_key.items():
+        for name, value in values.items():
+          number = _metric_value(value)
+          if number is None:
+            continue
+          if name.endswith('_diff'):
+            has_baseline = True
+          if sub_key.startswith('classId:'):
+            if name == tfma_metrics.CLASS_RECALL_NAME:
+              recall[labels[_class_id(sub_key)]] = number
+          elif sub_key == '':
+            metrics[name] = number
+  failures = []
+  validation = tfma.load_validation_result(evaluation_uri)
+  for per_slice in validation.metric_validations_per_slice:
+    for failure in per_slice.failures:
+      threshold = failure.metric_threshold
+      failures.append(
+          f'{failure.metric_key.name}'
+          f'{" (change vs baseline)" if failure.metric_key.is_diff else ""}'
+          f' = {failure.metric_value.double_value.value:.4f}, threshold '
+          f'{_threshold_text(threshold)}')
+  return metrics, recall, failures, has_baseline
+
+
+def _threshold_text(threshold) -> str:
+  if threshold.HasField('value_threshold'):
+    t = threshold.value_threshold
+    parts = []
+    if t.HasField('lower_bound'):
+      parts.append(f'>= {t.lower_bound.value:.4f}')
+    if t.HasField('upper_bound'):
+      parts.append(f'<= {t.upper_bound.value:.4f}')
+    return ' and '.join(parts)
+  if threshold.HasField('change_threshold'):
+    t = threshold.change_threshold
+    return f'change >= {t.absolute.value:.4f}'
+  return str(threshold)
+
+
+def latest_run(settings: configs.Settings) -> RunSummary:
+  """The summary of the newest run of settings.pipeline_name."""
+  store = _store(settings.metadata_path)
+  runs = [c for c in store.get_contexts_by_type('pipeline_run')]
+  pipelines = {c.id for c in store.get_contexts_by_type('pipeline')
+               if c.name == settings.pipeline_name}
+  if not runs or not pipelines:
+    raise LookupError(f'no run of {settings.pipeline_name} in '
+                      f'{settings.metadata_path}')
+  run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+  executions = sorted(store.get_executions_by_context(run.id),
+                      key=lambda e: (e.create_time_since_epoch, e.id))
+  node_contexts = {c.id: c.name for c in store.get_contexts_by_type('node')}
+  summary = RunSummary(run_id=run.name, components=[])
+  for execution in executions:
+    node_id = _node_id(store, execution.id, node_contexts)
+    seconds = (execution.last_update_time_since_epoch
+               - execution.create_time_since_epoch) / 1000.0
+    state = _STATE_NAMES.get(execution.last_known_state, '?')
+    summary.components.append(ComponentRun(node_id, state, seconds))
+    outputs = _outputs(store, execution.id)
+    if 'blessing' in outputs and outputs['blessing']:
+      summary.blessed = bool(_prop(outputs['blessing'][0], 'blessed'))
+    if 'evaluation' in outputs and outputs['evaluation']:
+      (summary.metrics, summary.per_class_recall, summary.failed_thresholds,
+       summary.has_baseline) = read_evaluation(
+           outputs['evaluation'][0].uri, settings.labels)
+    if 'pushed_model' in outputs and outputs['pushed_model']:
+      artifact = outputs['pushed_model'][0]
+      if _prop(artifact, 'pushed'):
+        summary.pushed_model = _prop(artifact, 'pushed_destination')
+    if 'tflite_model' in outputs and outputs['tflite_model']:
+      summary.pushed_tflite = _prop(outputs['tflite_model'][0],
+                                    'pushed_tflite')
+    if 'examples' in outputs and outputs['examples']:
+      summary.examples_uri = outputs['examples'][0].uri
+  return summary
+
+
+def _node_id(store: mlmd.MetadataStore, execution_id: int,
+             node_contexts: Dict[int, str]) -> str:
+  """The component id: node contexts are named '<pipeline>.<node id>'."""
+  for context in store.get_contexts_by_execution(execution_id):
+    if context.id in node_contexts:
+      return context.name.split('.', 1)[-1]
+  return str(execution_id)

@@ -1,0 +1,193 @@
+"""The whole pipeline on tiny generated data, for real (no stage faked).
+
+Run 1 (project CLI, loose gates): ingestion -> ... -> blessed -> pushed
+SavedModel + int8 .tflite.  Run 2 (TFX CLI, same home, impossible gate): the
+cached components are reused, the candidate is not blessed, nothing is pushed.
+"""
+
+import collections
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from components import image_example_gen
+from models import features
+from models import preprocessing
+from pipeline import cli
+from pipeline import configs
+from pipeline import summary
+
+pytestmark = pytest.mark.e2e
+
+IMAGE_SIZE = 32
+
+
+def _settings(archive, home, **overrides):
+  values = dict(data_root=archive, home=home, image_size=IMAGE_SIZE, epochs=3,
+                width=0.25, batch_size=16, min_balanced_accuracy=0.0,
+                max_balanced_accuracy_drop=1.0)
+  values.update(overrides)
+  return configs.Settings(**values)
+
+
+@pytest.fixture(scope='module')
+def first_run(tiny_archive, tmp_path_factory):
+  home = str(tmp_path_factory.mktemp('home'))
+  settings = _settings(tiny_archive, home)
+  env = settings.to_env()
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)  # `skinlesion run` reads the SKINLESION_* settings.
+  try:
+    code = cli.main(['run', '--data', tiny_archive, '--home', home])
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  assert code == 0
+  return settings, summary.latest_run(settings)
+
+
+def _split_examples(examples_uri):
+  """split -> list of parsed tf.train.Example, read straight from TFRecords."""
+  out = {}
+  for split_dir in sorted(glob.glob(os.path.join(examples_uri, 'Split-*'))):
+    split = os.path.basename(split_dir)[len('Split-'):]
+    out[split] = [tf.train.Example.FromString(r.numpy()) for r in
+                  preprocessing.read_examples([os.path.join(split_dir, '*')])]
+  return out
+
+
+def _string(example, key):
+  return example.features.feature[key].bytes_list.value[0].decode()
+
+
+def test_every_component_ran_and_model_was_blessed(first_run):
+  _, run = first_run
+  states = {c.node_id: c.state for c in run.components}
+  for node in ('ImageExampleGen', 'StatisticsGen', 'SchemaGen',
+               'ExampleValidator', 'AnomaliesGate', 'Trainer', 'Evaluator',
+               'Pusher', 'TFLiteExporter'):
+    assert states.get(node) == 'COMPLETE', (node, states)
+  assert run.blessed is True
+  assert 0.0 <= run.metrics['balanced_accuracy'] <= 1.0
+  assert set(run.per_class_recall) <= set(configs.LABELS)
+
+
+def test_record_counts_equal_input_counts(first_run, tiny_archive):
+  _, run = first_run
+  with open(os.path.join(tiny_archive, 'HAM10000_metadata.csv')) as f:
+    input_rows = sum(1 for _ in f) - 1
+  splits = _split_examples(run.examples_uri)
+  assert set(splits) == set(configs.SPLIT_BUCKETS)
+  assert sum(len(v) for v in splits.values()) == input_rows
+  with open(os.path.join(run.examples_uri,
+                         image_example_gen.REPORT_FILE)) as f:
+    report = json.load(f)
+  assert report['input_records'] == report['examples'] == input_rows
+  assert report['examples_per_split'] == {k: len(v) for k, v in splits.items()}
+  image_ids = [_string(ex, features.IMAGE_ID_KEY)
+               for exs in splits.values() for ex in exs]
+  assert len(set(image_ids)) == input_rows
+
+
+def test_no_lesion_in_two_splits(first_run):
+  _, run = first_run
+  lesion_splits = collections.defaultdict(set)
+  for split, examples in _split_examples(run.examples_uri).items():
+    for ex in examples:
+      lesion_splits[_string(ex, features.LESION_ID_KEY)].add(split)
+  shared = {k: v for k, v in lesion_splits.items() if len(v) > 1}
+  assert not shared
+  # The archive does have multi-image lesions, so the check means something.
+  assert any(len(v) == 1 for v in lesion_splits.values())
+
+
+def test_schema_gives_image_an_image_domain(first_run):
+  settings, _ = first_run
+  schema_files = glob.glob(os.path.join(settings.pipeline_root, 'SchemaGen',
+                                        'schema', '*', 'schema.pbtxt'))
+  assert schema_files
+  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+  schema = text_format.Parse(open(schema_files[0]).read(), schema_pb2.Schema())
+  image = [f for f in schema.feature if f.name == features.IMAGE_KEY][0]
+  assert image.HasField('image_domain')
+
+
+def test_pushed_savedmodel_answers_both_signatures(first_run):
+  _, run = first_run
+  assert run.pushed_model and os.path.exists(
+      os.path.join(run.pushed_model, 'saved_model.pb'))
+  loaded = tf.saved_model.load(run.pushed_model)
+  examples = _split_examples(run.examples_uri)['test'][:8]
+  serialized = tf.constant([ex.SerializeToString() for ex in examples])
+  by_example = loaded.signatures[features.EXAMPLE_SIGNATURE](
+      examples=serialized)[features.PREDICTION_KEY].numpy()
+  jpegs = tf.constant([ex.features.feature[features.IMAGE_KEY].bytes_list
+                       .value[0] for ex in examples])
+  images = preprocessing.decode_batch(jpegs, IMAGE_SIZE)
+  by_image = loaded.signatures[features.IMAGE_SIGNATURE](
+      images=images)[features.PREDICTION_KEY].numpy()
+  assert by_example.shape == (8, len(configs.LABELS))
+  np.testing.assert_allclose(by_example.sum(axis=1), 1.0, atol=1e-5)
+  # Same preprocessing on both paths: same probabilities.
+  np.testing.assert_allclose(by_example, by_image, atol=1e-5)
+
+
+def test_pushed_tflite_returns_seven_probabilities(first_run):
+  _, run = first_run
+  assert run.pushed_tflite == os.path.join(run.pushed_model,
+                                           configs.TFLITE_FILE_NAME)
+  interpreter = tf.lite.Interpreter(model_path=run.pushed_tflite)
+  interpreter.allocate_tensors()
+  inp = interpreter.get_input_details()[0]
+  out = interpreter.get_output_details()[0]
+  assert inp['dtype'] == np.uint8
+  assert list(inp['shape']) == [1, IMAGE_SIZE, IMAGE_SIZE, 3]
+  example = _split_examples(run.examples_uri)['test'][0]
+  pixels = preprocessing.decode_and_resize(
+      example.features.feature[features.IMAGE_KEY].bytes_list.value[0],
+      IMAGE_SIZE).numpy()
+  interpreter.set_tensor(inp['index'], pixels[None])
+  interpreter.invoke()
+  probs = interpreter.get_tensor(out['index'])[0]
+  assert probs.shape == (len(configs.LABELS),)
+  assert out['dtype'] == np.float32
+  assert abs(float(probs.sum()) - 1.0) < 0.02
+  with open(os.path.join(run.pushed_model, 'labels.txt')) as f:
+    assert f.read().split() == list(configs.LABELS)
+
+
+def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
+  settings, run = first_run
+  versions_before = sorted(os.listdir(settings.serving_model_dir))
+  strict = _settings(settings.data_root, settings.home,
+                     min_balanced_accuracy=1.01)
+  env = dict(os.environ, **strict.to_env(), HOME=str(tmp_path))
+  tfx_cli = os.path.join(os.path.dirname(sys.executable), 'tfx')
+  runner = os.path.join(configs.PROJECT_ROOT, 'pipeline', 'local_runner.py')
+  subprocess.run([tfx_cli, 'pipeline', 'create', '--engine', 'local',
+                  '--pipeline_path', runner], env=env, check=True,
+                 capture_output=True)
+  subprocess.run([tfx_cli, 'run', 'create', '--engine', 'local',
+                  '--pipeline_name', strict.pipeline_name], env=env,
+                 check=True, capture_output=True)
+  second = summary.latest_run(strict)
+  assert second.run_id != run.run_id
+  states = {c.node_id: c.state for c in second.components}
+  # Unchanged data and code: everything up to the Trainer comes from cache.
+  for node in ('ImageExampleGen', 'StatisticsGen', 'Trainer'):
+    assert states[node] == 'CACHED', states
+  assert second.blessed is False
+  assert any('balanced_accuracy' in f and '1.0100' in f
+             for f in second.failed_thresholds), second.failed_thresholds
+  assert second.pushed_model is None and second.pushed_tflite is None
+  assert sorted(os.listdir(settings.serving_model_dir)) == versions_before
