@@ -29,10 +29,21 @@ from pipeline import pipeline as pipeline_lib
 
 
 def run(settings: configs.Settings) -> None:
-  """Runs the whole pipeline synchronously; raises if a component fails."""
+  """Runs the whole pipeline synchronously; raises if a component fails.
+
+  TFX hands the process's command line to every executor (as absl flags and
+  as extra Beam arguments).  The settings are already parsed, so the caller's
+  arguments (``skinlesion run --data ...``, or pytest's ``-v``, which absl
+  reads as ``--verbosity``) are hidden from the components while they run.
+  """
   settings.validate()
-  tfx.orchestration.LocalDagRunner().run(
-      pipeline_lib.create_pipeline(settings))
+  argv = sys.argv
+  sys.argv = argv[:1]
+  try:
+    tfx.orchestration.LocalDagRunner().run(
+        pipeline_lib.create_pipeline(settings))
+  finally:
+    sys.argv = argv
 
 
 if __name__ == '__main__':

@@ -30,3 +30,42 @@ def shared_ham10000():
   if not os.path.exists(os.path.join(SHARED_HAM10000, 'HAM10000_metadata.csv')):
     pytest.skip('../shared/data/ham10000 is not present on this machine')
   return SHARED_HAM10000
+
+
+@pytest.fixture(scope='session')
+def tiny_tfrecords(tiny_archive, tmp_path_factory):
+  """The tiny archive as GZIP TFRecords of tf.Example: (train, eval) paths."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from components import image_example_gen  # pylint: disable=g-import-not-at-top
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  records, _ = image_example_gen.list_ham10000(tiny_archive, configs.LABELS)
+  out = tmp_path_factory.mktemp('tfrecords')
+  paths = []
+  for name, part in (('train', records[::2]), ('eval', records[1::2])):
+    path = str(out / f'{name}.gz')
+    with tf.io.TFRecordWriter(path, options='GZIP') as writer:
+      for record in part:
+        writer.write(image_example_gen.record_to_example(record)
+                     .SerializeToString())
+    paths.append(path)
+  return tuple(paths)
+
+
+TINY_IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope='session')
+def trained_model(tiny_tfrecords, tmp_path_factory):
+  """models.trainer.run_fn for real (2 epochs, 32 px): the serving dir."""
+  from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
+  from models import trainer  # pylint: disable=g-import-not-at-top
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp('trainer')
+  config = configs.Settings(image_size=TINY_IMAGE_SIZE, epochs=2, width=0.25,
+                            batch_size=16).trainer_config()
+  fn_args = FnArgs(train_files=[tiny_tfrecords[0]],
+                   eval_files=[tiny_tfrecords[1]],
+                   serving_model_dir=str(out / 'serving'),
+                   model_run_dir=str(out / 'run'), custom_config=config)
+  trainer.run_fn(fn_args)
+  return fn_args

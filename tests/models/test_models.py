@@ -1,0 +1,116 @@
+"""Model code: the R5 baseline, class weights, metrics, run_fn and export."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+import tensorflow as tf
+
+from models import cnn_baseline
+from models import features
+from models import metrics
+from models import preprocessing
+from models import registry
+from models import trainer
+from pipeline import configs
+from tests.conftest import TINY_IMAGE_SIZE
+
+
+def test_cnn_baseline_is_r5s_network_at_width_one():
+  model = registry.build('cnn_baseline', num_classes=8, image_size=224)
+  convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+  assert [c.filters for c in convs] == [32, 32, 64, 64, 128, 128]
+  assert all(c.kernel_size == (3, 3) for c in convs)
+  bns = [l for l in model.layers
+         if isinstance(l, keras.layers.BatchNormalization)]
+  assert len(bns) == 6
+  drops = [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)]
+  assert drops == [0.15, 0.20, 0.25, 0.3]
+  assert any(isinstance(l, keras.layers.GlobalAveragePooling2D)
+             for l in model.layers)
+  dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+  assert [d.units for d in dense] == [256, 8]
+  assert model.output_shape == (None, 8)
+
+
+def test_unknown_model_is_refused():
+  with pytest.raises(ValueError, match='cnn_baseline'):
+    registry.build('alexnet', num_classes=7, image_size=64)
+
+
+def test_class_weights_are_r5s():
+  # R5's train counts AK, BCC, BKL, DF, MEL, NV, SCC, VASC and its weights.
+  counts = [1264, 3326, 2293, 192, 3774, 10639, 656, 205]
+  weights = trainer.class_weights(counts)
+  assert weights[3] == pytest.approx(14.55, abs=0.01)
+  assert weights[5] == pytest.approx(0.263, abs=0.001)
+  assert sum(w * c for w, c in zip(weights.values(), counts)) == \
+      pytest.approx(sum(counts))
+
+
+def test_keras_balanced_accuracy_matches_sklearn():
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 5, 200)
+  probs = rng.random((200, 7))
+  metric = metrics.BalancedAccuracy(7)
+  metric.update_state(y[:120], probs[:120])
+  metric.update_state(y[120:], probs[120:])
+  assert float(metric.result()) == pytest.approx(
+      balanced_accuracy_score(y, probs.argmax(axis=1)), abs=1e-6)
+
+
+def test_preprocessing_matches_a_uint8_resize_client(tiny_tfrecords):
+  record = next(iter(preprocessing.read_examples([tiny_tfrecords[0]])))
+  ex = tf.io.parse_single_example(record, preprocessing.image_spec())
+  pixels = preprocessing.decode_and_resize(ex[features.IMAGE_KEY], 32)
+  assert pixels.dtype == tf.uint8 and pixels.shape == (32, 32, 3)
+  model_input = preprocessing.to_model_input(pixels).numpy()
+  assert 0.0 <= model_input.min() and model_input.max() <= 1.0
+  np.testing.assert_allclose(model_input * 255, pixels.numpy(), atol=1e-4)
+
+
+def test_run_fn_trains_and_writes_history(trained_model):
+  with open(os.path.join(trained_model.model_run_dir,
+                         trainer.HISTORY_FILE)) as f:
+    history = json.load(f)
+  assert len(history['history']['loss']) == 2
+  assert 'val_balanced_accuracy' in history['history']
+  assert set(history['train_counts']) == set(configs.LABELS)
+  assert history['class_weights']['df'] > history['class_weights']['nv']
+
+
+def test_exported_model_answers_both_signatures(trained_model, tiny_tfrecords):
+  loaded = tf.saved_model.load(trained_model.serving_model_dir)
+  assert set(loaded.signatures) == {features.EXAMPLE_SIGNATURE,
+                                    features.IMAGE_SIGNATURE}
+  serialized = [r.numpy() for r in
+                preprocessing.read_examples([tiny_tfrecords[1]]).take(5)]
+  by_example = loaded.signatures[features.EXAMPLE_SIGNATURE](
+      examples=tf.constant(serialized))[features.PREDICTION_KEY].numpy()
+  jpegs = [tf.train.Example.FromString(s).features.feature[features.IMAGE_KEY]
+           .bytes_list.value[0] for s in serialized]
+  images = preprocessing.decode_batch(tf.constant(jpegs), TINY_IMAGE_SIZE)
+  by_image = loaded.signatures[features.IMAGE_SIGNATURE](
+      images=images)[features.PREDICTION_KEY].numpy()
+  assert by_example.shape == (5, len(configs.LABELS))
+  np.testing.assert_allclose(by_example.sum(axis=1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(by_example, by_image, atol=1e-5)
+  # Inference is deterministic: augmentation and dropout are off.
+  again = loaded.signatures[features.IMAGE_SIGNATURE](
+      images=images)[features.PREDICTION_KEY].numpy()
+  np.testing.assert_array_equal(by_image, again)
+
+
+def test_run_fn_refuses_a_train_split_missing_a_class(tiny_tfrecords, tmp_path):
+  from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
+  config = configs.Settings(labels=configs.LABELS + ('scc',), image_size=32,
+                            epochs=1).trainer_config()
+  with pytest.raises(ValueError, match=r"no example of \['scc'\]"):
+    trainer.run_fn(FnArgs(train_files=[tiny_tfrecords[0]],
+                          eval_files=[tiny_tfrecords[1]],
+                          serving_model_dir=str(tmp_path / 's'),
+                          model_run_dir=str(tmp_path / 'r'),
+                          custom_config=config))

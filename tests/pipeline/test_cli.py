@@ -1,0 +1,30 @@
+"""The `skinlesion` command line (the pipeline run itself is in tests/e2e)."""
+
+import csv
+import os
+
+import pytest
+
+from pipeline import cli
+
+
+def test_demo_data_command(tmp_path, capsys):
+  out = str(tmp_path / 'demo')
+  assert cli.main(['demo-data', out, '--per-class', '2', '--seed', '5']) == 0
+  assert 'Wrote' in capsys.readouterr().out
+  with open(os.path.join(out, 'HAM10000_metadata.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == len(os.listdir(os.path.join(out, 'images')))
+
+
+def test_run_on_a_missing_folder_fails_clearly(tmp_path, capsys):
+  code = cli.main(['run', '--data', str(tmp_path / 'nope'), '--home',
+                   str(tmp_path / 'home')])
+  assert code == 1
+  err = capsys.readouterr().err
+  assert 'does not exist' in err and 'demo-data' in err
+
+
+def test_usage_errors_exit_with_argparse():
+  with pytest.raises(SystemExit):
+    cli.main(['run'])  # --data is required.

@@ -1,0 +1,46 @@
+"""Settings: defaults, environment overrides, validation."""
+
+import os
+
+import pytest
+
+from pipeline import configs
+
+
+def test_defaults_are_the_single_label_list():
+  settings = configs.Settings()
+  assert settings.labels == configs.LABELS
+  assert settings.trainer_config()['labels'] == list(configs.LABELS)
+  assert set(configs.LABEL_DISPLAY_NAMES) == set(configs.LABELS)
+  assert configs.MELANOMA_LABEL in configs.LABELS
+
+
+def test_environment_round_trip(tmp_path):
+  settings = configs.Settings(
+      data_root=str(tmp_path), home=str(tmp_path / 'h'), epochs=3,
+      learning_rate=0.01, class_weights=False, labels=('a', 'b'),
+      beam_pipeline_args=['--x=1', '--y=2'])
+  again = configs.Settings.from_env(settings.to_env())
+  assert again == settings
+
+
+def test_explicit_overrides_beat_environment(tmp_path):
+  env = {'SKINLESION_EPOCHS': '7', 'SKINLESION_LAYOUT': 'folders'}
+  settings = configs.Settings.from_env(env, epochs=2, layout=None)
+  assert settings.epochs == 2 and settings.layout == 'folders'
+
+
+def test_local_paths_become_absolute():
+  settings = configs.Settings(data_root='rel/data', home='gs://bucket/home')
+  assert settings.data_root == os.path.abspath('rel/data')
+  assert settings.home == 'gs://bucket/home'
+  assert settings.metadata_path.endswith('metadata.db')
+
+
+def test_validate_rejects_bad_settings(tmp_path):
+  with pytest.raises(ValueError, match='layout'):
+    configs.Settings(data_root=str(tmp_path), layout='zip').validate()
+  with pytest.raises(ValueError, match='labels'):
+    configs.Settings(data_root=str(tmp_path), labels=('a', 'a')).validate()
+  with pytest.raises(FileNotFoundError, match='demo-data'):
+    configs.Settings(data_root=str(tmp_path / 'missing')).validate()

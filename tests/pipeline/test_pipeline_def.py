@@ -1,0 +1,59 @@
+"""Pipeline wiring and the TFMA configuration built from the settings."""
+
+import json
+
+import tensorflow_model_analysis as tfma
+
+from components import tfma_metrics
+from pipeline import configs
+from pipeline import pipeline as pipeline_lib
+
+
+def _pipeline(tmp_path, **overrides):
+  settings = configs.Settings(data_root=str(tmp_path), home=str(tmp_path / 'h'),
+                              **overrides)
+  return settings, pipeline_lib.create_pipeline(settings)
+
+
+def test_components_and_order(tmp_path):
+  _, p = _pipeline(tmp_path)
+  ids = {c.id for c in p.components}  # TFX sorts them topologically.
+  assert ids == {'ImageExampleGen', 'StatisticsGen', 'SchemaGen',
+                 'ExampleValidator', 'AnomaliesGate', 'Trainer',
+                 'latest_blessed_model_resolver', 'Evaluator', 'Pusher',
+                 'TFLiteExporter'}
+  by_id = {c.id: c for c in p.components}
+  # Training waits for the anomalies gate; pushing waits for the blessing.
+  assert 'AnomaliesGate' in {n.id for n in by_id['Trainer'].upstream_nodes}
+  assert 'Evaluator' in {n.id for n in by_id['Pusher'].upstream_nodes}
+  assert 'Pusher' in {n.id for n in by_id['TFLiteExporter'].upstream_nodes}
+  assert by_id['Evaluator'].exec_properties['example_splits'] == '["test"]'
+
+
+def test_settings_flow_into_components(tmp_path):
+  settings, p = _pipeline(tmp_path, epochs=5, labels=('a', 'b', 'c'))
+  by_id = {c.id: c for c in p.components}
+  custom = json.loads(by_id['Trainer'].exec_properties['custom_config'])
+  assert custom['epochs'] == 5 and custom['labels'] == ['a', 'b', 'c']
+  assert p.pipeline_info.pipeline_root == settings.pipeline_root
+  assert '--direct_running_mode=in_memory' in p.beam_pipeline_args
+
+
+def test_gate_thresholds_apply_to_the_overall_slice_only():
+  settings = configs.Settings(min_balanced_accuracy=0.4,
+                              max_balanced_accuracy_drop=0.03)
+  config = pipeline_lib.build_eval_config(settings)
+  thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(
+      config.metrics_specs, config)
+  gated = {key.name: [(s, t) for s, t in values]
+           for key, values in thresholds.items()}
+  assert set(gated) == {tfma_metrics.BALANCED_ACCURACY_NAME}
+  for key, values in thresholds.items():
+    for slice_spec, threshold in values:
+      assert slice_spec == tfma.SlicingSpec()
+      if key.is_diff:
+        assert threshold.absolute.value == -0.03
+      else:
+        assert threshold.lower_bound.value == 0.4
+  slices = [list(s.feature_keys) for s in config.slicing_specs]
+  assert slices == [[], ['label'], ['sex']]
