@@ -1,55 +1,206 @@
-"""AnomaliesGate: stops the run before training when the data has anomalies.
+"""AnomaliesGate: stops the run before training on bad or drifted data.
 
-ExampleValidator records anomalies (and a per-split ``blessed`` property) but
-does not stop a pipeline.  This component reads its output and fails, with a
-message naming each anomalous feature, split and the anomaly, so nothing
-downstream (the Trainer is made to depend on it) runs on bad data.
+ExampleValidator records schema anomalies but does not stop a pipeline.  This
+component reads them, checks drift against the previous validated span, and
+fails with a message that names every anomalous feature, split and problem.
+
+Drift uses TFDV's own comparators (``validate_statistics`` with
+``previous_statistics``): L-infinity distance on the label, sex and
+localization distributions and Jensen-Shannon divergence on age, with the
+thresholds of the settings.  The baseline is the statistics of the latest run
+whose data passed this gate (its ``validated_statistics`` output, resolved by
+``LatestOrNoneStrategy``), so a drifted delivery cannot become its own
+baseline by being rerun.  On the first span there is no baseline and only the
+schema is checked.  (TFX's DistributionValidator needs a baseline input: on a
+first span it does not run at all, and LocalDagRunner then skips whatever
+depends on it without failing the run; hence drift is checked here.)
+
+When the data passes, the gate republishes the statistics and the schema; the
+Trainer takes its schema from the gate, so it cannot run without the gate
+having passed.
 """
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+from absl import logging
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
 from tensorflow_data_validation.utils import anomalies_util
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx import types
 from tfx.components.example_validator import executor as validator_executor
 from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.annotations import OutputArtifact
+from tfx.dsl.component.experimental.annotations import Parameter
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.components.common import resolver
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
+from tfx.utils import io_utils
+
+from models import features
+
+VALIDATED_STATISTICS_KEY = 'validated_statistics'
+SCHEMA_FILE = 'schema.pbtxt'
+STATS_FILE = 'FeatureStats.pb'
+CATEGORICAL_DRIFT_FEATURES = (features.LABEL_KEY, features.SEX_KEY,
+                              features.LOCALIZATION_KEY)
+NUMERIC_DRIFT_FEATURES = (features.AGE_KEY,)
 
 
 class DataAnomaliesError(RuntimeError):
   """The validated data has anomalies; the message lists them."""
 
 
+class LatestOrNoneStrategy(resolver.ResolverStrategy):
+  """The latest artifact of each channel, or nothing (not an error) if none."""
+
+  def resolve_artifacts(self, store, input_dict):
+    del store
+    return {key: sorted(artifacts, key=lambda a: a.id)[-1:]
+            for key, artifacts in input_dict.items()}
+
+
+def _messages(proto: anomalies_pb2.Anomalies) -> List[str]:
+  messages = [f'{feature}: {info.short_description} ({info.description})'
+              for feature, info in sorted(proto.anomaly_info.items())]
+  if proto.HasField('dataset_anomaly_info'):
+    info = proto.dataset_anomaly_info
+    messages.append(f'<dataset>: {info.short_description} '
+                    f'({info.description})')
+  return messages
+
+
 def find_anomalies(anomalies: types.Artifact) -> Dict[str, List[str]]:
-  """split name -> ['feature: short description (description)', ...]."""
+  """split -> ['feature: short description (description)', ...]."""
   found = {}
   for split in artifact_utils.decode_split_names(anomalies.split_names):
     path = os.path.join(artifact_utils.get_split_uri([anomalies], split),
                         validator_executor.DEFAULT_FILE_NAME)
-    proto = anomalies_util.load_anomalies_binary(path)
-    messages = []
-    for feature, info in sorted(proto.anomaly_info.items()):
-      messages.append(f'{feature}: {info.short_description} '
-                      f'({info.description})')
-    if proto.HasField('dataset_anomaly_info'):
-      info = proto.dataset_anomaly_info
-      messages.append(f'<dataset>: {info.short_description} '
-                      f'({info.description})')
+    if not tf.io.gfile.exists(path):
+      continue
+    messages = _messages(anomalies_util.load_anomalies_binary(path))
     if messages:
       found[split] = messages
   return found
 
 
+def _load_stats(artifact: types.Artifact, split: str):
+  return tfdv.load_stats_binary(os.path.join(
+      artifact_utils.get_split_uri([artifact], split), STATS_FILE))
+
+
+def drift_schema(schema: schema_pb2.Schema, max_categorical_drift: float,
+                 max_age_drift: float) -> schema_pb2.Schema:
+  """A copy of the schema with the drift comparators set."""
+  schema = schema_pb2.Schema.FromString(schema.SerializeToString())
+  for name in CATEGORICAL_DRIFT_FEATURES:
+    tfdv.get_feature(schema, name).drift_comparator.infinity_norm.threshold = (
+        max_categorical_drift)
+  for name in NUMERIC_DRIFT_FEATURES:
+    feature = tfdv.get_feature(schema, name)
+    feature.drift_comparator.jensen_shannon_divergence.threshold = (
+        max_age_drift)
+  return schema
+
+
+def find_drift(statistics: types.Artifact, baseline: types.Artifact,
+               schema: schema_pb2.Schema, max_categorical_drift: float,
+               max_age_drift: float, out: Optional[types.Artifact] = None
+               ) -> Dict[str, List[str]]:
+  """split -> drift messages, for each split both statistics have."""
+  comparator = drift_schema(schema, max_categorical_drift, max_age_drift)
+  found = {}
+  baseline_splits = set(artifact_utils.decode_split_names(baseline.split_names))
+  splits = [s for s in artifact_utils.decode_split_names(statistics.split_names)
+            if s in baseline_splits]
+  if out is not None:
+    out.split_names = artifact_utils.encode_split_names(splits)
+  for split in splits:
+    result = tfdv.validate_statistics(
+        _load_stats(statistics, split), comparator,
+        previous_statistics=_load_stats(baseline, split))
+    drift = anomalies_pb2.Anomalies()
+    drift.CopyFrom(result)
+    # Keep the drift anomalies only: schema anomalies come from the
+    # ExampleValidator and are reported from there.
+    for name in list(drift.anomaly_info):
+      info = drift.anomaly_info[name]
+      if not any(r.type in (anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
+                            anomalies_pb2.AnomalyInfo
+                            .COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH)
+                 for r in info.reason):
+        del drift.anomaly_info[name]
+    drift.ClearField('dataset_anomaly_info')
+    if out is not None:
+      directory = artifact_utils.get_split_uri([out], split)
+      tf.io.gfile.makedirs(directory)
+      io_utils.write_bytes_file(
+          os.path.join(directory, validator_executor.DEFAULT_FILE_NAME),
+          drift.SerializeToString())
+    messages = _messages(drift)
+    if messages:
+      found[split] = messages
+  return found
+
+
+def check(anomalies: Dict[str, List[str]], drift: Dict[str, List[str]],
+          where: str) -> None:
+  """Raises DataAnomaliesError naming every schema and drift anomaly."""
+  lines = [f'  {kind} [{split}] {message}'
+           for kind, found in (('schema', anomalies), ('drift', drift))
+           for split, messages in found.items() for message in messages]
+  if lines:
+    raise DataAnomaliesError(
+        f'Data validation failed; the run stops before training ({where}). '
+        'Anomalies:\n' + '\n'.join(lines))
+
+
+def copy_statistics(source: types.Artifact, target: types.Artifact) -> None:
+  """Copies a statistics artifact's files, split names and span."""
+  target.split_names = source.split_names
+  target.span = source.span
+  for split in artifact_utils.decode_split_names(source.split_names):
+    src = artifact_utils.get_split_uri([source], split)
+    dst = artifact_utils.get_split_uri([target], split)
+    tf.io.gfile.makedirs(dst)
+    for name in tf.io.gfile.listdir(src):
+      tf.io.gfile.copy(os.path.join(src, name), os.path.join(dst, name),
+                       overwrite=True)
+
+
 @component
 def AnomaliesGate(
-    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]) -> None:
-  """Fails when ExampleValidator found any anomaly in any split."""
-  found = find_anomalies(anomalies)
-  if found:
-    lines = [f'  [{split}] {message}' for split, messages in found.items()
-             for message in messages]
-    raise DataAnomaliesError(
-        'Data validation failed; the run stops before training. Anomalies '
-        f'(from {anomalies.uri}):\n' + '\n'.join(lines))
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+    schema: InputArtifact[standard_artifacts.Schema],
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    validated_statistics: OutputArtifact[standard_artifacts.ExampleStatistics],
+    validated_schema: OutputArtifact[standard_artifacts.Schema],
+    drift_anomalies: OutputArtifact[standard_artifacts.ExampleAnomalies],
+    max_categorical_drift: Parameter[float],
+    max_age_drift: Parameter[float],
+    baseline_statistics: InputArtifact[
+        standard_artifacts.ExampleStatistics] = None,
+) -> None:
+  """Fails on schema anomalies or drift; else republishes stats and schema."""
+  schema_path = os.path.join(schema.uri, SCHEMA_FILE)
+  schema_proto = tfdv.load_schema_text(schema_path)
+  drift = {}
+  if baseline_statistics is not None:
+    logging.info('Drift baseline: %s (span %s)', baseline_statistics.uri,
+                 baseline_statistics.span)
+    drift = find_drift(statistics, baseline_statistics, schema_proto,
+                       max_categorical_drift, max_age_drift,
+                       out=drift_anomalies)
+  else:
+    logging.info('No validated statistics from an earlier run: the drift '
+                 'check starts with the next span.')
+    drift_anomalies.split_names = artifact_utils.encode_split_names([])
+  check(find_anomalies(anomalies), drift,
+        f'schema anomalies: {anomalies.uri}; drift: {drift_anomalies.uri}')
+  copy_statistics(statistics, validated_statistics)
+  tf.io.gfile.makedirs(validated_schema.uri)
+  tf.io.gfile.copy(schema_path, os.path.join(validated_schema.uri, SCHEMA_FILE),
+                   overwrite=True)

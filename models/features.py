@@ -24,3 +24,7 @@ IMAGE_SIGNATURE = 'serving_images'      # float32 [N, H, W, 3] in [0, 1] -> prob
 PREDICTION_KEY = 'probabilities'
 
 UNKNOWN = 'unknown'
+
+# Written by ingestion into the Examples artifact: the label list the int64
+# labels index, one name per line.  Readers find it beside the Split-* dirs.
+LABELS_FILE = 'labels.txt'

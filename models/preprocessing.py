@@ -7,6 +7,7 @@ training input, the tf.Example serving signature and the raw-image signature
 normalize with mean 0 / std 255) all see exactly this.
 """
 
+import os
 from typing import Dict, Sequence
 
 import tensorflow as tf
@@ -50,6 +51,24 @@ def list_files(file_patterns: Sequence[str]) -> list:
   if not files:
     raise FileNotFoundError(f'no TFRecord files match {list(file_patterns)}')
   return files
+
+
+def read_labels(file_patterns: Sequence[str]) -> list:
+  """The label list of the Examples artifact that holds these split files.
+
+  Split files live at ``<examples uri>/Split-<name>/*``; ingestion writes the
+  label list once, as ``<examples uri>/labels.txt``.
+  """
+  split_dir = os.path.dirname(file_patterns[0].rstrip('/'))
+  path = os.path.join(os.path.dirname(split_dir), features.LABELS_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'{path} not found: examples must come from the '
+                            'ImageExampleGen, which writes the label list')
+  with tf.io.gfile.GFile(path) as f:
+    labels = [line.strip() for line in f if line.strip()]
+  if len(labels) < 2:
+    raise ValueError(f'{path} lists fewer than two labels: {labels}')
+  return labels
 
 
 def read_examples(file_patterns: Sequence[str]) -> tf.data.Dataset:

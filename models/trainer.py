@@ -3,7 +3,9 @@
 The pipeline passes this file as the Trainer's ``module_file``: TFX packages
 every module of this folder into a wheel whose version is a hash of their
 contents, so editing any model code invalidates the Trainer's cache.  Settings
-arrive in ``fn_args.custom_config`` (see ``Settings.trainer_config``).
+arrive in ``fn_args.custom_config`` (see ``Settings.trainer_config``); the
+label list comes from the Examples artifact (``labels.txt``, written by
+ingestion), so the model's classes are exactly the data's.
 """
 
 import json
@@ -43,7 +45,7 @@ def class_weights(counts) -> dict:
 
 def run_fn(fn_args: FnArgs) -> None:
   cfg = fn_args.custom_config
-  labels = cfg['labels']
+  labels = preprocessing.read_labels(fn_args.train_files)
   image_size = int(cfg['image_size'])
   seed = int(cfg['seed'])
   keras.utils.set_random_seed(seed)

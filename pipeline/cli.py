@@ -1,12 +1,15 @@
 """The `skinlesion` command line.
 
   skinlesion demo-data OUT_DIR [--per-class N] [--seed S]
-  skinlesion run --data DIR [--layout ham10000|folders] [--home DIR] [...]
+  skinlesion ingest --data DIR [--layout L] [--out DIR]
+  skinlesion run --data DIR [--layout L] [--home DIR] [...]
   skinlesion summary [--home DIR]
 """
 
 import argparse
+import json
 import sys
+import warnings
 import time
 from typing import List, Optional
 
@@ -16,6 +19,10 @@ def _settings_from(args):
   return configs.Settings.from_env(
       data_root=getattr(args, 'data', None), layout=getattr(args, 'layout', None),
       home=args.home, pipeline_name=args.pipeline_name,
+      label_map=(json.loads(args.label_map) if getattr(args, 'label_map', None)
+                 else None),
+      max_quarantine_fraction=getattr(args, 'max_quarantine_fraction', None),
+      span_folder=getattr(args, 'span_folder', None),
       model=getattr(args, 'model', None), epochs=getattr(args, 'epochs', None),
       image_size=getattr(args, 'image_size', None),
       min_balanced_accuracy=getattr(args, 'min_balanced_accuracy', None),
@@ -35,27 +42,48 @@ def cmd_demo_data(args) -> int:
   return 0
 
 
-def cmd_run(args) -> int:
+def _run(args, ingest_only: bool) -> int:
+  """Runs the (ingest-only or whole) pipeline; prints what it did."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   from pipeline import summary  # pylint: disable=g-import-not-at-top
   settings = _settings_from(args)
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
-  print(f'Running {settings.pipeline_name} on {settings.data_root} '
-        f'({settings.layout}); outputs under {settings.home}', flush=True)
+  what = 'Ingesting and validating' if ingest_only else 'Running'
+  print(f'{what} {settings.data_root} ({settings.layout}) with '
+        f'{settings.pipeline_name}; outputs under {settings.home}', flush=True)
   error = None
   try:
-    local_runner.run(settings)
+    local_runner.run(settings, ingest_only=ingest_only)
   except Exception as e:  # pylint: disable=broad-except
     error = e
+  run = None
   try:
-    print('\n' + summary.latest_run(settings).format())
+    run = summary.latest_run(settings)
+    report = run.ingestion_report()
+    if report:
+      print('\n' + summary.format_ingestion(report))
+    if run.charts_uri:
+      print(f'Data charts: {run.charts_uri}')
+    print('\n' + run.format())
   except (LookupError, FileNotFoundError) as e:
     print(f'(no run summary: {e})')
+  if error is None and run is not None and run.failed:
+    error = RuntimeError(f'components failed: {", ".join(run.failed)} (see '
+                         'the log above; --verbose for details)')
   if error is not None:
     print(f'\nThe run FAILED: {type(error).__name__}: {error}', file=sys.stderr)
     return 1
   return 0
+
+
+def cmd_run(args) -> int:
+  return _run(args, ingest_only=False)
+
+
+def cmd_ingest(args) -> int:
+  args.home = args.out
+  return _run(args, ingest_only=True)
 
 
 def cmd_summary(args) -> int:
@@ -65,6 +93,7 @@ def cmd_summary(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog='skinlesion',
       description='Skin-lesion classification pipeline on TFX.')
@@ -82,9 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
                    'serving models); default: ./tfx_home')
     p.add_argument('--pipeline-name', help='default: skin-lesion-tfx')
 
+  def data_args(p):
+    p.add_argument('--data', required=True, help='archive root folder')
+    p.add_argument('--layout', choices=configs.LAYOUTS)
+    p.add_argument('--label-map', help='JSON: source label -> canonical '
+                   'label, e.g. \'{"AK": "akiec"}\'')
+    p.add_argument('--max-quarantine-fraction', type=float,
+                   help='fail above this quarantined share (default 0.05)')
+    p.add_argument('--span-folder', help="e.g. 'span-{SPAN}': ingest the "
+                   'newest span folder of the data root')
+    p.add_argument('--verbose', action='store_true', help='TFX INFO logs')
+
+  ingest = sub.add_parser(
+      'ingest', help='ingest and validate an archive (no training)')
+  data_args(ingest)
+  ingest.add_argument('--out', required=True,
+                      help='output folder (the same --home as a later run '
+                      'reuses this ingestion)')
+  ingest.add_argument('--pipeline-name', help='default: skin-lesion-tfx')
+  ingest.set_defaults(func=cmd_ingest)
+
   run = sub.add_parser('run', help='run the whole pipeline locally')
-  run.add_argument('--data', required=True, help='archive root folder')
-  run.add_argument('--layout', choices=('ham10000', 'folders'))
+  data_args(run)
   common(run)
   run.add_argument('--model', help='model registry name')
   run.add_argument('--epochs', type=int)
@@ -95,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help='blessing: allowed drop vs the latest blessed model')
   run.add_argument('--no-cache', action='store_true',
                    help='re-run every component')
-  run.add_argument('--verbose', action='store_true', help='TFX INFO logs')
   run.set_defaults(func=cmd_run)
 
   summ = sub.add_parser('summary', help="summarise a home's latest run")
@@ -105,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+  # Google client libraries warn about Python 3.10 on import; not actionable.
+  warnings.filterwarnings('ignore', category=FutureWarning)
   args = build_parser().parse_args(argv)
   return args.func(args)
 

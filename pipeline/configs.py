@@ -8,6 +8,7 @@ them.  ``Settings.from_env()`` reads them; components receive plain values.
 """
 
 import dataclasses
+import json
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -32,7 +33,22 @@ LABEL_DISPLAY_NAMES: Dict[str, str] = {
 }
 MELANOMA_LABEL = 'mel'
 
-LAYOUTS = ('ham10000', 'folders')
+LAYOUTS = ('ham10000', 'isic2019', 'folders', 'csv')
+
+# Source label -> canonical label, per layout (a Settings.label_map replaces
+# the layout's default).  ISIC 2019's SCC and UNK have no HAM10000 class:
+# they are quarantined as unknown labels unless the label list gains them.
+DEFAULT_LABEL_MAPS: Dict[str, Dict[str, str]] = {
+    'isic2019': {'MEL': 'mel', 'NV': 'nv', 'BCC': 'bcc', 'AK': 'akiec',
+                 'BKL': 'bkl', 'DF': 'df', 'VASC': 'vasc'},
+}
+
+# Ingestion limits.
+MAX_IMAGE_PIXELS = 50_000_000   # Larger images are quarantined (bombs).
+
+# The curated schema (kept in the repository, not re-inferred per run).  Its
+# label domain must match the label list; see pipeline.check_schema_labels.
+SCHEMA_PATH = os.path.join(PROJECT_ROOT, 'pipeline', 'schema', 'schema.pbtxt')
 
 # Lesion-disjoint splits: hash buckets of lesion_id (ratios 70 / 15 / 15).
 # train fits the model, eval drives early stopping, test is only seen by the
@@ -61,6 +77,25 @@ class Settings:
   home: str = os.path.join(PROJECT_ROOT, 'tfx_home')
   pipeline_name: str = PIPELINE_NAME
   labels: Tuple[str, ...] = LABELS
+  # Source label -> canonical label; empty: the layout's default map.
+  label_map: Dict[str, str] = dataclasses.field(default_factory=dict)
+  # Ingestion: the run fails when more than this share is quarantined.
+  max_quarantine_fraction: float = 0.05
+  # Lesion-disjoint splits: split -> hash buckets (relative size).
+  split_buckets: Dict[str, int] = dataclasses.field(
+      default_factory=lambda: dict(SPLIT_BUCKETS))
+  # Fail when a class has no example in some split (a class with too few
+  # lesions cannot be evaluated); off only for toy data.
+  require_every_class_in_every_split: bool = True
+  # Spans: e.g. 'span-{SPAN}' when each delivery is a folder of the data root
+  # (data_root/span-1/, span-2/, ...); empty: the data root is one archive.
+  span_folder: str = ''
+  schema_path: str = SCHEMA_PATH
+  # Drift against the previous validated span: L-infinity distance of the
+  # label / sex / localization distributions, Jensen-Shannon divergence of
+  # the age distribution.
+  max_categorical_drift: float = 0.15
+  max_age_drift: float = 0.15
   # Trainer.
   model: str = 'cnn_baseline'
   image_size: int = 64
@@ -81,6 +116,10 @@ class Settings:
   enable_cache: bool = True
 
   @property
+  def effective_label_map(self) -> Dict[str, str]:
+    return dict(self.label_map or DEFAULT_LABEL_MAPS.get(self.layout, {}))
+
+  @property
   def pipeline_root(self) -> str:
     return os.path.join(self.home, 'pipelines', self.pipeline_name)
 
@@ -96,7 +135,6 @@ class Settings:
   def trainer_config(self) -> Dict:
     """What the Trainer's run_fn receives as custom_config."""
     return {
-        'labels': list(self.labels),
         'model': self.model,
         'image_size': self.image_size,
         'batch_size': self.batch_size,
@@ -111,7 +149,7 @@ class Settings:
   def __post_init__(self):
     # Local paths become absolute: Beam workers and the TFX CLI's child
     # process may run elsewhere.  URIs (gs://, s3://) stay as given.
-    for name in ('data_root', 'home'):
+    for name in ('data_root', 'home', 'schema_path'):
       value = getattr(self, name)
       if '://' not in value:
         setattr(self, name, os.path.abspath(os.path.expanduser(value)))
@@ -120,6 +158,10 @@ class Settings:
   def validate(self) -> None:
     if self.layout not in LAYOUTS:
       raise ValueError(f'layout must be one of {LAYOUTS}, got {self.layout!r}')
+    missing = {TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT} - set(self.split_buckets)
+    if missing or min(self.split_buckets.values()) < 1:
+      raise ValueError(f'split_buckets needs positive buckets for train, eval '
+                       f'and test: {self.split_buckets}')
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
     if not os.path.isdir(self.data_root):
@@ -147,6 +189,8 @@ class Settings:
         values[field.name] = tuple(x.strip() for x in raw.split(',') if x.strip())
       elif field.name == 'beam_pipeline_args':
         values[field.name] = raw.split()
+      elif field.name in ('label_map', 'split_buckets'):
+        values[field.name] = json.loads(raw) if raw.strip() else {}
       else:
         values[field.name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -161,5 +205,7 @@ class Settings:
         value = ','.join(value)
       elif field.name == 'beam_pipeline_args':
         value = ' '.join(value)
+      elif field.name in ('label_map', 'split_buckets'):
+        value = json.dumps(value)
       env['SKINLESION_' + field.name.upper()] = str(value)
     return env

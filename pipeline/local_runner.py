@@ -28,7 +28,7 @@ from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 
 
-def run(settings: configs.Settings) -> None:
+def run(settings: configs.Settings, ingest_only: bool = False) -> None:
   """Runs the whole pipeline synchronously; raises if a component fails.
 
   TFX hands the process's command line to every executor (as absl flags and
@@ -41,7 +41,7 @@ def run(settings: configs.Settings) -> None:
   sys.argv = argv[:1]
   try:
     tfx.orchestration.LocalDagRunner().run(
-        pipeline_lib.create_pipeline(settings))
+        pipeline_lib.create_pipeline(settings, ingest_only=ingest_only))
   finally:
     sys.argv = argv
 

@@ -1,8 +1,9 @@
 """The skin-lesion TFX pipeline: wiring only; every value comes from Settings.
 
-ImageExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator ->
-AnomaliesGate -> Trainer -> Evaluator (vs the latest blessed model) ->
-Pusher -> TFLiteExporter.
+ImageExampleGen -> StatisticsGen (curated schema from ImportSchemaGen) ->
+ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
+validated span) -> Trainer -> Evaluator (vs the latest blessed model)
+-> Pusher -> TFLiteExporter.
 """
 
 import json
@@ -14,6 +15,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from components import anomalies_gate
+from components import data_report as data_report_lib
 from components import image_example_gen
 from components import tflite_exporter
 from components import tfma_metrics
@@ -74,32 +76,81 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
       ])
 
 
-def create_pipeline(settings: configs.Settings) -> tfx.dsl.Pipeline:
-  """The whole pipeline for one data root, layout and output home."""
+def check_schema_labels(settings: configs.Settings) -> None:
+  """The curated schema's label domain must be exactly the label list."""
+  schema = tfdv.load_schema_text(settings.schema_path)
+  label = tfdv.get_feature(schema, features.LABEL_KEY)
+  domain = label.int_domain
+  if (domain.min, domain.max) != (0, len(settings.labels) - 1):
+    raise ValueError(
+        f'{settings.schema_path}: the label domain [{domain.min}, '
+        f'{domain.max}] does not match the {len(settings.labels)} labels '
+        f'{list(settings.labels)}; curate a schema for this label list and '
+        'set schema_path')
+
+
+def create_pipeline(settings: configs.Settings,
+                    ingest_only: bool = False) -> tfx.dsl.Pipeline:
+  """The whole pipeline for one data root, layout and output home.
+
+  With ingest_only, the pipeline stops after data validation (ingestion,
+  statistics, schema and drift checks, data charts): ``skinlesion ingest``.
+  Both share node ids, so a full run reuses an ingest run's cached outputs.
+  """
+  check_schema_labels(settings)
   example_gen = image_example_gen.ImageExampleGen(
       input_base=settings.data_root, layout=settings.layout,
-      labels=settings.labels, split_buckets=configs.SPLIT_BUCKETS)
+      labels=settings.labels, split_buckets=settings.split_buckets,
+      require_every_class_in_every_split=(
+          settings.require_every_class_in_every_split),
+      label_map=settings.effective_label_map,
+      max_pixels=configs.MAX_IMAGE_PIXELS,
+      max_quarantine_fraction=settings.max_quarantine_fraction,
+      span_folder=settings.span_folder)
 
+  # The curated schema from the repository, not one re-inferred per run.
+  schema_gen = tfx.components.ImportSchemaGen(
+      schema_file=settings.schema_path)
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs['examples'],
+      schema=schema_gen.outputs['schema'],
       stats_options=tfdv.StatsOptions(enable_semantic_domain_stats=True))
-  schema_gen = tfx.components.SchemaGen(
-      statistics=statistics_gen.outputs['statistics'],
-      infer_feature_shape=True)
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs['statistics'],
       schema=schema_gen.outputs['schema'])
+  # Drift baseline: the statistics of the latest run whose data passed the
+  # gate (a previous span), never this run's own.
+  baseline_statistics = tfx.dsl.Resolver(
+      strategy_class=anomalies_gate.LatestOrNoneStrategy,
+      statistics=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ExampleStatistics,
+          producer_component_id='AnomaliesGate',
+          output_key=anomalies_gate.VALIDATED_STATISTICS_KEY),
+  ).with_id('previous_validated_statistics')
   gate = anomalies_gate.AnomaliesGate(
-      anomalies=example_validator.outputs['anomalies'])
+      statistics=statistics_gen.outputs['statistics'],
+      schema=schema_gen.outputs['schema'],
+      anomalies=example_validator.outputs['anomalies'],
+      baseline_statistics=baseline_statistics.outputs['statistics'],
+      max_categorical_drift=settings.max_categorical_drift,
+      max_age_drift=settings.max_age_drift)
+  data_report = data_report_lib.DataReport(
+      statistics=statistics_gen.outputs['statistics'],
+      examples=example_gen.outputs['examples'])
+  components: List = [example_gen, schema_gen, statistics_gen,
+                      example_validator, baseline_statistics, gate,
+                      data_report]
+  if ingest_only:
+    return _pipeline(settings, components)
 
   trainer = tfx.components.Trainer(
       module_file=TRAINER_MODULE_FILE,
       examples=example_gen.outputs['examples'],
-      schema=schema_gen.outputs['schema'],
+      # From the gate: the Trainer cannot run unless the data passed.
+      schema=gate.outputs['validated_schema'],
       train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
       eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
       custom_config=settings.trainer_config())
-  trainer.add_upstream_node(gate)
 
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -136,9 +187,11 @@ def create_pipeline(settings: configs.Settings) -> tfx.dsl.Pipeline:
       author=configs.MODEL_AUTHOR,
       licenses=configs.MODEL_LICENSE)
 
-  components: List = [example_gen, statistics_gen, schema_gen,
-                      example_validator, gate, trainer, model_resolver,
-                      evaluator, pusher, exporter]
+  components += [trainer, model_resolver, evaluator, pusher, exporter]
+  return _pipeline(settings, components)
+
+
+def _pipeline(settings: configs.Settings, components: List) -> tfx.dsl.Pipeline:
   return tfx.dsl.Pipeline(
       pipeline_name=settings.pipeline_name,
       pipeline_root=settings.pipeline_root,

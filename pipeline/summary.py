@@ -6,13 +6,16 @@ and the paths of the pushed SavedModel and .tflite.
 """
 
 import dataclasses
+import json
 import os
 from typing import Dict, List, Optional, Sequence
 
 import ml_metadata as mlmd
+import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 import tensorflow_model_analysis as tfma
 
+from components import image_example_gen
 from components import tfma_metrics
 from pipeline import configs
 
@@ -39,6 +42,21 @@ class RunSummary:
   pushed_model: Optional[str] = None
   pushed_tflite: Optional[str] = None
   examples_uri: Optional[str] = None
+  charts_uri: Optional[str] = None
+
+  @property
+  def failed(self) -> List[str]:
+    """Components that failed (or could not resolve their inputs)."""
+    return [c.node_id for c in self.components if c.state == 'FAILED']
+
+  def ingestion_report(self) -> Optional[Dict]:
+    if not self.examples_uri:
+      return None
+    path = os.path.join(self.examples_uri, image_example_gen.REPORT_FILE)
+    if not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
 
   def format(self) -> str:
     lines = [f'Run {self.run_id}', '', f'{"component":<34}{"status":<10}time']
@@ -63,6 +81,38 @@ class RunSummary:
     lines.append(f'Pushed SavedModel: {self.pushed_model or "(none)"}')
     lines.append(f'Pushed TFLite:     {self.pushed_tflite or "(none)"}')
     return '\n'.join(lines)
+
+
+def format_ingestion(report: Dict) -> str:
+  """Counts per split and class, quarantine by reason, where the files are."""
+  labels = report['labels']
+  splits = list(report['examples_per_split'])
+  lines = [f'Ingested {report["examples"]} of {report["input_records"]} inputs '
+           f'({report["input_rows"]} metadata rows + '
+           f'{report["image_files_without_row"]} image files without a row); '
+           f'quarantined {report["quarantined"]} '
+           f'({report["quarantined_fraction"]:.1%}); converted to RGB JPEG '
+           f'{report["converted_to_rgb_jpeg"]}.', '',
+           f'{"class":<10}' + ''.join(f'{s:>9}' for s in splits)]
+  per = report['examples_per_split_and_class']
+  for name in labels:
+    lines.append(f'{name:<10}' + ''.join(f'{per[s][name]:>9}' for s in splits))
+  lines.append(f'{"total":<10}' + ''.join(
+      f'{report["examples_per_split"][s]:>9}' for s in splits))
+  lines.append(f'{"lesions":<10}' + ''.join(
+      f'{report["lesions_per_split"][s]:>9}' for s in splits))
+  lines.append('')
+  if report['quarantined_by_reason']:
+    lines.append('Quarantined by reason: ' + ', '.join(
+        f'{k} {v}' for k, v in report['quarantined_by_reason'].items()))
+  else:
+    lines.append('Quarantined by reason: none')
+  dupes = report['identical_images_within_a_lesion']
+  if dupes:
+    lines.append(f'Identical images within one lesion (kept, reported): '
+                 + '; '.join(', '.join(d['image_ids']) for d in dupes))
+  lines.append(f'Quarantine: {report["quarantine_file"]}')
+  return '\n'.join(lines)
 
 
 def _store(metadata_path: str) -> mlmd.MetadataStore:
@@ -175,6 +225,7 @@ def latest_run(settings: configs.Settings) -> RunSummary:
                       key=lambda e: (e.create_time_since_epoch, e.id))
   node_contexts = {c.id: c.name for c in store.get_contexts_by_type('node')}
   summary = RunSummary(run_id=run.name, components=[])
+  labels = list(settings.labels)
   for execution in executions:
     node_id = _node_id(store, execution.id, node_contexts)
     seconds = (execution.last_update_time_since_epoch
@@ -187,7 +238,7 @@ def latest_run(settings: configs.Settings) -> RunSummary:
     if 'evaluation' in outputs and outputs['evaluation']:
       (summary.metrics, summary.per_class_recall, summary.failed_thresholds,
        summary.has_baseline) = read_evaluation(
-           outputs['evaluation'][0].uri, settings.labels)
+           outputs['evaluation'][0].uri, labels)
     if 'pushed_model' in outputs and outputs['pushed_model']:
       artifact = outputs['pushed_model'][0]
       if _prop(artifact, 'pushed'):
@@ -195,8 +246,13 @@ def latest_run(settings: configs.Settings) -> RunSummary:
     if 'tflite_model' in outputs and outputs['tflite_model']:
       summary.pushed_tflite = _prop(outputs['tflite_model'][0],
                                     'pushed_tflite')
+    if 'charts' in outputs and outputs['charts']:
+      summary.charts_uri = outputs['charts'][0].uri
     if 'examples' in outputs and outputs['examples']:
       summary.examples_uri = outputs['examples'][0].uri
+      recorded = _prop(outputs['examples'][0], 'labels')
+      if recorded:  # The label list ingestion wrote (the one the model uses).
+        labels = json.loads(recorded)
   return summary
 
 

@@ -37,15 +37,22 @@ def tiny_tfrecords(tiny_archive, tmp_path_factory):
   """The tiny archive as GZIP TFRecords of tf.Example: (train, eval) paths."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from components import image_example_gen  # pylint: disable=g-import-not-at-top
+  from models import features  # pylint: disable=g-import-not-at-top
   from pipeline import configs  # pylint: disable=g-import-not-at-top
-  records, _ = image_example_gen.list_ham10000(tiny_archive, configs.LABELS)
-  out = tmp_path_factory.mktemp('tfrecords')
+  records = image_example_gen.list_archive(tiny_archive, 'ham10000',
+                                           configs.LABELS).records
+  check = image_example_gen.ImageCheck(max_pixels=10**8)
+  out = tmp_path_factory.mktemp('examples')  # Laid out as an Examples artifact.
+  with open(out / features.LABELS_FILE, 'w') as f:
+    f.write('\n'.join(configs.LABELS) + '\n')
   paths = []
   for name, part in (('train', records[::2]), ('eval', records[1::2])):
-    path = str(out / f'{name}.gz')
+    os.makedirs(out / f'Split-{name}')
+    path = str(out / f'Split-{name}' / 'data.gz')
     with tf.io.TFRecordWriter(path, options='GZIP') as writer:
       for record in part:
-        writer.write(image_example_gen.record_to_example(record)
+        (_, jpeg, _), _ = check(record)
+        writer.write(image_example_gen.record_to_example(record, jpeg)
                      .SerializeToString())
     paths.append(path)
   return tuple(paths)
