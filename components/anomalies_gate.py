@@ -15,9 +15,10 @@ schema is checked.  (TFX's DistributionValidator needs a baseline input: on a
 first span it does not run at all, and LocalDagRunner then skips whatever
 depends on it without failing the run; hence drift is checked here.)
 
-When the data passes, the gate republishes the statistics and the schema; the
-Trainer takes its schema from the gate, so it cannot run without the gate
-having passed.
+When the data passes, the gate republishes the statistics (the next drift
+baseline) and the schema.  The gate runs on every run (its baseline moves),
+so the Trainer depends on it by order, not by data: a data dependency would
+retrain the model on every rerun.
 """
 
 import os

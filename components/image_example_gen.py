@@ -414,8 +414,7 @@ class ImageCheck:
                           Optional[Tuple[str, str]]]:
     """Returns ((sha, jpeg, converted), None) or (None, (reason, detail))."""
     try:
-      with tf.io.gfile.GFile(record['path'], 'rb') as f:
-        data = f.read()
+      data = _read_bytes(record['path'])
     except (OSError, tf.errors.OpError) as e:
       return None, (MISSING_IMAGE, f'cannot read: {e}')
     if not data:
@@ -425,6 +424,14 @@ class ImageCheck:
     except _Rejected as e:
       return None, (e.reason, e.detail)
     return (hashlib.sha256(data).hexdigest(), jpeg, converted), None
+
+
+def _read_bytes(path: str) -> bytes:
+  if _is_local(path):  # Plain reads are ~3x faster than GFile locally.
+    with open(path, 'rb') as f:
+      return f.read()
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return f.read()
 
 
 class _Rejected(Exception):
@@ -458,11 +465,17 @@ def to_rgb_jpeg(data: bytes, max_pixels: int = 50_000_000
                       f'limit of {max_pixels}')
     if width == 0 or height == 0:
       raise _Rejected(CORRUPT, f'empty image {width}x{height}')
+    keep = data.startswith(JPEG_MAGIC) and image.mode == 'RGB'
+    if keep:
+      # Kept as is: decode to check only.  JPEG's DCT scaling decodes every
+      # entropy-coded block (so truncation and corruption are still caught)
+      # at 1/8 of the size, several times faster than a full decode.
+      image.draft('RGB', (max(1, width // 8), max(1, height // 8)))
     try:
-      image.load()  # Full decode: catches truncated and corrupt data.
+      image.load()  # Decodes all the data: catches truncated / corrupt files.
     except Exception as e:  # pylint: disable=broad-except
       raise _Rejected(CORRUPT, f'cannot decode ({e})') from None
-    if data.startswith(JPEG_MAGIC) and image.mode == 'RGB':
+    if keep:
       return data, False
     if image.mode in ('RGBA', 'LA', 'PA') or (
         image.mode == 'P' and 'transparency' in image.info):

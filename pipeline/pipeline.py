@@ -146,11 +146,14 @@ def create_pipeline(settings: configs.Settings,
   trainer = tfx.components.Trainer(
       module_file=TRAINER_MODULE_FILE,
       examples=example_gen.outputs['examples'],
-      # From the gate: the Trainer cannot run unless the data passed.
-      schema=gate.outputs['validated_schema'],
+      schema=schema_gen.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
       eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
       custom_config=settings.trainer_config())
+  # Training waits for the gate; a failing gate stops the run.  (The schema
+  # comes from ImportSchemaGen, not the gate, so the Trainer's cache survives
+  # the gate re-checking drift against a newer baseline on every run.)
+  trainer.add_upstream_node(gate)
 
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -106,11 +107,22 @@ def test_exported_model_answers_both_signatures(trained_model, tiny_tfrecords):
 
 def test_run_fn_refuses_a_train_split_missing_a_class(tiny_tfrecords, tmp_path):
   from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
-  config = configs.Settings(labels=configs.LABELS + ('scc',), image_size=32,
-                            epochs=1).trainer_config()
+  examples = tmp_path / 'examples'  # Same data, a label list with one more.
+  for split, path in zip(('train', 'eval'), tiny_tfrecords):
+    os.makedirs(examples / f'Split-{split}')
+    shutil.copy(path, examples / f'Split-{split}' / 'data.gz')
+  with open(examples / features.LABELS_FILE, 'w') as f:
+    f.write('\n'.join(configs.LABELS + ('scc',)) + '\n')
+  config = configs.Settings(image_size=32, epochs=1).trainer_config()
   with pytest.raises(ValueError, match=r"no example of \['scc'\]"):
-    trainer.run_fn(FnArgs(train_files=[tiny_tfrecords[0]],
-                          eval_files=[tiny_tfrecords[1]],
-                          serving_model_dir=str(tmp_path / 's'),
-                          model_run_dir=str(tmp_path / 'r'),
-                          custom_config=config))
+    trainer.run_fn(FnArgs(
+        train_files=[str(examples / 'Split-train' / '*')],
+        eval_files=[str(examples / 'Split-eval' / '*')],
+        serving_model_dir=str(tmp_path / 's'),
+        model_run_dir=str(tmp_path / 'r'), custom_config=config))
+
+
+def test_labels_come_from_the_examples_artifact(tiny_tfrecords, tmp_path):
+  assert preprocessing.read_labels([tiny_tfrecords[0]]) == list(configs.LABELS)
+  with pytest.raises(FileNotFoundError, match='labels.txt'):
+    preprocessing.read_labels([str(tmp_path / 'Split-train' / '*')])

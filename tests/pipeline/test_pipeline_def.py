@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import tensorflow_model_analysis as tfma
 
 from components import tfma_metrics
@@ -18,8 +19,9 @@ def _pipeline(tmp_path, **overrides):
 def test_components_and_order(tmp_path):
   _, p = _pipeline(tmp_path)
   ids = {c.id for c in p.components}  # TFX sorts them topologically.
-  assert ids == {'ImageExampleGen', 'StatisticsGen', 'SchemaGen',
-                 'ExampleValidator', 'AnomaliesGate', 'Trainer',
+  assert ids == {'ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
+                 'ExampleValidator', 'previous_validated_statistics',
+                 'AnomaliesGate', 'DataReport', 'Trainer',
                  'latest_blessed_model_resolver', 'Evaluator', 'Pusher',
                  'TFLiteExporter'}
   by_id = {c.id: c for c in p.components}
@@ -30,11 +32,27 @@ def test_components_and_order(tmp_path):
   assert by_id['Evaluator'].exec_properties['example_splits'] == '["test"]'
 
 
+def test_ingest_only_stops_after_validation(tmp_path):
+  settings = configs.Settings(data_root=str(tmp_path))
+  p = pipeline_lib.create_pipeline(settings, ingest_only=True)
+  assert {c.id for c in p.components} == {
+      'ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen', 'ExampleValidator',
+      'previous_validated_statistics', 'AnomaliesGate', 'DataReport'}
+
+
+def test_schema_label_domain_must_match_the_label_list(tmp_path):
+  with pytest.raises(ValueError, match='does not match the 3 labels'):
+    _pipeline(tmp_path, labels=('a', 'b', 'c'))
+
+
 def test_settings_flow_into_components(tmp_path):
-  settings, p = _pipeline(tmp_path, epochs=5, labels=('a', 'b', 'c'))
+  settings, p = _pipeline(tmp_path, epochs=5, max_quarantine_fraction=0.2)
   by_id = {c.id: c for c in p.components}
   custom = json.loads(by_id['Trainer'].exec_properties['custom_config'])
-  assert custom['epochs'] == 5 and custom['labels'] == ['a', 'b', 'c']
+  assert custom['epochs'] == 5 and 'labels' not in custom  # From the data.
+  gen = json.loads(by_id['ImageExampleGen'].exec_properties['custom_config'])
+  assert '"max_quarantine_fraction": 0.2' in json.dumps(gen)
+  assert '"labels": ["akiec", "bcc"' in json.dumps(gen)
   assert p.pipeline_info.pipeline_root == settings.pipeline_root
   assert '--direct_running_mode=in_memory' in p.beam_pipeline_args
 
