@@ -10,7 +10,7 @@ from pipeline import configs
 def test_defaults_are_the_single_label_list():
   settings = configs.Settings()
   assert settings.labels == configs.LABELS
-  assert settings.trainer_config()['labels'] == list(configs.LABELS)
+  assert 'labels' not in settings.trainer_config()  # Read from the data.
   assert set(configs.LABEL_DISPLAY_NAMES) == set(configs.LABELS)
   assert configs.MELANOMA_LABEL in configs.LABELS
 
