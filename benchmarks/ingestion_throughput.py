@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 
-from tfx.dsl.components.base import base_executor
+from tfx.dsl.components.base import base_beam_executor
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
@@ -52,7 +52,7 @@ def run_executor(root, out_dir, beam_args):
       for k, v in component.exec_properties.items()}
   examples = standard_artifacts.Examples()
   examples.uri = out_dir
-  executor = ieg.Executor(base_executor.BaseExecutor.Context(
+  executor = ieg.Executor(base_beam_executor.BaseBeamExecutor.Context(
       beam_pipeline_args=beam_args, tmp_dir=tempfile.mkdtemp()))
   start = time.perf_counter()
   executor.Do({}, {'examples': [examples]}, exec_properties)
