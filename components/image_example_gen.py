@@ -208,6 +208,18 @@ def _require(path: str, columns: Sequence[str], required: Sequence[str]):
     raise IngestionError(f'{path}: missing columns {missing} (has {columns})')
 
 
+def _layout_csv(root: str, name: str, layout: str,
+                required: Sequence[str]) -> Tuple[List[str], List[Dict]]:
+  """Columns and rows of a layout's CSV, which must exist with `required`."""
+  path = os.path.join(root, name)
+  if not tf.io.gfile.exists(path):
+    raise IngestionError(f'{path} not found: the {layout} layout needs it at '
+                         f'the data root, with columns {list(required)}')
+  columns, rows = _read_csv(path)
+  _require(path, columns, required)
+  return columns, rows
+
+
 def _add_row(listing: Listing, labeler: _Labeler, seen: Dict[str, str], *,
              source: str, image_id: str, lesion_id: str, source_label: str,
              path: Optional[str], age_raw: Optional[str], sex: str,
@@ -270,14 +282,10 @@ def _images_for_rows(listing: Listing, index: Dict[str, List[str]],
 
 
 def list_ham10000(root: str, labeler: _Labeler) -> Listing:
-  csv_path = os.path.join(root, HAM10000_CSV)
-  if not tf.io.gfile.exists(csv_path):
-    raise IngestionError(f'{csv_path} not found: the ham10000 layout needs '
-                         'the official metadata CSV at the data root')
+  _, rows = _layout_csv(root, HAM10000_CSV, 'ham10000',
+                        ('lesion_id', 'image_id', 'dx'))
   listing = Listing(root)
   index = _index_images(root, listing)
-  columns, rows = _read_csv(csv_path)
-  _require(csv_path, columns, ('lesion_id', 'image_id', 'dx'))
   seen: Dict[str, str] = {}
   for line, row in enumerate(rows, start=2):
     image_id = (row.get('image_id') or '').strip()
@@ -294,15 +302,11 @@ def list_ham10000(root: str, labeler: _Labeler) -> Listing:
 
 
 def list_isic2019(root: str, labeler: _Labeler) -> Listing:
-  truth_path = os.path.join(root, ISIC2019_GROUND_TRUTH)
+  columns, rows = _layout_csv(root, ISIC2019_GROUND_TRUTH, 'isic2019',
+                              ('image',))
   meta_path = os.path.join(root, ISIC2019_METADATA)
-  if not tf.io.gfile.exists(truth_path):
-    raise IngestionError(f'{truth_path} not found: the isic2019 layout needs '
-                         'the ground-truth CSV at the data root')
   listing = Listing(root)
   index = _index_images(root, listing)
-  columns, rows = _read_csv(truth_path)
-  _require(truth_path, columns, ('image',))
   classes = [c for c in columns if c in ISIC2019_CLASSES]
   metadata = {}
   if tf.io.gfile.exists(meta_path):
@@ -336,13 +340,8 @@ def _is_one(value: Optional[str]) -> bool:
 
 
 def list_csv(root: str, labeler: _Labeler) -> Listing:
-  csv_path = os.path.join(root, GENERIC_CSV)
-  if not tf.io.gfile.exists(csv_path):
-    raise IngestionError(f'{csv_path} not found: the csv layout needs a '
-                         f'{GENERIC_CSV} with columns path, label')
+  _, rows = _layout_csv(root, GENERIC_CSV, 'csv', ('path', 'label'))
   listing = Listing(root)
-  columns, rows = _read_csv(csv_path)
-  _require(csv_path, columns, ('path', 'label'))
   seen: Dict[str, str] = {}
   for line, row in enumerate(rows, start=2):
     relative = (row.get('path') or '').strip()

@@ -278,9 +278,9 @@ def test_generic_csv_layout(tmp_path):
 
 
 def test_layout_errors_are_clear(tmp_path):
-  with pytest.raises(ieg.IngestionError, match='metadata CSV'):
+  with pytest.raises(ieg.IngestionError, match='HAM10000_metadata.csv not f'):
     ieg.list_archive(str(tmp_path), 'ham10000', LABELS)
-  with pytest.raises(ieg.IngestionError, match='columns path, label'):
+  with pytest.raises(ieg.IngestionError, match=r"columns \['path', 'label'\]"):
     ieg.list_archive(str(tmp_path), 'csv', LABELS)
   with pytest.raises(ieg.IngestionError, match='layout must be one of'):
     ieg.list_archive(str(tmp_path), 'zip', LABELS)
