@@ -3,16 +3,22 @@
 SHELL := /bin/bash
 VENV ?= .venv
 STAMP := $(VENV)/.installed
+# tflite-support alone, for the tests that run the TFLite Task Library.
+TFLITE_VENV ?= .venv-tflite
+TFLITE_STAMP := $(TFLITE_VENV)/.installed
 DEMO_DATA ?= demo_data
 DEMO_HOME ?= tfx_home
 PYTEST_ARGS ?=
 
 .PHONY: setup demo demo-data test clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(TFLITE_STAMP)
 
 $(STAMP): requirements.lock setup.py tools/bootstrap.sh
 	bash tools/bootstrap.sh $(VENV)
+
+$(TFLITE_STAMP): requirements-tflite.lock tools/bootstrap.sh
+	bash tools/bootstrap.sh $(TFLITE_VENV) requirements-tflite.lock
 
 demo-data: $(STAMP)
 	@test -f $(DEMO_DATA)/HAM10000_metadata.csv || $(VENV)/bin/skinlesion demo-data $(DEMO_DATA)
@@ -20,8 +26,9 @@ demo-data: $(STAMP)
 demo: demo-data
 	$(VENV)/bin/skinlesion run --data $(DEMO_DATA) --layout ham10000 --home $(DEMO_HOME)
 
-test: $(STAMP)
-	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+test: $(STAMP) $(TFLITE_STAMP)
+	SKINLESION_TFLITE_PYTHON=$(abspath $(TFLITE_VENV))/bin/python \
+	  $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_HOME) .pytest_cache

@@ -1,18 +1,26 @@
-"""SavedModel (raw-image signature) -> int8 TFLite with TFLite metadata.
+"""SavedModel (raw-image signature) -> float16 / int8 TFLite with metadata.
 
 Conversion reads the ``serving_images`` signature of a Keras 3
 ``ExportArchive`` SavedModel (the only path that converts with TF 2.16 and
-Keras 3, see ../shared/STACK.md).  The int8 model is fully integer inside,
-takes uint8 pixels (quantization scale 1/255, zero point 0, i.e. the raw
-pixel values of the resized image) and returns float32 probabilities
-(dequantized on the way out).  Metadata (tflite-support writers) carries the
-labels, the normalization (mean 0, std 1 on uint8 input), names and licence,
-so the Task Library and MediaPipe need no pre-processing code of the app.
+Keras 3, see ../shared/STACK.md).  Two formats:
+
+* ``float16``: weights stored as float16, float32 input in [0, 1] and float32
+  probabilities; about half the size of the float32 model, same arithmetic.
+* ``int8``: fully integer inside; takes uint8 pixels (input quantization
+  scale 1/255, zero point 0, i.e. the raw pixel values of the resized image)
+  and returns float32 probabilities (dequantized on the way out).
+
+Metadata (tflite-support writers) carries the model name, description,
+version, author, licence, the label file, the input normalization matching
+the input type (float: mean 0, std 255; uint8: mean 0, std 1), the colour
+space and image size, and tensor descriptions, so the Task Library and
+MediaPipe need no pre-processing code of the app.
 """
 
+import json
 import os
 import tempfile
-from typing import Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -20,11 +28,63 @@ import tensorflow as tf
 # also has TensorFlow (see ../shared/STACK.md).
 from tensorflow_lite_support.metadata import metadata_schema_py_generated as metadata_fb
 from tensorflow_lite_support.metadata import schema_py_generated as schema_fb
+from tensorflow_lite_support.metadata.python import metadata as tflite_metadata
 from tensorflow_lite_support.metadata.python.metadata_writers import image_classifier
 from tensorflow_lite_support.metadata.python.metadata_writers import metadata_info
 from tensorflow_lite_support.metadata.python.metadata_writers import writer_utils
 
 from models import features
+
+FLOAT16 = 'float16'
+INT8 = 'int8'
+FORMATS = (FLOAT16, INT8)
+LABELS_FILE = 'labels.txt'
+
+# The int8 model's input must be quantized exactly as raw pixels (scale
+# 1/255, zero point 0): the Task Library and MediaPipe copy uint8 pixels into
+# a uint8 input as they are, whatever the metadata says.
+_PIXEL_SCALE = 1.0 / 255.0
+_PIXEL_SCALE_TOLERANCE = 1e-3  # relative
+
+
+def file_name(fmt: str) -> str:
+  """The file name of a format: ``model_float16.tflite``, ``model_int8.tflite``."""
+  _check_format(fmt)
+  return f'model_{fmt}.tflite'
+
+
+def _check_format(fmt: str) -> None:
+  if fmt not in FORMATS:
+    raise ValueError(f'unknown TFLite format {fmt!r}; choose from {FORMATS}')
+
+
+def _converter(saved_model_dir: str) -> tf.lite.TFLiteConverter:
+  return tf.lite.TFLiteConverter.from_saved_model(
+      saved_model_dir, signature_keys=[features.IMAGE_SIGNATURE])
+
+
+def convert_float16(saved_model_dir: str) -> bytes:
+  """float16 weights, float32 input in [0, 1] and float32 probabilities."""
+  converter = _converter(saved_model_dir)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.target_spec.supported_types = [tf.float16]
+  return converter.convert()
+
+
+def _with_full_pixel_range(images: Sequence[np.ndarray]) -> list:
+  """Copies of the images; the first one's two corner pixels set to 0 and 1.
+
+  The converter quantizes the input tensor over the range it saw during
+  calibration.  Images that never reach pure black or white would give an
+  input scale other than 1/255, and the Task Library (which feeds raw uint8
+  pixels) would then feed the model the wrong values.  Two pixels of one
+  calibration image pin the range to [0, 1]; their effect on the other
+  tensors' ranges is negligible.
+  """
+  out = [np.array(x, np.float32, copy=True) for x in images]
+  out[0][0, 0, :] = 0.0
+  out[0][-1, -1, :] = 1.0
+  return out
 
 
 def convert_int8(saved_model_dir: str,
@@ -34,56 +94,188 @@ def convert_int8(saved_model_dir: str,
   Args:
     saved_model_dir: an ExportArchive SavedModel with the raw-image signature.
     representative_images: float32 [S, S, 3] arrays in [0, 1] (calibration).
+
+  Returns:
+    The .tflite flatbuffer (no metadata yet).
+
+  Raises:
+    ValueError: without representative images, or when the converted input
+      is not quantized as raw pixels (scale 1/255, zero point 0).
   """
-  images = [np.asarray(x, np.float32) for x in representative_images]
+  images = list(representative_images)
   if not images:
     raise ValueError('int8 conversion needs at least one representative image')
+  images = _with_full_pixel_range(images)
 
   def representative_dataset():
     for image in images:
       yield [image[None]]
 
-  converter = tf.lite.TFLiteConverter.from_saved_model(
-      saved_model_dir, signature_keys=[features.IMAGE_SIGNATURE])
+  converter = _converter(saved_model_dir)
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   converter.representative_dataset = representative_dataset
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   converter.inference_input_type = tf.uint8
   converter.inference_output_type = tf.float32
-  return converter.convert()
+  buffer = converter.convert()
+  scale, zero_point = _input_details(buffer)['quantization']
+  if (zero_point != 0 or
+      abs(scale - _PIXEL_SCALE) > _PIXEL_SCALE_TOLERANCE * _PIXEL_SCALE):
+    raise ValueError(
+        f'int8 input quantized with scale {scale}, zero point {zero_point}; '
+        'expected 1/255 and 0 (raw pixels)')
+  return buffer
+
+
+def convert(saved_model_dir: str, fmt: str,
+            representative_images: Optional[Iterable[np.ndarray]] = None
+            ) -> bytes:
+  """Converts to one of FORMATS (int8 needs representative images)."""
+  _check_format(fmt)
+  if fmt == FLOAT16:
+    return convert_float16(saved_model_dir)
+  return convert_int8(saved_model_dir, representative_images or [])
+
+
+class _InputImageMd(metadata_info.InputImageTensorMd):
+  """Input image metadata that also records the image size."""
+
+  def __init__(self, image_size: int, **kwargs):
+    super().__init__(**kwargs)
+    self.image_size = image_size
+
+  def create_metadata(self) -> metadata_fb.TensorMetadataT:
+    tensor_metadata = super().create_metadata()
+    size = metadata_fb.ImageSizeT()
+    size.width = size.height = self.image_size
+    tensor_metadata.content.contentProperties.defaultSize = size
+    return tensor_metadata
+
+
+def _input_details(model_buffer: bytes) -> Dict[str, Any]:
+  interpreter = tf.lite.Interpreter(model_content=model_buffer)
+  return interpreter.get_input_details()[0]
 
 
 def add_metadata(model_buffer: bytes, labels: Sequence[str], *, name: str,
                  description: str, version: str, author: str, licenses: str,
                  label_descriptions: Optional[Sequence[str]] = None) -> bytes:
-  """Attaches image-classifier metadata (labels, normalization, names)."""
+  """Attaches image-classifier metadata (labels, normalization, names).
+
+  Args:
+    model_buffer: a converted model with one [1, S, S, 3] image input and one
+      [1, len(labels)] float32 probabilities output.
+    labels: class names in output order; packed as ``labels.txt``.
+    name: model name.
+    description: what the model is for (the input contract is appended).
+    version: model version.
+    author: author.
+    licenses: licence text.
+    label_descriptions: human-readable class names for the output description
+      (default: the labels).
+
+  Returns:
+    The model with metadata.
+  """
   input_type = writer_utils.get_input_tensor_types(model_buffer)[0]
   output_type = writer_utils.get_output_tensor_types(model_buffer)[0]
+  shape = [int(x) for x in _input_details(model_buffer)['shape']]
+  if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+    raise ValueError(f'expected a [1, S, S, 3] image input, got {shape}')
+  image_size = shape[1]
   uint8_input = input_type == schema_fb.TensorType.UINT8
+  if not uint8_input and input_type != schema_fb.TensorType.FLOAT32:
+    raise ValueError('the Task Library and MediaPipe take uint8 or float32 '
+                     f'image inputs; this model takes tensor type {input_type}')
   # uint8 input quantized with scale 1/255, zero point 0: raw pixels go in
   # as they are (mean 0, std 1).  A float input expects [0, 1]: std 255.
   norm_std = [1.0] if uint8_input else [255.0]
+  pixels = ('uint8 pixel values 0-255 as they are' if uint8_input else
+            'float32 pixel values / 255 (range 0-1)')
+  input_contract = (f'RGB image resized (bilinear, whole image, aspect ratio '
+                    f'not kept) to {image_size}x{image_size}; {pixels}.')
   with tempfile.TemporaryDirectory() as tmp:
-    label_file = os.path.join(tmp, 'labels.txt')
+    label_file = os.path.join(tmp, LABELS_FILE)
     with open(label_file, 'w', encoding='utf-8') as f:
       f.write('\n'.join(labels) + '\n')
     writer = image_classifier.MetadataWriter.create_from_metadata_info(
         model_buffer=bytearray(model_buffer),
         general_md=metadata_info.GeneralMd(
-            name=name, version=version, description=description,
+            name=name, version=version,
+            description=f'{description} Input: {input_contract}',
             author=author, licenses=licenses),
-        input_md=metadata_info.InputImageTensorMd(
-            name='image',
-            description=('RGB image resized to the input size; uint8 pixel '
-                         'values (0-255) for the int8 model.'),
+        input_md=_InputImageMd(
+            image_size=image_size,
+            name='image', description=input_contract,
             norm_mean=[0.0], norm_std=norm_std,
             color_space_type=metadata_fb.ColorSpaceType.RGB,
             tensor_type=input_type),
         output_md=metadata_info.ClassificationTensorMd(
             name='probabilities',
-            description=('Probability of each class, in labels.txt order: '
+            description=('Probability of each class (they sum to 1), in '
+                         f'{LABELS_FILE} order: '
                          + ', '.join(label_descriptions or labels)),
             label_files=[metadata_info.LabelFileMd(file_path=label_file)],
             tensor_type=output_type))
     return bytes(writer.populate())
 
+
+def read_metadata(model_buffer: bytes) -> Dict[str, Any]:
+  """The model's metadata as JSON (what the Task Library reads)."""
+  displayer = tflite_metadata.MetadataDisplayer.with_model_buffer(
+      model_buffer)
+  return json.loads(displayer.get_metadata_json())
+
+
+def input_spec(model_buffer: bytes) -> Dict[str, Any]:
+  """What an app must feed the model, from the tensor and its metadata."""
+  details = _input_details(model_buffer)
+  meta = read_metadata(model_buffer)
+  tensor = meta['subgraph_metadata'][0]['input_tensor_metadata'][0]
+  norm = next((p['options'] for p in tensor.get('process_units', [])
+               if p['options_type'] == 'NormalizationOptions'), None)
+  scale, zero_point = details['quantization']
+  return {
+      'tensor': details['name'],
+      'dtype': np.dtype(details['dtype']).name,
+      'shape': [int(x) for x in details['shape']],
+      'quantization': ({'scale': float(scale), 'zero_point': int(zero_point)}
+                       if scale else None),
+      'normalization': norm,
+      'color_space': tensor['content']['content_properties']['color_space'],
+      'resize': 'bilinear, whole image to the input size',
+  }
+
+
+def model_input(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+  """uint8 pixels -> what the Task Library feeds a model of that input dtype.
+
+  uint8 inputs get the pixels as they are (the int8 model's input is
+  quantized as raw pixels); float32 inputs get (pixel - 0) / 255, the
+  normalization its metadata declares.
+  """
+  if np.dtype(dtype) == np.uint8:
+    return np.asarray(pixels, np.uint8)
+  if np.dtype(dtype) == np.float32:
+    return np.asarray(pixels, np.float32) / 255.0
+  raise ValueError(f'unsupported input dtype {dtype}')
+
+
+def predict(model_buffer: bytes, pixels: np.ndarray,
+            num_threads: int = 1) -> np.ndarray:
+  """Probabilities [N, C] for uint8 images [N, S, S, 3], one invoke each."""
+  interpreter = tf.lite.Interpreter(model_content=model_buffer,
+                                    num_threads=num_threads)
+  interpreter.allocate_tensors()
+  inp = interpreter.get_input_details()[0]
+  out = interpreter.get_output_details()[0]
+  results = []
+  for image in pixels:
+    interpreter.set_tensor(inp['index'],
+                           model_input(image[None], inp['dtype']))
+    interpreter.invoke()
+    results.append(np.array(interpreter.get_tensor(out['index'])[0],
+                            np.float32))
+  if not results:
+    return np.zeros((0, int(out['shape'][-1])), np.float32)
+  return np.stack(results)

@@ -62,9 +62,10 @@ BEAM_PIPELINE_ARGS: List[str] = [
     '--direct_num_workers=1',
 ]
 
-# Serving signatures and TFLite.
-TFLITE_FILE_NAME = 'model_int8.tflite'
-TFLITE_REPRESENTATIVE_EXAMPLES = 100
+# Mobile export (issue 6): the .tflite formats converted from the blessed
+# model (mobile_export/tflite.py; each is pushed only if it passes the parity
+# gate, whose bounds are Settings fields below) and their metadata.
+TFLITE_FORMATS: Tuple[str, ...] = ('float16', 'int8')
 MODEL_AUTHOR = 'skin-lesion-tfx'
 MODEL_LICENSE = 'Apache-2.0 (code); model weights inherit the training data licence'
 
@@ -111,6 +112,13 @@ class Settings:
   min_balanced_accuracy: float = 0.35
   # ... and may not fall more than this below the latest blessed model's.
   max_balanced_accuracy_drop: float = 0.05
+  # Mobile export: int8 calibration images (a seeded sample of the train
+  # split); the parity gate on the test split: each .tflite must agree with
+  # the SavedModel's top-1 on at least this share of images ...
+  tflite_representative_examples: int = 200
+  tflite_min_top1_agreement: float = 0.98
+  # ... and lose at most this much balanced accuracy (0.01 = 1 point).
+  tflite_max_balanced_accuracy_drop: float = 0.01
   beam_pipeline_args: List[str] = dataclasses.field(
       default_factory=lambda: list(BEAM_PIPELINE_ARGS))
   enable_cache: bool = True

@@ -2,8 +2,9 @@
 
 ImageExampleGen -> StatisticsGen (curated schema from ImportSchemaGen) ->
 ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
-validated span) -> Trainer -> Evaluator (vs the latest blessed model)
--> Pusher -> TFLiteExporter.
+validated span) -> Trainer -> Evaluator (vs the latest blessed model) ->
+MobileExporter (.tflite formats, parity gate) -> MobilePusher (one atomic
+version directory: SavedModel, passing .tflite files, labels, manifest).
 """
 
 import json
@@ -17,7 +18,8 @@ from tfx import v1 as tfx
 from components import anomalies_gate
 from components import data_report as data_report_lib
 from components import image_example_gen
-from components import tflite_exporter
+from components import mobile_exporter
+from components import mobile_pusher
 from components import tfma_metrics
 from models import features
 from pipeline import configs
@@ -169,28 +171,31 @@ def create_pipeline(settings: configs.Settings,
       eval_config=build_eval_config(settings),
       example_splits=[configs.TEST_SPLIT])
 
-  pusher = tfx.components.Pusher(
+  exporter = mobile_exporter.MobileExporter(
       model=trainer.outputs['model'],
       model_blessing=evaluator.outputs['blessing'],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(
-              base_directory=settings.serving_model_dir)))
-
-  exporter = tflite_exporter.TFLiteExporter(
-      model=trainer.outputs['model'],
       examples=example_gen.outputs['examples'],
-      pushed_model=pusher.outputs['pushed_model'],
       labels=list(settings.labels),
       label_descriptions=[configs.LABEL_DISPLAY_NAMES.get(n, n)
                           for n in settings.labels],
       image_size=settings.image_size,
-      file_name=configs.TFLITE_FILE_NAME,
-      representative_examples=configs.TFLITE_REPRESENTATIVE_EXAMPLES,
+      formats=list(configs.TFLITE_FORMATS),
+      representative_split=configs.TRAIN_SPLIT,
+      representative_examples=settings.tflite_representative_examples,
+      seed=settings.seed,
+      parity_split=configs.TEST_SPLIT,
+      min_top1_agreement=settings.tflite_min_top1_agreement,
+      max_balanced_accuracy_drop=settings.tflite_max_balanced_accuracy_drop,
       model_name=settings.pipeline_name,
       author=configs.MODEL_AUTHOR,
       licenses=configs.MODEL_LICENSE)
+  pusher = mobile_pusher.MobilePusher(
+      model=trainer.outputs['model'],
+      model_blessing=evaluator.outputs['blessing'],
+      mobile_models=exporter.outputs['mobile_models'],
+      base_directory=settings.serving_model_dir)
 
-  components += [trainer, model_resolver, evaluator, pusher, exporter]
+  components += [trainer, model_resolver, evaluator, exporter, pusher]
   return _pipeline(settings, components)
 
 

@@ -2,13 +2,14 @@
 
 For the latest run of a pipeline: each component's status and wall time, the
 blessing decision with the gated metric values (and the failing thresholds),
-and the paths of the pushed SavedModel and .tflite.
+the mobile export's parity verdict per .tflite format (and why a file was
+kept out of the push), and what was pushed where.
 """
 
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import ml_metadata as mlmd
 import tensorflow as tf
@@ -40,7 +41,13 @@ class RunSummary:
   failed_thresholds: List[str] = dataclasses.field(default_factory=list)
   has_baseline: bool = False
   pushed_model: Optional[str] = None
-  pushed_tflite: Optional[str] = None
+  # Paths of the pushed .tflite files (empty when none was pushed).
+  pushed_tflite: List[str] = dataclasses.field(default_factory=list)
+  manifest: Optional[str] = None
+  # The mobile export: None when it did not run; else format -> verdict
+  # (passed, reasons, top1_agreement, balanced_accuracy_drop, bytes).
+  mobile_verdicts: Optional[Dict[str, Dict]] = None
+  mobile_note: Optional[str] = None
   examples_uri: Optional[str] = None
   charts_uri: Optional[str] = None
 
@@ -78,8 +85,14 @@ class RunSummary:
       for failure in self.failed_thresholds:
         lines.append(f'  FAILED: {failure}')
     lines.append('')
+    lines.extend(format_mobile_verdicts(self.mobile_verdicts,
+                                        self.mobile_note))
+    lines.append('')
     lines.append(f'Pushed SavedModel: {self.pushed_model or "(none)"}')
-    lines.append(f'Pushed TFLite:     {self.pushed_tflite or "(none)"}')
+    lines.append('Pushed TFLite:     ' + (', '.join(self.pushed_tflite)
+                                          or '(none)'))
+    if self.manifest:
+      lines.append(f'Manifest:          {self.manifest}')
     return '\n'.join(lines)
 
 
@@ -113,6 +126,34 @@ def format_ingestion(report: Dict) -> str:
                  + '; '.join(', '.join(d['image_ids']) for d in dupes))
   lines.append(f'Quarantine: {report["quarantine_file"]}')
   return '\n'.join(lines)
+
+
+def format_mobile_verdicts(verdicts: Optional[Dict[str, Dict]],
+                           note: Optional[str] = None) -> List[str]:
+  """Summary lines of the mobile export's parity gate."""
+  if verdicts is None:
+    return [f'Mobile export: {note or "did not run in this run"}.']
+  lines = ['Mobile export (parity with the SavedModel on the test split):']
+  for fmt, v in verdicts.items():
+    if v.get('top1_agreement') is not None:
+      numbers = (f'top-1 agreement {v["top1_agreement"]:.4f}, balanced '
+                 f'accuracy drop {v["balanced_accuracy_drop"]:+.4f}, '
+                 f'{v["bytes"] / 1024:.1f} KiB')
+    else:
+      numbers = 'not converted'
+    status = 'PASSED' if v['passed'] else 'FAILED, not pushed'
+    lines.append(f'  {fmt:<9}{status}: {numbers}')
+    for reason in v.get('reasons') or []:
+      lines.append(f'           why: {reason}')
+  return lines
+
+
+def mobile_verdicts(artifact: metadata_store_pb2.Artifact
+                    ) -> Tuple[Optional[Dict[str, Dict]], Optional[str]]:
+  """(verdicts, note) from a MobileModels artifact's custom properties."""
+  if not _prop(artifact, 'exported'):
+    return None, f'nothing exported ({_prop(artifact, "reason") or "?"})'
+  return json.loads(_prop(artifact, 'verdicts')), None
 
 
 def _store(metadata_path: str) -> mlmd.MetadataStore:
@@ -243,9 +284,13 @@ def latest_run(settings: configs.Settings) -> RunSummary:
       artifact = outputs['pushed_model'][0]
       if _prop(artifact, 'pushed'):
         summary.pushed_model = _prop(artifact, 'pushed_destination')
-    if 'tflite_model' in outputs and outputs['tflite_model']:
-      summary.pushed_tflite = _prop(outputs['tflite_model'][0],
-                                    'pushed_tflite')
+        summary.pushed_tflite = [
+            os.path.join(summary.pushed_model, name)
+            for name in json.loads(_prop(artifact, 'pushed_tflite') or '[]')]
+        summary.manifest = _prop(artifact, 'manifest')
+    if 'mobile_models' in outputs and outputs['mobile_models']:
+      summary.mobile_verdicts, summary.mobile_note = mobile_verdicts(
+          outputs['mobile_models'][0])
     if 'charts' in outputs and outputs['charts']:
       summary.charts_uri = outputs['charts'][0].uri
     if 'examples' in outputs and outputs['examples']:

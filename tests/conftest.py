@@ -76,3 +76,36 @@ def trained_model(tiny_tfrecords, tmp_path_factory):
                    model_run_dir=str(out / 'run'), custom_config=config)
   trainer.run_fn(fn_args)
   return fn_args
+
+
+# The TFLite Task Library runs in its own venv (tflite-support without
+# TensorFlow, which it cannot share a process with): `make setup` creates it;
+# `make test` points SKINLESION_TFLITE_PYTHON at it.
+TASK_LIBRARY_CLIENT = os.path.join(PROJECT_ROOT, 'mobile_export',
+                                   'task_library_client.py')
+
+
+@pytest.fixture(scope='session')
+def task_library_python():
+  """The Python of .venv-tflite; fails (never skips) when it is missing."""
+  path = os.environ.get('SKINLESION_TFLITE_PYTHON') or os.path.join(
+      PROJECT_ROOT, '.venv-tflite', 'bin', 'python')
+  if not os.access(path, os.X_OK):
+    pytest.fail(f'no TFLite Task Library interpreter at {path}. Create it '
+                'with `make setup` (or `bash tools/bootstrap.sh .venv-tflite '
+                'requirements-tflite.lock`), or set SKINLESION_TFLITE_PYTHON.',
+                pytrace=False)
+  return path
+
+
+def classify_with_task_library(python, model_path, image_paths):
+  """mobile_export/task_library_client.py's JSON, run by that Python."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith('PYTHON') and k != 'TF_USE_LEGACY_KERAS'}
+  done = subprocess.run(
+      [python, TASK_LIBRARY_CLIENT, model_path, *image_paths],
+      capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(done.stdout)

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Creates the project's Python 3.10 virtual environment from the lock file.
-#   tools/bootstrap.sh [VENV_DIR]   (default .venv)
+# Creates a Python 3.10 virtual environment from a lock file.
+#   tools/bootstrap.sh [VENV_DIR [LOCK_FILE]]
+#     .venv         requirements.lock         the project (default)
+#     .venv-tflite  requirements-tflite.lock  tflite-support alone: the TFLite
+#                   Task Library, which cannot share a process with TensorFlow
+# The project itself is installed (editable) only with requirements.lock.
 # Needs: a CPython 3.10 interpreter, the Debian package libusb-1.0-0 (for
 # tflite-support; installed here with apt-get when running as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
+lock="${2:-requirements.lock}"
 
 find_python310() {
   local candidates=()
@@ -43,11 +48,13 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
   fi
 fi
 
-echo "Creating $venv with $py ($("$py" --version))..."
+echo "Creating $venv from $lock with $py ($("$py" --version))..."
 "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip==24.3.1 setuptools==75.8.0 wheel==0.45.1
-"$venv/bin/python" -m pip install -q --no-deps -r requirements.lock
-"$venv/bin/python" -m pip install -q --no-deps -e .
+"$venv/bin/python" -m pip install -q --no-deps -r "$lock"
+if [ "$lock" = requirements.lock ]; then
+  "$venv/bin/python" -m pip install -q --no-deps -e .
+fi
 "$venv/bin/python" -m pip check
 touch "$venv/.installed"
 echo "Environment ready: $venv"

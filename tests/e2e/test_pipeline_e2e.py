@@ -1,8 +1,12 @@
 """The whole pipeline on tiny generated data, for real (no stage faked).
 
-Run 1 (project CLI, loose gates): ingestion -> ... -> blessed -> pushed
-SavedModel + int8 .tflite.  Run 2 (TFX CLI, same home, impossible gate): the
-cached components are reused, the candidate is not blessed, nothing is pushed.
+Run 1 (project CLI, loose blessing gates, the default parity gate):
+ingestion -> ... -> blessed -> float16 and int8 .tflite judged on the test
+split -> one version directory with the SavedModel, the .tflite files,
+labels.txt and manifest.json; the pushed .tflite files are then run by the
+TFLite Task Library (a separate venv, as an app would) on the test JPEGs.
+Run 2 (TFX CLI, same home, impossible gate): the cached components are
+reused, the candidate is not blessed, nothing is converted or pushed.
 """
 
 import collections
@@ -18,21 +22,32 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components import image_example_gen
+from mobile_export import release
+from mobile_export import tflite
 from models import features
 from models import preprocessing
 from pipeline import cli
 from pipeline import configs
 from pipeline import summary
+from tests.conftest import classify_with_task_library
 
 pytestmark = pytest.mark.e2e
 
 IMAGE_SIZE = 32
+# Task Library vs tf.lite.Interpreter: bound on score differences, and the
+# top-1 lead below which an image is a near-tie (measured: at most 0.016).
+TIE = 0.03
 
 
 def _settings(archive, home, **overrides):
-  values = dict(data_root=archive, home=home, image_size=IMAGE_SIZE, epochs=3,
+  # Loose gates: this tiny model is near chance and its test split has ~20
+  # images, where one top-1 flip between near-tied classes costs ~5 points
+  # of agreement.  The default parity gate is exercised in
+  # tests/components/test_mobile_components.py.
+  values = dict(data_root=archive, home=home, image_size=IMAGE_SIZE, epochs=10,
                 width=0.25, batch_size=16, min_balanced_accuracy=0.0,
-                max_balanced_accuracy_drop=1.0,
+                max_balanced_accuracy_drop=1.0, tflite_min_top1_agreement=0.85,
+                tflite_max_balanced_accuracy_drop=0.1,
                 # Toy data: small splits, a class may miss one by chance.
                 split_buckets={'train': 2, 'eval': 1, 'test': 1},
                 require_every_class_in_every_split=False)
@@ -78,7 +93,7 @@ def test_every_component_ran_and_model_was_blessed(first_run):
   states = {c.node_id: c.state for c in run.components}
   for node in ('ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
                'ExampleValidator', 'AnomaliesGate', 'DataReport', 'Trainer',
-               'Evaluator', 'Pusher', 'TFLiteExporter'):
+               'Evaluator', 'MobileExporter', 'MobilePusher'):
     assert states.get(node) == 'COMPLETE', (node, states)
   assert run.blessed is True
   assert 0.0 <= run.metrics['balanced_accuracy'] <= 1.0
@@ -146,21 +161,48 @@ def test_pushed_savedmodel_answers_both_signatures(first_run):
   np.testing.assert_allclose(by_example, by_image, atol=1e-5)
 
 
-def test_pushed_tflite_returns_seven_probabilities(first_run):
+def _test_jpegs(run, directory, count=None):
+  """(JPEG paths, labels) of the test split, written as the files they were."""
+  examples = _split_examples(run.examples_uri)['test'][:count]
+  paths = []
+  for i, example in enumerate(examples):
+    path = os.path.join(directory, f'{i:03d}.jpg')
+    with open(path, 'wb') as f:
+      f.write(example.features.feature[features.IMAGE_KEY].bytes_list
+              .value[0])
+    paths.append(path)
+  return paths, [example.features.feature[features.LABEL_KEY].int64_list
+                 .value[0] for example in examples]
+
+
+def test_both_tflite_formats_passed_parity_and_were_pushed(first_run):
   _, run = first_run
-  assert run.pushed_tflite == os.path.join(run.pushed_model,
-                                           configs.TFLITE_FILE_NAME)
-  interpreter = tf.lite.Interpreter(model_path=run.pushed_tflite)
+  assert run.mobile_verdicts is not None
+  assert {f: v['passed'] for f, v in run.mobile_verdicts.items()} == {
+      'float16': True, 'int8': True}, run.mobile_verdicts
+  assert run.pushed_tflite == [
+      os.path.join(run.pushed_model, tflite.file_name(fmt))
+      for fmt in configs.TFLITE_FORMATS]
+  text = run.format()
+  assert 'float16  PASSED' in text and 'int8     PASSED' in text
+
+
+@pytest.mark.parametrize('fmt', configs.TFLITE_FORMATS)
+def test_pushed_tflite_returns_seven_probabilities(first_run, fmt):
+  _, run = first_run
+  path = os.path.join(run.pushed_model, tflite.file_name(fmt))
+  interpreter = tf.lite.Interpreter(model_path=path)
   interpreter.allocate_tensors()
   inp = interpreter.get_input_details()[0]
   out = interpreter.get_output_details()[0]
-  assert inp['dtype'] == np.uint8
+  assert inp['dtype'] == (np.uint8 if fmt == 'int8' else np.float32)
   assert list(inp['shape']) == [1, IMAGE_SIZE, IMAGE_SIZE, 3]
   example = _split_examples(run.examples_uri)['test'][0]
   pixels = preprocessing.decode_and_resize(
       example.features.feature[features.IMAGE_KEY].bytes_list.value[0],
       IMAGE_SIZE).numpy()
-  interpreter.set_tensor(inp['index'], pixels[None])
+  interpreter.set_tensor(inp['index'],
+                         tflite.model_input(pixels[None], inp['dtype']))
   interpreter.invoke()
   probs = interpreter.get_tensor(out['index'])[0]
   assert probs.shape == (len(configs.LABELS),)
@@ -168,6 +210,67 @@ def test_pushed_tflite_returns_seven_probabilities(first_run):
   assert abs(float(probs.sum()) - 1.0) < 0.02
   with open(os.path.join(run.pushed_model, 'labels.txt')) as f:
     assert f.read().split() == list(configs.LABELS)
+
+
+def test_version_directory_is_complete_and_its_manifest_true(first_run):
+  settings, run = first_run
+  version = os.path.basename(run.pushed_model)
+  # Nothing but complete versions under the serving directory.
+  assert os.listdir(settings.serving_model_dir) == [version]
+  assert run.manifest == os.path.join(run.pushed_model, 'manifest.json')
+  manifest = release.read_json(run.manifest)
+  assert manifest['model_version'] == version
+  assert manifest['labels'] == list(configs.LABELS)
+  assert manifest['files'] == release.file_inventory(run.pushed_model)
+  assert {'saved_model.pb', 'labels.txt', 'model_float16.tflite',
+          'model_int8.tflite'} <= set(manifest['files'])
+  for fmt in configs.TFLITE_FORMATS:
+    verdict = manifest['parity']['formats'][fmt]
+    assert verdict['passed'] and verdict['pushed'], verdict
+    assert verdict['top1_agreement'] >= settings.tflite_min_top1_agreement
+    assert (verdict['balanced_accuracy_drop']
+            <= settings.tflite_max_balanced_accuracy_drop)
+    with open(os.path.join(run.pushed_model, tflite.file_name(fmt)),
+              'rb') as f:
+      assert tflite.read_metadata(f.read())['version'] == version
+  assert manifest['metrics']['saved_model']['balanced_accuracy'] == (
+      pytest.approx(run.metrics['balanced_accuracy'], abs=1e-6))
+  assert manifest['versions']['tensorflow'] == tf.__version__
+
+
+@pytest.mark.parametrize('fmt', configs.TFLITE_FORMATS)
+def test_task_library_classifies_jpegs_like_the_interpreter(
+    first_run, fmt, task_library_python, tmp_path):
+  _, run = first_run
+  path = os.path.join(run.pushed_model, tflite.file_name(fmt))
+  jpegs, _ = _test_jpegs(run, str(tmp_path))
+  answer = classify_with_task_library(task_library_python, path, jpegs)
+  # Everything the Task Library needed came from the metadata.
+  assert answer['labels'] == list(configs.LABELS)
+  assert answer['version'] == os.path.basename(run.pushed_model)
+  library = np.array([r['scores'] for r in answer['results']])
+  assert [r['names'] for r in answer['results']] == [
+      list(configs.LABELS)] * len(jpegs)
+  # The reference: tf.lite.Interpreter on our own preprocessing.
+  with open(path, 'rb') as f:
+    buffer = f.read()
+  pixels = np.stack([preprocessing.decode_and_resize(
+      tf.io.read_file(jpeg), IMAGE_SIZE).numpy() for jpeg in jpegs])
+  ours = tflite.predict(buffer, pixels)
+  np.testing.assert_allclose(library.sum(axis=1), 1.0, atol=0.02)
+  top1 = np.array([r['top1'] for r in answer['results']])
+  agree = top1 == ours.argmax(1)
+  ranked = np.sort(ours, axis=1)
+  lead = ranked[:, -1] - ranked[:, -2]
+  print(f'{fmt}: {len(jpegs)} images, top-1 agreement {agree.mean():.4f}, '
+        f'max score difference {np.abs(library - ours).max():.4f}, '
+        f'{int((lead <= TIE).sum())} near-ties')
+  # The Task Library decodes and resizes with its own code (about one grey
+  # level from TensorFlow's, see tests/mobile_export/test_task_library.py):
+  # scores stay close, and top-1 is the same on every image but near-ties.
+  assert np.abs(library - ours).max() <= TIE
+  np.testing.assert_array_equal(top1[lead > TIE], ours.argmax(1)[lead > TIE])
+  assert agree.mean() >= 0.9
 
 
 def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
@@ -193,5 +296,7 @@ def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
   assert second.blessed is False
   assert any('balanced_accuracy' in f and '1.0100' in f
              for f in second.failed_thresholds), second.failed_thresholds
-  assert second.pushed_model is None and second.pushed_tflite is None
+  assert second.pushed_model is None and second.pushed_tflite == []
+  assert second.mobile_verdicts is None
+  assert 'model not blessed' in second.mobile_note
   assert sorted(os.listdir(settings.serving_model_dir)) == versions_before

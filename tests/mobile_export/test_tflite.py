@@ -1,9 +1,6 @@
-"""int8 conversion of the raw-image signature, and its TFLite metadata."""
+"""float16 / int8 conversion of the raw-image signature, and its metadata."""
 
 import json
-import os
-import zipfile
-import io
 
 import numpy as np
 import pytest
@@ -26,15 +23,24 @@ def images(tiny_tfrecords):
   return np.stack(out)  # uint8
 
 
-@pytest.fixture(scope='module')
-def int8_model(trained_model, images):
-  buffer = tflite.convert_int8(trained_model.serving_model_dir,
-                               [im / 255.0 for im in images[:30]])
+def _with_metadata(buffer):
   return tflite.add_metadata(
       buffer, configs.LABELS, name='test-model', description='d',
       version='v1', author='a', licenses='l',
       label_descriptions=[configs.LABEL_DISPLAY_NAMES[n]
                           for n in configs.LABELS])
+
+
+@pytest.fixture(scope='module')
+def int8_model(trained_model, images):
+  return _with_metadata(tflite.convert_int8(
+      trained_model.serving_model_dir, [im / 255.0 for im in images[:30]]))
+
+
+@pytest.fixture(scope='module')
+def float16_model(trained_model):
+  return _with_metadata(tflite.convert(trained_model.serving_model_dir,
+                                       tflite.FLOAT16))
 
 
 def _run(model_buffer, batch):
@@ -101,3 +107,64 @@ def test_metadata_carries_labels_normalization_and_names(int8_model):
 def test_conversion_needs_representative_images(trained_model):
   with pytest.raises(ValueError, match='representative'):
     tflite.convert_int8(trained_model.serving_model_dir, [])
+
+
+def test_int8_input_is_raw_pixels_even_if_calibration_never_reaches_0_or_1(
+    trained_model, images):
+  # Calibration images in [0.2, 0.8] only: without the pinned pixel range
+  # the input scale would be 0.6/255 and an app's raw pixels would be
+  # misread.
+  dim = [0.2 + 0.6 * im / 255.0 for im in images[:10]]
+  buffer = tflite.convert_int8(trained_model.serving_model_dir, dim)
+  interpreter = tf.lite.Interpreter(model_content=buffer)
+  scale, zero_point = interpreter.get_input_details()[0]['quantization']
+  assert scale == pytest.approx(1 / 255, rel=1e-3) and zero_point == 0
+
+
+def test_float16_model_takes_floats_and_matches_the_savedmodel(
+    trained_model, float16_model, images):
+  inp, out, probs = _run(float16_model, images[30:] / 255.0)
+  assert inp['dtype'] == np.float32 and out['dtype'] == np.float32
+  assert list(inp['shape']) == [1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3]
+  loaded = tf.saved_model.load(trained_model.serving_model_dir)
+  reference = loaded.signatures[features.IMAGE_SIGNATURE](
+      images=tf.constant(images[30:] / 255.0, tf.float32))[
+          features.PREDICTION_KEY].numpy()
+  # float16 weights, float32 arithmetic: close, but not bit-identical.
+  np.testing.assert_allclose(probs, reference, atol=5e-3)
+  # predict() feeds what the Task Library would: pixels / 255 for floats.
+  np.testing.assert_allclose(tflite.predict(float16_model, images[30:]),
+                             probs, atol=1e-6)
+
+
+def test_float16_metadata_normalizes_pixels_to_unit_range(float16_model):
+  meta = tflite.read_metadata(float16_model)
+  tensor = meta['subgraph_metadata'][0]['input_tensor_metadata'][0]
+  norm = [p for p in tensor['process_units']
+          if p['options_type'] == 'NormalizationOptions'][0]['options']
+  assert norm == {'mean': [0.0], 'std': [255.0]}
+  assert tensor['stats'] == {'max': [1.0], 'min': [0.0]}
+  size = tensor['content']['content_properties']['default_size']
+  assert size == {'width': TINY_IMAGE_SIZE, 'height': TINY_IMAGE_SIZE}
+  assert meta['author'] == 'a' and meta['license'] == 'l'
+  assert f'{TINY_IMAGE_SIZE}x{TINY_IMAGE_SIZE}' in meta['description']
+
+
+def test_input_spec_describes_what_an_app_feeds(int8_model, float16_model):
+  int8 = tflite.input_spec(int8_model)
+  assert int8['dtype'] == 'uint8'
+  assert int8['shape'] == [1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3]
+  assert int8['quantization']['zero_point'] == 0
+  assert int8['normalization'] == {'mean': [0.0], 'std': [1.0]}
+  assert int8['color_space'] == 'RGB'
+  float16 = tflite.input_spec(float16_model)
+  assert float16['dtype'] == 'float32' and float16['quantization'] is None
+  assert float16['normalization'] == {'mean': [0.0], 'std': [255.0]}
+
+
+def test_unknown_format_is_refused(trained_model):
+  with pytest.raises(ValueError, match='unknown TFLite format'):
+    tflite.convert(trained_model.serving_model_dir, 'int4')
+  with pytest.raises(ValueError, match='unknown TFLite format'):
+    tflite.file_name('int4')
+  assert tflite.file_name(tflite.INT8) == 'model_int8.tflite'

@@ -22,13 +22,15 @@ def test_components_and_order(tmp_path):
   assert ids == {'ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
                  'ExampleValidator', 'previous_validated_statistics',
                  'AnomaliesGate', 'DataReport', 'Trainer',
-                 'latest_blessed_model_resolver', 'Evaluator', 'Pusher',
-                 'TFLiteExporter'}
+                 'latest_blessed_model_resolver', 'Evaluator',
+                 'MobileExporter', 'MobilePusher'}
   by_id = {c.id: c for c in p.components}
-  # Training waits for the anomalies gate; pushing waits for the blessing.
+  # Training waits for the anomalies gate; conversion and pushing wait for
+  # the blessing; pushing waits for the parity verdicts.
   assert 'AnomaliesGate' in {n.id for n in by_id['Trainer'].upstream_nodes}
-  assert 'Evaluator' in {n.id for n in by_id['Pusher'].upstream_nodes}
-  assert 'Pusher' in {n.id for n in by_id['TFLiteExporter'].upstream_nodes}
+  assert 'Evaluator' in {n.id for n in by_id['MobileExporter'].upstream_nodes}
+  assert {'Evaluator', 'MobileExporter'} <= {
+      n.id for n in by_id['MobilePusher'].upstream_nodes}
   assert by_id['Evaluator'].exec_properties['example_splits'] == '["test"]'
 
 
@@ -43,6 +45,25 @@ def test_ingest_only_stops_after_validation(tmp_path):
 def test_schema_label_domain_must_match_the_label_list(tmp_path):
   with pytest.raises(ValueError, match='does not match the 3 labels'):
     _pipeline(tmp_path, labels=('a', 'b', 'c'))
+
+
+def test_mobile_export_settings_flow_into_its_components(tmp_path):
+  settings, p = _pipeline(tmp_path, image_size=96,
+                          tflite_representative_examples=64,
+                          tflite_min_top1_agreement=0.97,
+                          tflite_max_balanced_accuracy_drop=0.02)
+  by_id = {c.id: c for c in p.components}
+  exporter = by_id['MobileExporter'].exec_properties
+  assert json.loads(exporter['formats']) == ['float16', 'int8']
+  assert json.loads(exporter['labels']) == list(configs.LABELS)
+  assert exporter['image_size'] == 96
+  assert exporter['representative_examples'] == 64
+  assert exporter['representative_split'] == configs.TRAIN_SPLIT
+  assert exporter['parity_split'] == configs.TEST_SPLIT
+  assert exporter['min_top1_agreement'] == 0.97
+  assert exporter['max_balanced_accuracy_drop'] == 0.02
+  assert by_id['MobilePusher'].exec_properties['base_directory'] == (
+      settings.serving_model_dir)
 
 
 def test_settings_flow_into_components(tmp_path):

@@ -1,0 +1,193 @@
+"""MobilePusher: one atomic version directory for servers and apps.
+
+Replaces the standard Pusher.  Only when the model is blessed, it writes
+``<base_directory>/<model_version>/`` (the version ``MobileExporter`` wrote
+into the TFLite metadata) with:
+
+* the SavedModel files at the top (``saved_model.pb``, ``variables/``,
+  ``assets/``), so TF Serving can serve ``<base_directory>`` as before;
+* the .tflite files that passed the parity gate (a file that failed is left
+  out; ``manifest.json`` says why);
+* ``labels.txt``, the one label list, in output order;
+* ``manifest.json``: software versions, sha256 and size of every other file,
+  test-split metrics, input specs, parity results, lineage.
+
+The directory is written under a temporary name and renamed into place
+(``mobile_export/release.py``), so a reader never sees half a version.  The
+output is a standard ``PushedModel`` with the standard Pusher's custom
+properties (``pushed``, ``pushed_destination``, ``pushed_version``), plus
+``pushed_tflite`` (JSON list of the pushed .tflite names) and ``manifest``.
+Like the standard Pusher, it also archives a copy under the artifact's URI.
+"""
+
+import json
+import os
+from typing import Any, Dict, List
+
+from absl import logging
+import tensorflow as tf
+from tfx import types
+from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import base_component
+from tfx.dsl.components.base import executor_spec
+from tfx.types import artifact_utils
+from tfx.types import component_spec
+from tfx.types import standard_artifacts
+from tfx.utils import io_utils
+
+from components import mobile_exporter
+from mobile_export import release
+from mobile_export import tflite
+from models import features
+
+
+class MobilePusherSpec(component_spec.ComponentSpec):
+  PARAMETERS = {
+      'base_directory': component_spec.ExecutionParameter(type=str),
+  }
+  INPUTS = {
+      'model': component_spec.ChannelParameter(type=standard_artifacts.Model),
+      'model_blessing': component_spec.ChannelParameter(
+          type=standard_artifacts.ModelBlessing),
+      'mobile_models': component_spec.ChannelParameter(
+          type=mobile_exporter.MobileModels),
+  }
+  OUTPUTS = {
+      'pushed_model': component_spec.ChannelParameter(
+          type=standard_artifacts.PushedModel),
+  }
+
+
+def saved_model_inputs(image_size: int) -> Dict[str, str]:
+  """What each SavedModel signature takes, for the manifest."""
+  return {
+      features.EXAMPLE_SIGNATURE: (
+          'serialized tf.Example strings [N] with feature '
+          f'"{features.IMAGE_KEY}" (encoded JPEG bytes) -> '
+          f'"{features.PREDICTION_KEY}" float32 [N, classes]'),
+      features.IMAGE_SIGNATURE: (
+          f'float32 [N, {image_size}, {image_size}, 3] RGB in [0, 1]: the '
+          'image resized (bilinear) to the input size, rounded to uint8, '
+          f'divided by 255 -> "{features.PREDICTION_KEY}" float32 '
+          '[N, classes]'),
+  }
+
+
+def _manifest_sections(report: Dict[str, Any], pushed: List[str]):
+  """(inputs, metrics, parity) sections of the manifest from the report."""
+  formats = report['formats']
+  inputs = {'saved_model': saved_model_inputs(report['image_size'])}
+  metrics = {'split': report['parity_split'],
+             'saved_model': report['reference']}
+  verdicts = {}
+  for fmt, entry in formats.items():
+    result = entry.get('parity') or {}
+    if entry['file'] in pushed:
+      inputs[entry['file']] = entry['input']
+    if result:
+      metrics[fmt] = result['metrics']
+    verdicts[fmt] = {
+        'file': entry['file'],
+        'pushed': entry['file'] in pushed,
+        'passed': entry['passed'],
+        'reasons': entry['reasons'],
+        'examples': result.get('examples'),
+        'top1_agreement': result.get('top1_agreement'),
+        'balanced_accuracy_drop': result.get('balanced_accuracy_drop'),
+        'max_probability_difference': result.get(
+            'max_probability_difference'),
+    }
+  parity = {'split': report['parity_split'],
+            'thresholds': report['thresholds'],
+            'representative': report['representative'],
+            'formats': verdicts}
+  return inputs, metrics, parity
+
+
+class Executor(pusher_executor.Executor):
+  """Pushes a blessed model's SavedModel and passing .tflite files."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> None:
+    self._log_startup(input_dict, output_dict, exec_properties)
+    model_push = artifact_utils.get_single_instance(
+        output_dict['pushed_model'])
+    if not self.CheckBlessing(input_dict):
+      self._MarkNotPushed(model_push)
+      return
+    mobile = artifact_utils.get_single_instance(input_dict['mobile_models'])
+    report_path = os.path.join(mobile.uri, mobile_exporter.REPORT_FILE)
+    if not tf.io.gfile.exists(report_path):
+      raise RuntimeError(f'the model is blessed but {report_path} is missing: '
+                         'the MobileExporter did not export it')
+    report = release.read_json(report_path)
+    version = report['model_version']
+    labels = report['labels']
+    model_path = self.GetModelPath(input_dict)
+    pushed = [e['file'] for e in report['formats'].values() if e['passed']]
+    base_directory = exec_properties['base_directory']
+    destination = os.path.join(base_directory, version)
+
+    def fill(staging: str) -> None:
+      io_utils.copy_dir(model_path, staging)
+      for name in pushed:
+        source = os.path.join(mobile.uri, name)
+        expected = next(e['sha256'] for e in report['formats'].values()
+                        if e['file'] == name)
+        target = os.path.join(staging, name)
+        io_utils.copy_file(source, target)
+        if release.sha256_file(target) != expected:
+          raise IOError(f'{name}: sha256 differs from the exporter\'s record')
+      with tf.io.gfile.GFile(os.path.join(staging, tflite.LABELS_FILE),
+                             'w') as f:
+        f.write('\n'.join(labels) + '\n')
+      inputs, metrics, parity = _manifest_sections(report, pushed)
+      manifest = release.build_manifest(
+          model_name=report['model_name'], model_version=version,
+          labels=labels, files=release.file_inventory(staging),
+          metrics=metrics, inputs=inputs, parity=parity,
+          lineage={'model_uri': input_dict['model'][0].uri,
+                   'model_artifact_id': input_dict['model'][0].id,
+                   'model_blessing_uri': input_dict['model_blessing'][0].uri,
+                   'mobile_models_uri': mobile.uri})
+      release.write_json(os.path.join(staging, release.MANIFEST_FILE),
+                         manifest)
+
+    if tf.io.gfile.exists(destination):
+      # As the standard Pusher: the same export pushed again (a retried
+      # execution) keeps the version already there.
+      logging.info('Version %s exists already; not pushed again.',
+                   destination)
+    else:
+      release.publish_version(base_directory, version, fill)
+      logging.info('Pushed %s (SavedModel, %s, labels, manifest).',
+                   destination, ', '.join(pushed) or 'no .tflite')
+    # Archive a copy under the artifact's URI, as the standard Pusher does.
+    io_utils.copy_dir(destination, model_push.uri)
+    self._MarkPushed(model_push, pushed_destination=destination,
+                     pushed_version=version)
+    model_push.set_string_custom_property('pushed_tflite', json.dumps(pushed))
+    model_push.set_string_custom_property(
+        'manifest', os.path.join(destination, release.MANIFEST_FILE))
+
+
+class MobilePusher(base_component.BaseComponent):
+  """Pushes SavedModel, passing .tflite files, labels and manifest atomically.
+
+  Inputs: ``model`` (Trainer), ``model_blessing`` (Evaluator),
+  ``mobile_models`` (MobileExporter).  Output: ``pushed_model``
+  (``PushedModel``).
+  """
+
+  SPEC_CLASS = MobilePusherSpec
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+  def __init__(self, model: types.BaseChannel,
+               model_blessing: types.BaseChannel,
+               mobile_models: types.BaseChannel, base_directory: str):
+    spec = MobilePusherSpec(
+        model=model, model_blessing=model_blessing,
+        mobile_models=mobile_models, base_directory=base_directory,
+        pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+    super().__init__(spec=spec)
