@@ -21,7 +21,10 @@ def _settings_from(args):
       min_balanced_accuracy=getattr(args, 'min_balanced_accuracy', None),
       max_balanced_accuracy_drop=getattr(args, 'max_balanced_accuracy_drop',
                                          None),
-      enable_cache=False if getattr(args, 'no_cache', False) else None)
+      enable_cache=False if getattr(args, 'no_cache', False) else None,
+      beam_pipeline_args=(
+          configs.direct_beam_args(args.beam_workers)
+          if getattr(args, 'beam_workers', None) is not None else None))
 
 
 def cmd_demo_data(args) -> int:
@@ -95,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='blessing: allowed drop vs the latest blessed model')
   run.add_argument('--no-cache', action='store_true',
                    help='re-run every component')
+  run.add_argument('--beam-workers', type=int, metavar='N',
+                   help='Beam DirectRunner worker processes for the data '
+                   'components (default 1: in-process; 0: one per core); '
+                   'more pays only on large archives, see BENCHMARKS.md')
   run.add_argument('--verbose', action='store_true', help='TFX INFO logs')
   run.set_defaults(func=cmd_run)
 
