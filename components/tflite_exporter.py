@@ -32,7 +32,8 @@ LABELS_FILE = 'labels.txt'
 
 class TFLiteModel(types.Artifact):
   """A .tflite model file (with metadata) and its labels file."""
-  TYPE_NAME = 'TFLiteModel'
+  # Also the import path Kubeflow / Vertex use (see components/__init__.py).
+  TYPE_NAME = 'components.TFLiteModel'
 
 
 class TFLiteExporterSpec(component_spec.ComponentSpec):

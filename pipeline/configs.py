@@ -45,11 +45,22 @@ LAYOUTS = ('ham10000', 'folders')
 SPLIT_BUCKETS: Dict[str, int] = {'train': 14, 'eval': 3, 'test': 3}
 TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT = 'train', 'eval', 'test'
 
-# Beam: in-process, one worker: the fastest for local archives of this size.
+# Beam: in-process, one worker: the fastest for local archives of this size
+# (see BENCHMARKS.md for where multi_processing starts to pay).
 BEAM_PIPELINE_ARGS: List[str] = [
     '--direct_running_mode=in_memory',
     '--direct_num_workers=1',
 ]
+
+# Kubeflow / Vertex AI.  The container image (Dockerfile) installs the project
+# at PROJECT_DIR_IN_IMAGE; the Trainer imports run_fn from the installed
+# package there (TFX's own templates do the same) instead of packaging
+# models/ from the compiling machine into the pipeline root.
+PROJECT_DIR_IN_IMAGE = '/pipeline'
+INSTALLED_TRAINER_RUN_FN = 'models.trainer.run_fn'
+# Remote file systems the components can read and write (TensorFlow's GCS
+# support is built in; see README.md for S3 / MinIO).
+REMOTE_URI_SCHEMES = ('gs://', 's3://')
 
 # Serving signatures and TFLite.
 TFLITE_FILE_NAME = 'model_int8.tflite'
@@ -84,6 +95,21 @@ class Settings:
   beam_pipeline_args: List[str] = dataclasses.field(
       default_factory=lambda: list(BEAM_PIPELINE_ARGS))
   enable_cache: bool = True
+  # Where the Pusher copies blessed models; empty: <home>/serving_model/<name>.
+  serving_dir: str = ''
+  # How the Trainer finds run_fn.  Empty: TFX packages models/ from this
+  # checkout (``module_file``; edits invalidate the Trainer's cache).  A dotted
+  # path (INSTALLED_TRAINER_RUN_FN) imports it from the installed project, as
+  # in the container image.
+  trainer_run_fn: str = ''
+  # Kubeflow / Vertex: the image every component runs in, and the Trainer's
+  # container resources (0 / empty: the cluster's defaults).  Accelerator
+  # types are Vertex / KFP names, e.g. NVIDIA_TESLA_T4, NVIDIA_L4.
+  pipeline_image: str = ''
+  trainer_cpu_limit: float = 0.0     # vCPUs
+  trainer_memory_limit: float = 0.0  # GB
+  trainer_accelerator_type: str = ''
+  trainer_accelerator_count: int = 0
 
   @property
   def pipeline_root(self) -> str:
@@ -96,7 +122,8 @@ class Settings:
 
   @property
   def serving_model_dir(self) -> str:
-    return os.path.join(self.home, 'serving_model', self.pipeline_name)
+    return self.serving_dir or os.path.join(self.home, 'serving_model',
+                                            self.pipeline_name)
 
   def trainer_config(self) -> Dict:
     """What the Trainer's run_fn receives as custom_config."""
@@ -116,9 +143,9 @@ class Settings:
   def __post_init__(self):
     # Local paths become absolute: Beam workers and the TFX CLI's child
     # process may run elsewhere.  URIs (gs://, s3://) stay as given.
-    for name in ('data_root', 'home'):
+    for name in ('data_root', 'home', 'serving_dir'):
       value = getattr(self, name)
-      if '://' not in value:
+      if value and '://' not in value:
         setattr(self, name, os.path.abspath(os.path.expanduser(value)))
     self.labels = tuple(self.labels)
 

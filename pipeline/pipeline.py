@@ -3,6 +3,10 @@
 ImageExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator ->
 AnomaliesGate -> Trainer -> Evaluator (vs the latest blessed model) ->
 Pusher -> TFLiteExporter.
+
+Every orchestrator compiles this same pipeline: local_runner.py
+(LocalDagRunner) and kubeflow_runner.py (KubeflowV2DagRunner, for Kubeflow
+Pipelines v2 and Vertex AI Pipelines); only the settings differ.
 """
 
 import json
@@ -24,6 +28,32 @@ from pipeline import configs
 # models/ folder, so any model-code edit invalidates the Trainer's cache.
 TRAINER_MODULE_FILE = os.path.join(configs.PROJECT_ROOT, 'models',
                                    'trainer.py')
+
+
+def trainer_resources(settings: configs.Settings):
+  """The Trainer's container resources on Kubeflow / Vertex, or None.
+
+  A KFP ResourceSpec (the V2 runner's ``platform_config``): CPU and memory
+  limits and an accelerator (type and count).  Local runs ignore it.
+  """
+  if bool(settings.trainer_accelerator_type) != bool(
+      settings.trainer_accelerator_count):
+    raise ValueError('set both trainer_accelerator_type and '
+                     'trainer_accelerator_count, or neither')
+  if not (settings.trainer_cpu_limit or settings.trainer_memory_limit
+          or settings.trainer_accelerator_type):
+    return None
+  # kfp-pipeline-spec (installed with kfp) defines the proto; imported here so
+  # that local runs do not need it.
+  from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
+  spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec
+  resources = spec.ResourceSpec(cpu_limit=settings.trainer_cpu_limit,
+                                memory_limit=settings.trainer_memory_limit)
+  if settings.trainer_accelerator_type:
+    resources.accelerator.type = settings.trainer_accelerator_type
+    resources.accelerator.count = settings.trainer_accelerator_count
+  return resources
+
 
 # Names of the TFMA metrics the gates read.
 BALANCED_ACCURACY = tfma_metrics.BALANCED_ACCURACY_NAME
@@ -74,8 +104,16 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
       ])
 
 
-def create_pipeline(settings: configs.Settings) -> tfx.dsl.Pipeline:
-  """The whole pipeline for one data root, layout and output home."""
+def create_pipeline(settings: configs.Settings,
+                    local_metadata: bool = True) -> tfx.dsl.Pipeline:
+  """The whole pipeline for one data root, layout and output home.
+
+  Args:
+    settings: every value the pipeline uses.
+    local_metadata: give the pipeline the SQLite ML Metadata store under
+      ``settings.home`` (what LocalDagRunner uses).  False for Kubeflow /
+      Vertex AI, whose own metadata service records the runs.
+  """
   example_gen = image_example_gen.ImageExampleGen(
       input_base=settings.data_root, layout=settings.layout,
       labels=settings.labels, split_buckets=configs.SPLIT_BUCKETS)
@@ -92,14 +130,21 @@ def create_pipeline(settings: configs.Settings) -> tfx.dsl.Pipeline:
   gate = anomalies_gate.AnomaliesGate(
       anomalies=example_validator.outputs['anomalies'])
 
+  # Locally TFX packages models/ as a wheel (module_file); in the container
+  # image the project is installed, so run_fn is imported from there.
+  code = ({'run_fn': settings.trainer_run_fn} if settings.trainer_run_fn
+          else {'module_file': TRAINER_MODULE_FILE})
   trainer = tfx.components.Trainer(
-      module_file=TRAINER_MODULE_FILE,
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
       eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
-      custom_config=settings.trainer_config())
+      custom_config=settings.trainer_config(),
+      **code)
   trainer.add_upstream_node(gate)
+  resources = trainer_resources(settings)
+  if resources is not None:
+    trainer.with_platform_config(resources)
 
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -146,5 +191,5 @@ def create_pipeline(settings: configs.Settings) -> tfx.dsl.Pipeline:
       enable_cache=settings.enable_cache,
       metadata_connection_config=(
           tfx.orchestration.metadata.sqlite_metadata_connection_config(
-              settings.metadata_path)),
+              settings.metadata_path) if local_metadata else None),
       beam_pipeline_args=settings.beam_pipeline_args)
