@@ -154,7 +154,9 @@ class Settings:
       raise ValueError(f'layout must be one of {LAYOUTS}, got {self.layout!r}')
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
-    if not os.path.isdir(self.data_root):
+    # A URI (gs://...) is checked where it is read: on a cluster, or by
+    # the ingestion step.
+    if '://' not in self.data_root and not os.path.isdir(self.data_root):
       raise FileNotFoundError(
           f'data root {self.data_root!r} does not exist; generate demo data '
           'with `skinlesion demo-data DIR` or point --data at an archive')
@@ -197,15 +199,16 @@ class Settings:
     return env
 
 
-# Beam runners for the data components (ImageExampleGen, StatisticsGen,
-# ExampleValidator, Evaluator: every component that runs Beam receives the
-# pipeline's beam_pipeline_args).  Each function returns the whole argument
+# Beam runners for the components that run Beam (ImageExampleGen,
+# StatisticsGen, Evaluator: each receives the pipeline's
+# beam_pipeline_args).  Each function returns the whole argument
 # list; set it as Settings.beam_pipeline_args (or, space-separated, as
 # SKINLESION_BEAM_PIPELINE_ARGS).
 #
-# TFX ships its own source to remote Beam workers as a freshly built sdist
-# unless the arguments already name the code (--setup_file, --extra_package,
-# --sdk_container_image, ...); the remote runners below always name it.
+# TFX ships its own source to Beam workers as a freshly built sdist unless
+# the arguments already name the code (--setup_file, --extra_package,
+# --sdk_container_image, ...); dataflow_beam_args and the DOCKER
+# environments below name it.
 
 
 def direct_beam_args(workers: int = 1) -> List[str]:

@@ -6,8 +6,8 @@ runs and nothing is uploaded here (compiling needs no cluster and no cloud
 credentials).  Settings come from the environment (``configs.Settings``):
 
   SKINLESION_PIPELINE_IMAGE   the image built from Dockerfile (required); tag
-                              every build uniquely: KFP and Vertex key their
-                              cache on the image name, not its contents
+                              every build uniquely: Vertex keys its cache on
+                              the image name, not its contents
   SKINLESION_HOME             gs:// (or s3://) folder: pipeline root
                               <home>/pipelines/<name>, models pushed to
                               <home>/serving_model/<name>
@@ -71,7 +71,7 @@ def kubeflow_settings(settings: configs.Settings) -> configs.Settings:
   if '@' not in image_name and (':' not in image_name
                                 or image_name.endswith(':latest')):
     logging.warning(
-        'Image %s has no fixed tag: KFP / Vertex cache results by image name, '
+        'Image %s has no fixed tag: Vertex keys its cache on the image name, '
         'so a rebuilt image with new code can be served stale cached results. '
         'Tag every build uniquely (e.g. with the git commit).',
         settings.pipeline_image)
@@ -82,6 +82,13 @@ def kubeflow_settings(settings: configs.Settings) -> configs.Settings:
           f'{name} must be a {" or ".join(configs.REMOTE_URI_SCHEMES)} URI on '
           f'a cluster (every component runs in its own container), got '
           f'{value!r}: set SKINLESION_{name.upper()}')
+  if any(getattr(settings, name).startswith('s3://')
+         for name in ('home', 'data_root', 'serving_dir')):
+    logging.warning(
+        's3:// URIs need TensorFlow\'s S3 file system (tensorflow-io) loaded '
+        'in every component process; the Dockerfile\'s image does not load '
+        'it (README.md, "Running at scale").')
+  settings.validate()  # Layout and labels.
   pipeline_lib.trainer_resources(settings)  # Raises on inconsistent values.
   return dataclasses.replace(
       settings,

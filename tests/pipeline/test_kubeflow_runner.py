@@ -44,8 +44,8 @@ ENV = {
 COMPONENTS = {'ImageExampleGen', 'StatisticsGen', 'SchemaGen',
               'ExampleValidator', 'AnomaliesGate', 'Trainer', 'Evaluator',
               'Pusher', 'TFLiteExporter'}
-BEAM_COMPONENTS = ('ImageExampleGen', 'StatisticsGen', 'ExampleValidator',
-                   'Evaluator')
+# The components whose executors run Beam pipelines.
+BEAM_COMPONENTS = ('ImageExampleGen', 'StatisticsGen', 'Evaluator')
 
 
 @pytest.fixture(scope='module')
@@ -200,12 +200,21 @@ def test_kfp_sdk_loads_the_yaml(tmp_path):
     ({'SKINLESION_DATA_ROOT': '/data'}, 'SKINLESION_DATA_ROOT'),
     ({'SKINLESION_TRAINER_ACCELERATOR_COUNT': '0'},
      'trainer_accelerator_type and trainer_accelerator_count'),
+    ({'SKINLESION_LAYOUT': 'zip'}, 'layout must be one of'),
 ])
 def test_settings_that_cannot_work_on_a_cluster_are_refused(override,
                                                             message):
   settings = configs.Settings.from_env({**ENV, **override})
   with pytest.raises(ValueError, match=message):
     kubeflow_runner.kubeflow_settings(settings)
+
+
+def test_s3_is_accepted_with_a_warning(caplog):
+  settings = configs.Settings.from_env(
+      {**ENV, 'SKINLESION_HOME': 's3://skin-bucket/tfx'})
+  settings = kubeflow_runner.kubeflow_settings(settings)
+  assert settings.pipeline_root == 's3://skin-bucket/tfx/pipelines/skin-lesion-tfx'
+  assert "TensorFlow's S3 file system" in caplog.text
 
 
 def test_tfx_cli_compiles_the_runner_file(tmp_path, monkeypatch):
