@@ -1,4 +1,4 @@
-"""Beam DirectRunner: in-process (in_memory) vs multi_processing, by image count.
+"""Beam DirectRunner, in_memory vs multi_processing, by archive size.
 
 Runs the pipeline's two data stages, ImageExampleGen and StatisticsGen (the
 executors the pipeline uses, with its settings), on archives of increasing
@@ -45,7 +45,7 @@ def run_stages(data_root: str, workers: int, work_dir: str) -> dict:
       data_root=data_root, home=os.path.join(work_dir, 'home'),
       beam_pipeline_args=configs.direct_beam_args(workers))
   components = {c.id: c for c in pipeline_lib.create_pipeline(
-      settings, local_metadata=False).components}
+      settings).components}
 
   def exec_properties(component_id):
     return {k: (proto_utils.proto_to_json(v) if hasattr(v, 'DESCRIPTOR')
@@ -184,7 +184,8 @@ def main(argv=None) -> int:
         'total (s) | in_memory / multi_processing |')
   print('|---|---:|---|---|---:|')
   for name, single, multi in rows:
-    totals = [r['ImageExampleGen'] + r['StatisticsGen'] for r in (single, multi)]
+    totals = [r['ImageExampleGen'] + r['StatisticsGen']
+              for r in (single, multi)]
     print(f'| {name} | {single["images"]} | '
           f'{single["ImageExampleGen"]:.1f} / {single["StatisticsGen"]:.1f} / '
           f'{totals[0]:.1f} | {multi["ImageExampleGen"]:.1f} / '

@@ -1,9 +1,11 @@
 """TFX Trainer entry point (``run_fn``) for every model in the registry.
 
-The pipeline passes this file as the Trainer's ``module_file``: TFX packages
+Local runs pass this file as the Trainer's ``module_file``: TFX packages
 every module of this folder into a wheel whose version is a hash of their
-contents, so editing any model code invalidates the Trainer's cache.  Settings
-arrive in ``fn_args.custom_config`` (see ``Settings.trainer_config``).
+contents, so editing any model code invalidates the Trainer's cache.  In the
+container image (Kubeflow / Vertex) the Trainer imports ``run_fn`` from the
+installed project instead.  Settings arrive in ``fn_args.custom_config`` (see
+``Settings.trainer_config``).
 
 Distribution (``distribution_strategy``): MultiWorkerMirroredStrategy when
 ``TF_CONFIG`` names several workers (what Vertex AI multi-replica jobs and

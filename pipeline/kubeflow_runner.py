@@ -19,7 +19,8 @@ credentials).  Settings come from the environment (``configs.Settings``):
   _ACCELERATOR_COUNT          the Trainer's container resources
 
   python pipeline/kubeflow_runner.py [--output FILE.json|FILE.yaml]
-  tfx pipeline compile --engine vertex --pipeline_path pipeline/kubeflow_runner.py
+  tfx pipeline compile --engine vertex \
+      --pipeline_path pipeline/kubeflow_runner.py
 
 The output goes to ``--output``, else ``$SKINLESION_KUBEFLOW_OUTPUT`` (the
 TFX CLI passes no arguments), else ``build/kubeflow/skin-lesion-tfx.json``.
@@ -90,9 +91,8 @@ def kubeflow_settings(settings: configs.Settings) -> configs.Settings:
         'it (README.md, "Running at scale").')
   settings.validate()  # Layout and labels.
   pipeline_lib.trainer_resources(settings)  # Raises on inconsistent values.
-  return dataclasses.replace(
-      settings,
-      trainer_run_fn=settings.trainer_run_fn or configs.INSTALLED_TRAINER_RUN_FN)
+  return dataclasses.replace(settings, trainer_run_fn=(
+      settings.trainer_run_fn or configs.INSTALLED_TRAINER_RUN_FN))
 
 
 def compile_pipeline(settings: configs.Settings, output_file: str) -> dict:
@@ -111,8 +111,8 @@ def compile_pipeline(settings: configs.Settings, output_file: str) -> dict:
           use_pipeline_spec_2_1=output_file.endswith(('.yaml', '.yml'))),
       output_dir=os.path.dirname(output_file),
       output_filename=os.path.basename(output_file))
-  return runner.run(pipeline_lib.create_pipeline(settings,
-                                                local_metadata=False))
+  return runner.run(pipeline_lib.create_pipeline(
+      settings, orchestrator=pipeline_lib.KUBEFLOW))
 
 
 def main(argv=None) -> None:

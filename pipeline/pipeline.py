@@ -30,11 +30,17 @@ TRAINER_MODULE_FILE = os.path.join(configs.PROJECT_ROOT, 'models',
                                    'trainer.py')
 
 
+# Orchestrators create_pipeline builds for.
+LOCAL = 'local'         # LocalDagRunner (local_runner.py)
+KUBEFLOW = 'kubeflow'   # KubeflowV2DagRunner (kubeflow_runner.py)
+
+
 def trainer_resources(settings: configs.Settings):
   """The Trainer's container resources on Kubeflow / Vertex, or None.
 
   A KFP ResourceSpec (the V2 runner's ``platform_config``): CPU and memory
-  limits and an accelerator (type and count).  Local runs ignore it.
+  limits and an accelerator (type and count).  LocalDagRunner refuses this
+  kind of platform config, so local pipelines do not get it.
   """
   if bool(settings.trainer_accelerator_type) != bool(
       settings.trainer_accelerator_count):
@@ -105,15 +111,20 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
 
 
 def create_pipeline(settings: configs.Settings,
-                    local_metadata: bool = True) -> tfx.dsl.Pipeline:
+                    orchestrator: str = LOCAL) -> tfx.dsl.Pipeline:
   """The whole pipeline for one data root, layout and output home.
 
   Args:
     settings: every value the pipeline uses.
-    local_metadata: give the pipeline the SQLite ML Metadata store under
-      ``settings.home`` (what LocalDagRunner uses).  False for Kubeflow /
-      Vertex AI, whose own metadata service records the runs.
+    orchestrator: LOCAL: the pipeline uses the SQLite ML Metadata store under
+      ``settings.home``; the Trainer's container resources do not apply.
+      KUBEFLOW: Kubeflow / Vertex AI record the runs in their own metadata
+      service (no store is named); the Trainer's container gets the
+      resources of ``trainer_resources(settings)``.
   """
+  if orchestrator not in (LOCAL, KUBEFLOW):
+    raise ValueError(f'orchestrator must be {LOCAL!r} or {KUBEFLOW!r}, got '
+                     f'{orchestrator!r}')
   example_gen = image_example_gen.ImageExampleGen(
       input_base=settings.data_root, layout=settings.layout,
       labels=settings.labels, split_buckets=configs.SPLIT_BUCKETS)
@@ -142,9 +153,10 @@ def create_pipeline(settings: configs.Settings,
       custom_config=settings.trainer_config(),
       **code)
   trainer.add_upstream_node(gate)
-  resources = trainer_resources(settings)
-  if resources is not None:
-    trainer.with_platform_config(resources)
+  if orchestrator == KUBEFLOW:
+    resources = trainer_resources(settings)
+    if resources is not None:
+      trainer.with_platform_config(resources)
 
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -191,5 +203,5 @@ def create_pipeline(settings: configs.Settings,
       enable_cache=settings.enable_cache,
       metadata_connection_config=(
           tfx.orchestration.metadata.sqlite_metadata_connection_config(
-              settings.metadata_path) if local_metadata else None),
+              settings.metadata_path) if orchestrator == LOCAL else None),
       beam_pipeline_args=settings.beam_pipeline_args)

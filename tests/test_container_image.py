@@ -59,7 +59,8 @@ def _pin(name):
 def test_base_is_the_official_tfx_image_of_the_pinned_tfx():
   beam_sdk, base = _from_images()
   # The image TFX itself runs its Kubeflow components in, for this release.
-  assert base == 'gcr.io/tfx-oss-public/tfx:' + version_utils.get_image_version()
+  assert base == ('gcr.io/tfx-oss-public/tfx:'
+                  + version_utils.get_image_version())
   assert _pin('tfx') == version_utils.get_image_version() == '1.16.0'
   # Beam's SDK harness boot of the pinned Beam, for the pinned Python.
   python = f'{sys.version_info.major}.{sys.version_info.minor}'

@@ -54,4 +54,5 @@ def test_serving_dir_overrides_the_home_default(tmp_path):
       tmp_path / 'serving_model' / configs.PIPELINE_NAME)
   settings = configs.Settings(home=str(tmp_path), serving_dir='rel/serving')
   assert settings.serving_model_dir == os.path.abspath('rel/serving')
-  assert configs.Settings(serving_dir='gs://b/s').serving_model_dir == 'gs://b/s'
+  settings = configs.Settings(serving_dir='gs://b/s')
+  assert settings.serving_model_dir == 'gs://b/s'

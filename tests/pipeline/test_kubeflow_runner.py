@@ -213,7 +213,8 @@ def test_s3_is_accepted_with_a_warning(caplog):
   settings = configs.Settings.from_env(
       {**ENV, 'SKINLESION_HOME': 's3://skin-bucket/tfx'})
   settings = kubeflow_runner.kubeflow_settings(settings)
-  assert settings.pipeline_root == 's3://skin-bucket/tfx/pipelines/skin-lesion-tfx'
+  assert settings.pipeline_root == (
+      's3://skin-bucket/tfx/pipelines/skin-lesion-tfx')
   assert "TensorFlow's S3 file system" in caplog.text
 
 

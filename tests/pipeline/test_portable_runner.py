@@ -40,7 +40,7 @@ def _exec_properties(component):
 def _run_stages(settings, beam_args, out):
   """The pipeline's ImageExampleGen then StatisticsGen, with beam_args."""
   components = {c.id: c for c in pipeline_lib.create_pipeline(
-      settings, local_metadata=False).components}
+      settings).components}
 
   def context():
     return base_beam_executor.BaseBeamExecutor.Context(
