@@ -35,7 +35,7 @@ CHARTS = {
 
 class DataCharts(types.Artifact):
   """PNG charts describing a dataset (one file per chart)."""
-  TYPE_NAME = 'DataCharts'
+  TYPE_NAME = 'components.DataCharts'
 
 
 def _feature_stats(stats, name: str):

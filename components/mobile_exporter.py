@@ -52,7 +52,7 @@ class MobileModels(types.Artifact):
   format -> passed, agreement, drop, bytes, reasons), ``reason`` (why nothing
   was exported).
   """
-  TYPE_NAME = 'MobileModels'
+  TYPE_NAME = 'components.MobileModels'
 
 
 class MobileExporterSpec(component_spec.ComponentSpec):

@@ -19,8 +19,17 @@ BN_MOMENTUM = 0.9
 
 
 def build(num_classes: int, image_size: int, width: float = 1.0,
-          **unused) -> keras.Model:
-  """Input: float32 [N, S, S, 3] in [0, 1]. Output: class probabilities."""
+          synchronized_batch_norm: bool = False, **unused) -> keras.Model:
+  """Input: float32 [N, S, S, 3] in [0, 1]. Output: class probabilities.
+
+  ``synchronized_batch_norm``: normalize with the statistics of the whole
+  global batch, all-reduced over the replicas, instead of each replica's
+  share; the Trainer sets it when it trains on several replicas.  Keras 3
+  keeps BatchNormalization's moving statistics per replica (unlike tf.keras,
+  it does not average them), so without it the workers of a multi-worker run
+  end with different moving statistics and the exported model holds the
+  chief's alone.
+  """
   del unused
   inputs = keras.Input((image_size, image_size, 3), name='image')
   # Augmentation: active in training only (Keras passes training=False at
@@ -32,7 +41,8 @@ def build(num_classes: int, image_size: int, width: float = 1.0,
       x = keras.layers.Conv2D(filters, 3, padding='same', use_bias=False,
                               name=f'block{block + 1}_conv{conv + 1}')(x)
       x = keras.layers.BatchNormalization(
-          momentum=BN_MOMENTUM, name=f'block{block + 1}_bn{conv + 1}')(x)
+          momentum=BN_MOMENTUM, synchronized=synchronized_batch_norm,
+          name=f'block{block + 1}_bn{conv + 1}')(x)
       x = keras.layers.ReLU(name=f'block{block + 1}_relu{conv + 1}')(x)
     x = keras.layers.MaxPooling2D(2, name=f'block{block + 1}_pool')(x)
     x = keras.layers.Dropout(rate, name=f'block{block + 1}_dropout')(x)

@@ -35,4 +35,4 @@ def export_serving_model(model: keras.Model, export_dir: str,
       name=features.IMAGE_SIGNATURE, fn=serve_images,
       input_signature=[tf.TensorSpec([None, image_size, image_size, 3],
                                      tf.float32, name='images')])
-  archive.write_out(export_dir)
+  archive.write_out(export_dir, verbose=False)

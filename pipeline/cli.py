@@ -8,6 +8,7 @@
 
 import argparse
 import json
+import os
 import sys
 import warnings
 import time
@@ -28,7 +29,10 @@ def _settings_from(args):
       min_balanced_accuracy=getattr(args, 'min_balanced_accuracy', None),
       max_balanced_accuracy_drop=getattr(args, 'max_balanced_accuracy_drop',
                                          None),
-      enable_cache=False if getattr(args, 'no_cache', False) else None)
+      enable_cache=False if getattr(args, 'no_cache', False) else None,
+      beam_pipeline_args=(
+          configs.direct_beam_args(args.beam_workers)
+          if getattr(args, 'beam_workers', None) is not None else None))
 
 
 def cmd_demo_data(args) -> int:
@@ -143,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='blessing: allowed drop vs the latest blessed model')
   run.add_argument('--no-cache', action='store_true',
                    help='re-run every component')
+  run.add_argument('--beam-workers', type=int, metavar='N',
+                   help='Beam DirectRunner worker processes for the data '
+                   'components (default 1: in-process; 0: one per core); '
+                   'more pays only on large archives, see BENCHMARKS.md')
   run.set_defaults(func=cmd_run)
 
   summ = sub.add_parser('summary', help="summarise a home's latest run")
@@ -152,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-  # Google client libraries warn about Python 3.10 on import; not actionable.
+  # Google client libraries warn about Python 3.10 on import, and
+  # TensorFlow's C++ runtime logs at INFO: neither is actionable here.
   warnings.filterwarnings('ignore', category=FutureWarning)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   args = build_parser().parse_args(argv)
   return args.func(args)
 

@@ -1,10 +1,15 @@
 """Every setting of the skin-lesion pipeline, in one place.
 
 Values here are the defaults; the ones a user changes per run (data, layout,
-output home, a few training knobs) can also be set through ``SKINLESION_*``
-environment variables, which is how the TFX CLI (which runs
-``local_runner.py`` as a script) and the project CLI (``skinlesion run``) pass
-them.  ``Settings.from_env()`` reads them; components receive plain values.
+output home, a few training knobs, where and how it runs) can also be set
+through ``SKINLESION_*`` environment variables, which is how the TFX CLI
+(which runs ``local_runner.py`` or ``kubeflow_runner.py`` as a script) and the
+project CLI (``skinlesion run``) pass them.  ``Settings.from_env()`` reads
+them; components receive plain values.
+
+The ``*_beam_args`` functions build ``beam_pipeline_args`` for the Beam
+runners the data components can run on (DirectRunner, Dataflow, Flink, Spark,
+any portable job service); README.md, "Running at scale", shows them in use.
 """
 
 import dataclasses
@@ -56,7 +61,8 @@ SCHEMA_PATH = os.path.join(PROJECT_ROOT, 'pipeline', 'schema', 'schema.pbtxt')
 SPLIT_BUCKETS: Dict[str, int] = {'train': 14, 'eval': 3, 'test': 3}
 TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT = 'train', 'eval', 'test'
 
-# Beam: in-process, one worker: the fastest for local archives of this size.
+# Beam: in-process, one worker: the fastest for local archives of this size
+# (see BENCHMARKS.md for where multi_processing starts to pay).
 BEAM_PIPELINE_ARGS: List[str] = [
     '--direct_running_mode=in_memory',
     '--direct_num_workers=1',
@@ -66,6 +72,17 @@ BEAM_PIPELINE_ARGS: List[str] = [
 # model (mobile_export/tflite.py; each is pushed only if it passes the parity
 # gate, whose bounds are Settings fields below) and their metadata.
 TFLITE_FORMATS: Tuple[str, ...] = ('float16', 'int8')
+
+# Kubeflow / Vertex AI.  The container image (Dockerfile) installs the project
+# at PROJECT_DIR_IN_IMAGE; the Trainer imports run_fn from the installed
+# package there (TFX's own templates do the same) instead of packaging
+# models/ from the compiling machine into the pipeline root.
+PROJECT_DIR_IN_IMAGE = '/pipeline'
+INSTALLED_TRAINER_RUN_FN = 'models.trainer.run_fn'
+# Remote file systems the components can read and write (TensorFlow's GCS
+# support is built in; see README.md for S3 / MinIO).
+REMOTE_URI_SCHEMES = ('gs://', 's3://')
+
 MODEL_AUTHOR = 'skin-lesion-tfx'
 MODEL_LICENSE = 'Apache-2.0 (code); model weights inherit the training data licence'
 
@@ -122,6 +139,21 @@ class Settings:
   beam_pipeline_args: List[str] = dataclasses.field(
       default_factory=lambda: list(BEAM_PIPELINE_ARGS))
   enable_cache: bool = True
+  # Where the Pusher copies blessed models; empty: <home>/serving_model/<name>.
+  serving_dir: str = ''
+  # How the Trainer finds run_fn.  Empty: TFX packages models/ from this
+  # checkout (``module_file``; edits invalidate the Trainer's cache).  A dotted
+  # path (INSTALLED_TRAINER_RUN_FN) imports it from the installed project, as
+  # in the container image.
+  trainer_run_fn: str = ''
+  # Kubeflow / Vertex: the image every component runs in, and the Trainer's
+  # container resources (0 / empty: the cluster's defaults).  Accelerator
+  # types are Vertex / KFP names, e.g. NVIDIA_TESLA_T4, NVIDIA_L4.
+  pipeline_image: str = ''
+  trainer_cpu_limit: float = 0.0     # vCPUs
+  trainer_memory_limit: float = 0.0  # GB
+  trainer_accelerator_type: str = ''
+  trainer_accelerator_count: int = 0
 
   @property
   def effective_label_map(self) -> Dict[str, str]:
@@ -138,7 +170,8 @@ class Settings:
 
   @property
   def serving_model_dir(self) -> str:
-    return os.path.join(self.home, 'serving_model', self.pipeline_name)
+    return self.serving_dir or os.path.join(self.home, 'serving_model',
+                                            self.pipeline_name)
 
   def trainer_config(self) -> Dict:
     """What the Trainer's run_fn receives as custom_config."""
@@ -157,9 +190,9 @@ class Settings:
   def __post_init__(self):
     # Local paths become absolute: Beam workers and the TFX CLI's child
     # process may run elsewhere.  URIs (gs://, s3://) stay as given.
-    for name in ('data_root', 'home', 'schema_path'):
+    for name in ('data_root', 'home', 'schema_path', 'serving_dir'):
       value = getattr(self, name)
-      if '://' not in value:
+      if value and '://' not in value:
         setattr(self, name, os.path.abspath(os.path.expanduser(value)))
     self.labels = tuple(self.labels)
 
@@ -172,7 +205,9 @@ class Settings:
                        f'and test: {self.split_buckets}')
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
-    if not os.path.isdir(self.data_root):
+    # A URI (gs://...) is checked where it is read: on a cluster, or by
+    # the ingestion step.
+    if '://' not in self.data_root and not os.path.isdir(self.data_root):
       raise FileNotFoundError(
           f'data root {self.data_root!r} does not exist; generate demo data '
           'with `skinlesion demo-data DIR` or point --data at an archive')
@@ -217,3 +252,148 @@ class Settings:
         value = json.dumps(value)
       env['SKINLESION_' + field.name.upper()] = str(value)
     return env
+
+
+# Beam runners for the components that run Beam (ImageExampleGen,
+# StatisticsGen, Evaluator: each receives the pipeline's
+# beam_pipeline_args).  Each function returns the whole argument
+# list; set it as Settings.beam_pipeline_args (or, space-separated, as
+# SKINLESION_BEAM_PIPELINE_ARGS).
+#
+# TFX ships its own source to Beam workers as a freshly built sdist unless
+# the arguments already name the code (--setup_file, --extra_package,
+# --sdk_container_image, ...); dataflow_beam_args and the DOCKER
+# environments below name it.
+
+
+def direct_beam_args(workers: int = 1) -> List[str]:
+  """DirectRunner on this machine.
+
+  Args:
+    workers: 1 runs Beam in-process (the default, fastest for small
+      archives); N > 1 starts N worker processes (``multi_processing``), which
+      pays for itself only on large archives (BENCHMARKS.md); 0 starts one
+      per CPU core.
+  """
+  if workers < 0:
+    raise ValueError(f'workers must be >= 0, got {workers}')
+  if workers == 1:
+    return list(BEAM_PIPELINE_ARGS)
+  return ['--direct_running_mode=multi_processing',
+          f'--direct_num_workers={workers}']
+
+
+def dataflow_beam_args(project: str, region: str, temp_location: str,
+                       setup_file: str = './setup.py',
+                       sdk_container_image: str = '',
+                       max_num_workers: int = 0,
+                       machine_type: str = '') -> List[str]:
+  """Google Cloud Dataflow.
+
+  Args:
+    project: the Google Cloud project that runs the jobs.
+    region: the Dataflow region, e.g. ``europe-west4``.
+    temp_location: a ``gs://`` folder for Dataflow's temporary and staged
+      files.
+    setup_file: this project's setup.py: Beam builds an sdist of the project
+      (pipeline/, components/, models/, mobile_export/) and the workers
+      pip-install it with its pinned dependencies, so they run the launcher's
+      code.  A relative path is resolved against the launching process's
+      working directory: the project root locally, PROJECT_DIR_IN_IMAGE
+      (the Dockerfile's WORKDIR) when a Kubeflow / Vertex component launches
+      the job.
+    sdk_container_image: optional: the pipeline image (Dockerfile), so the
+      workers start with every dependency installed instead of installing
+      them at start-up.
+    max_num_workers: optional autoscaling limit.
+    machine_type: optional worker machine type, e.g. ``n2-standard-8``.
+  """
+  if not temp_location.startswith('gs://'):
+    raise ValueError(f'Dataflow needs a gs:// temp_location: {temp_location!r}')
+  args = ['--runner=DataflowRunner', f'--project={project}',
+          f'--region={region}', f'--temp_location={temp_location}',
+          f'--setup_file={setup_file}']
+  if sdk_container_image:
+    args.append(f'--sdk_container_image={sdk_container_image}')
+  if max_num_workers:
+    args.append(f'--max_num_workers={max_num_workers}')
+  if machine_type:
+    args.append(f'--machine_type={machine_type}')
+  return args
+
+
+def _portable_environment_args(environment_type: str,
+                               environment_config: str) -> List[str]:
+  """SDK-harness flags shared by Flink, Spark and plain portable job servers.
+
+  DOCKER: each worker starts ``environment_config`` (the pipeline image,
+  whose entrypoint is Beam's SDK harness boot) as its Python SDK harness; the
+  same image is passed as --sdk_container_image so TFX does not stage a
+  second copy of itself.  EXTERNAL: ``environment_config`` is the address of
+  a worker pool already running beside each worker (``/opt/apache/beam/boot
+  --worker_pool`` in the pipeline image).  LOOPBACK: the launching process
+  is the SDK harness (one machine only; what the tests use).
+  """
+  if environment_type not in ('DOCKER', 'EXTERNAL', 'PROCESS', 'LOOPBACK'):
+    raise ValueError(f'unknown Beam environment_type {environment_type!r}')
+  if environment_type == 'LOOPBACK':
+    return ['--environment_type=LOOPBACK']
+  if not environment_config:
+    raise ValueError(f'environment_type {environment_type} needs an '
+                     'environment_config (image, address or command)')
+  args = [f'--environment_type={environment_type}',
+          f'--environment_config={environment_config}']
+  if environment_type == 'DOCKER':
+    args.append(f'--sdk_container_image={environment_config}')
+  return args
+
+
+def portable_beam_args(job_endpoint: str, environment_type: str = 'DOCKER',
+                       environment_config: str = '') -> List[str]:
+  """Any Beam job service (a Flink or Spark job server already running, or
+  Beam's Python job server) reached through the portable Job API at
+  ``job_endpoint`` (host:port)."""
+  return (['--runner=PortableRunner', f'--job_endpoint={job_endpoint}']
+          + _portable_environment_args(environment_type, environment_config))
+
+
+def flink_beam_args(flink_master: str, environment_type: str = 'DOCKER',
+                    environment_config: str = '', parallelism: int = 0,
+                    flink_version: str = '1.19',
+                    job_server_jar: str = '') -> List[str]:
+  """An Apache Flink cluster (``flink_master``: host:port of its REST API).
+
+  ``flink_version`` must be the cluster's (Beam 2.61 publishes job servers
+  for Flink 1.17, 1.18 and 1.19).
+
+  FlinkRunner starts Beam's Flink job server from a jar that it downloads
+  from Maven Central unless ``job_server_jar`` names a local copy; where the
+  launcher has no Internet access, run the job server beside Flink
+  (``apache/beam_flink<version>_job_server`` image) and use
+  portable_beam_args instead.
+  """
+  args = ['--runner=FlinkRunner', f'--flink_master={flink_master}',
+          f'--flink_version={flink_version}']
+  if parallelism:
+    args.append(f'--parallelism={parallelism}')
+  if job_server_jar:
+    args.append(f'--flink_job_server_jar={job_server_jar}')
+  return args + _portable_environment_args(environment_type,
+                                           environment_config)
+
+
+def spark_beam_args(spark_master_url: str, environment_type: str = 'DOCKER',
+                    environment_config: str = '',
+                    job_server_jar: str = '') -> List[str]:
+  """An Apache Spark 3 cluster (``spark_master_url``: spark://host:port).
+
+  As with Flink, SparkRunner downloads its job server jar unless
+  ``job_server_jar`` names one; portable_beam_args reaches a job server
+  (``apache/beam_spark3_job_server`` image) that is already running.
+  """
+  args = ['--runner=SparkRunner', f'--spark_master_url={spark_master_url}',
+          '--spark_version=3']
+  if job_server_jar:
+    args.append(f'--spark_job_server_jar={job_server_jar}')
+  return args + _portable_environment_args(environment_type,
+                                           environment_config)

@@ -5,6 +5,10 @@ ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
 validated span) -> Trainer -> Evaluator (vs the latest blessed model) ->
 MobileExporter (.tflite formats, parity gate) -> MobilePusher (one atomic
 version directory: SavedModel, passing .tflite files, labels, manifest).
+
+Every orchestrator compiles this same pipeline: local_runner.py
+(LocalDagRunner) and kubeflow_runner.py (KubeflowV2DagRunner, for Kubeflow
+Pipelines v2 and Vertex AI Pipelines); only the settings differ.
 """
 
 import json
@@ -28,6 +32,38 @@ from pipeline import configs
 # models/ folder, so any model-code edit invalidates the Trainer's cache.
 TRAINER_MODULE_FILE = os.path.join(configs.PROJECT_ROOT, 'models',
                                    'trainer.py')
+
+
+# Orchestrators create_pipeline builds for.
+LOCAL = 'local'         # LocalDagRunner (local_runner.py)
+KUBEFLOW = 'kubeflow'   # KubeflowV2DagRunner (kubeflow_runner.py)
+
+
+def trainer_resources(settings: configs.Settings):
+  """The Trainer's container resources on Kubeflow / Vertex, or None.
+
+  A KFP ResourceSpec (the V2 runner's ``platform_config``): CPU and memory
+  limits and an accelerator (type and count).  LocalDagRunner refuses this
+  kind of platform config, so local pipelines do not get it.
+  """
+  if bool(settings.trainer_accelerator_type) != bool(
+      settings.trainer_accelerator_count):
+    raise ValueError('set both trainer_accelerator_type and '
+                     'trainer_accelerator_count, or neither')
+  if not (settings.trainer_cpu_limit or settings.trainer_memory_limit
+          or settings.trainer_accelerator_type):
+    return None
+  # kfp-pipeline-spec (installed with kfp) defines the proto; imported here so
+  # that local runs do not need it.
+  from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
+  spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec
+  resources = spec.ResourceSpec(cpu_limit=settings.trainer_cpu_limit,
+                                memory_limit=settings.trainer_memory_limit)
+  if settings.trainer_accelerator_type:
+    resources.accelerator.type = settings.trainer_accelerator_type
+    resources.accelerator.count = settings.trainer_accelerator_count
+  return resources
+
 
 # Names of the TFMA metrics the gates read.
 BALANCED_ACCURACY = tfma_metrics.BALANCED_ACCURACY_NAME
@@ -91,15 +127,26 @@ def check_schema_labels(settings: configs.Settings) -> None:
         'set schema_path')
 
 
-def create_pipeline(settings: configs.Settings,
-                    ingest_only: bool = False) -> tfx.dsl.Pipeline:
+def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
+                    orchestrator: str = LOCAL) -> tfx.dsl.Pipeline:
   """The whole pipeline for one data root, layout and output home.
 
-  With ingest_only, the pipeline stops after data validation (ingestion,
-  statistics, schema and drift checks, data charts): ``skinlesion ingest``.
-  Both share node ids, so a full run reuses an ingest run's cached outputs.
+  Args:
+    settings: every value the pipeline uses.
+    ingest_only: stop after data validation (ingestion, statistics, schema
+      and drift checks, data charts): ``skinlesion ingest``.  Both share node
+      ids, so a full run reuses an ingest run's cached outputs.
+    orchestrator: LOCAL: the pipeline uses the SQLite ML Metadata store under
+      ``settings.home``; the Trainer's container resources do not apply.
+      KUBEFLOW: Kubeflow / Vertex AI record the runs in their own metadata
+      service (no store is named); the Trainer's container gets the
+      resources of ``trainer_resources(settings)``.
   """
-  check_schema_labels(settings)
+  if orchestrator not in (LOCAL, KUBEFLOW):
+    raise ValueError(f'orchestrator must be {LOCAL!r} or {KUBEFLOW!r}, got '
+                     f'{orchestrator!r}')
+  if orchestrator == LOCAL:  # kubeflow_runner checks the compiling copy.
+    check_schema_labels(settings)
   example_gen = image_example_gen.ImageExampleGen(
       input_base=settings.data_root, layout=settings.layout,
       labels=settings.labels, split_buckets=settings.split_buckets,
@@ -122,8 +169,13 @@ def create_pipeline(settings: configs.Settings,
       schema=schema_gen.outputs['schema'])
   # Drift baseline: the statistics of the latest run whose data passed the
   # gate (a previous span), never this run's own.
+  # (KubeflowV2DagRunner compiles only TFX's two built-in strategies; Vertex's
+  # resolver yields no artifact rather than an error when there is none.
+  # Locally, LatestArtifactStrategy fails on a first run, hence our own.)
   baseline_statistics = tfx.dsl.Resolver(
-      strategy_class=anomalies_gate.LatestOrNoneStrategy,
+      strategy_class=(anomalies_gate.LatestOrNoneStrategy
+                      if orchestrator == LOCAL
+                      else tfx.dsl.experimental.LatestArtifactStrategy),
       statistics=tfx.dsl.Channel(
           type=tfx.types.standard_artifacts.ExampleStatistics,
           producer_component_id='AnomaliesGate',
@@ -143,19 +195,27 @@ def create_pipeline(settings: configs.Settings,
                       example_validator, baseline_statistics, gate,
                       data_report]
   if ingest_only:
-    return _pipeline(settings, components)
+    return _pipeline(settings, components, orchestrator)
 
+  # Locally TFX packages models/ as a wheel (module_file); in the container
+  # image the project is installed, so run_fn is imported from there.
+  code = ({'run_fn': settings.trainer_run_fn} if settings.trainer_run_fn
+          else {'module_file': TRAINER_MODULE_FILE})
   trainer = tfx.components.Trainer(
-      module_file=TRAINER_MODULE_FILE,
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
       eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
-      custom_config=settings.trainer_config())
+      custom_config=settings.trainer_config(),
+      **code)
   # Training waits for the gate; a failing gate stops the run.  (The schema
   # comes from ImportSchemaGen, not the gate, so the Trainer's cache survives
   # the gate re-checking drift against a newer baseline on every run.)
   trainer.add_upstream_node(gate)
+  if orchestrator == KUBEFLOW:
+    resources = trainer_resources(settings)
+    if resources is not None:
+      trainer.with_platform_config(resources)
 
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -196,10 +256,11 @@ def create_pipeline(settings: configs.Settings,
       base_directory=settings.serving_model_dir)
 
   components += [trainer, model_resolver, evaluator, exporter, pusher]
-  return _pipeline(settings, components)
+  return _pipeline(settings, components, orchestrator)
 
 
-def _pipeline(settings: configs.Settings, components: List) -> tfx.dsl.Pipeline:
+def _pipeline(settings: configs.Settings, components: List,
+              orchestrator: str) -> tfx.dsl.Pipeline:
   return tfx.dsl.Pipeline(
       pipeline_name=settings.pipeline_name,
       pipeline_root=settings.pipeline_root,
@@ -207,5 +268,5 @@ def _pipeline(settings: configs.Settings, components: List) -> tfx.dsl.Pipeline:
       enable_cache=settings.enable_cache,
       metadata_connection_config=(
           tfx.orchestration.metadata.sqlite_metadata_connection_config(
-              settings.metadata_path)),
+              settings.metadata_path) if orchestrator == LOCAL else None),
       beam_pipeline_args=settings.beam_pipeline_args)

@@ -44,3 +44,15 @@ def test_validate_rejects_bad_settings(tmp_path):
     configs.Settings(data_root=str(tmp_path), labels=('a', 'a')).validate()
   with pytest.raises(FileNotFoundError, match='demo-data'):
     configs.Settings(data_root=str(tmp_path / 'missing')).validate()
+  # A URI is checked where it is read (a cluster, the ingestion step).
+  configs.Settings(data_root='gs://bucket/archive').validate()
+
+
+def test_serving_dir_overrides_the_home_default(tmp_path):
+  settings = configs.Settings(home=str(tmp_path))
+  assert settings.serving_model_dir == str(
+      tmp_path / 'serving_model' / configs.PIPELINE_NAME)
+  settings = configs.Settings(home=str(tmp_path), serving_dir='rel/serving')
+  assert settings.serving_model_dir == os.path.abspath('rel/serving')
+  settings = configs.Settings(serving_dir='gs://b/s')
+  assert settings.serving_model_dir == 'gs://b/s'

@@ -78,6 +78,29 @@ def test_settings_flow_into_components(tmp_path):
   assert '--direct_running_mode=in_memory' in p.beam_pipeline_args
 
 
+def test_trainer_resources_only_on_kubeflow(tmp_path):
+  from tfx.orchestration.local import runner_utils  # pylint: disable=g-import-not-at-top
+  from tfx.dsl.compiler import compiler  # pylint: disable=g-import-not-at-top
+  resources = dict(trainer_cpu_limit=8, trainer_memory_limit=32,
+                   trainer_accelerator_type='NVIDIA_L4',
+                   trainer_accelerator_count=2)
+  _, local = _pipeline(tmp_path, **resources)
+  # What LocalDagRunner does first; it refuses a KFP ResourceSpec.
+  runner_utils.extract_local_deployment_config(
+      compiler.Compiler().compile(local))
+  assert {c.id: c for c in local.components}['Trainer'].platform_config is None
+  settings = configs.Settings(data_root=str(tmp_path),
+                              home='gs://bucket/home', **resources)
+  kubeflow = pipeline_lib.create_pipeline(settings,
+                                          orchestrator=pipeline_lib.KUBEFLOW)
+  spec = {c.id: c for c in kubeflow.components}['Trainer'].platform_config
+  assert (spec.cpu_limit, spec.memory_limit, spec.accelerator.type,
+          spec.accelerator.count) == (8, 32, 'NVIDIA_L4', 2)
+  assert kubeflow.metadata_connection_config is None
+  with pytest.raises(ValueError, match='orchestrator'):
+    pipeline_lib.create_pipeline(settings, orchestrator='airflow')
+
+
 def test_gate_thresholds_apply_to_the_overall_slice_only():
   settings = configs.Settings(min_balanced_accuracy=0.4,
                               max_balanced_accuracy_drop=0.03)

@@ -1,0 +1,133 @@
+"""Ingestion and statistics through Beam's portable runner, for real.
+
+Flink and Spark run Beam pipelines the portable way: the launcher submits the
+pipeline (as a Runner API proto) to a job service through the Job API, stages
+its artifacts there, and SDK harnesses run the Python code over the Fn API.
+This test does the same on one machine, offline: Beam's own Python job
+service (LocalJobServicer) on a gRPC port in this process, PortableRunner
+submitting to it, and a LOOPBACK environment (this process is the SDK
+harness).  The pipeline's ImageExampleGen and StatisticsGen executors run
+once with DirectRunner and once that way; the outputs must be the same.
+"""
+
+import glob
+import json
+import os
+
+import apache_beam  # pylint: disable=unused-import  (before the submodules)
+from apache_beam.portability.api import beam_job_api_pb2
+from apache_beam.runners.portability import local_job_service
+import pytest
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import statistics_pb2
+from tfx.components.statistics_gen import executor as statistics_executor
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+
+from components import image_example_gen
+from pipeline import configs
+from pipeline import pipeline as pipeline_lib
+
+SPLITS = ('train', 'eval', 'test')
+
+
+def _exec_properties(component):
+  return {k: (proto_utils.proto_to_json(v) if hasattr(v, 'DESCRIPTOR') else v)
+          for k, v in component.exec_properties.items()}
+
+
+def _run_stages(settings, beam_args, out):
+  """The pipeline's ImageExampleGen then StatisticsGen, with beam_args."""
+  components = {c.id: c for c in pipeline_lib.create_pipeline(
+      settings).components}
+
+  def context():
+    return base_beam_executor.BaseBeamExecutor.Context(
+        beam_pipeline_args=list(beam_args), tmp_dir=str(out / 'tmp'),
+        unique_id='1')
+
+  examples = standard_artifacts.Examples()
+  examples.uri = str(out / 'examples')
+  image_example_gen.Executor(context()).Do(
+      {}, {'examples': [examples]},
+      _exec_properties(components['ImageExampleGen']))
+  statistics = standard_artifacts.ExampleStatistics()
+  statistics.uri = str(out / 'statistics')
+  statistics_executor.Executor(context()).Do(
+      {'examples': [examples]}, {'statistics': [statistics]},
+      _exec_properties(components['StatisticsGen']))
+  return str(out)
+
+
+@pytest.fixture(scope='module')
+def runs(tiny_archive, tmp_path_factory):
+  """(DirectRunner output dir, PortableRunner output dir, the job service's
+  jobs)."""
+  out = tmp_path_factory.mktemp('portable')
+  settings = configs.Settings(data_root=tiny_archive, home=str(out / 'home'))
+  direct = _run_stages(settings, configs.BEAM_PIPELINE_ARGS, out / 'direct')
+  job_service = local_job_service.LocalJobServicer()
+  port = job_service.start_grpc_server(0)
+  try:
+    portable = _run_stages(
+        settings, configs.portable_beam_args(f'localhost:{port}',
+                                             environment_type='LOOPBACK'),
+        out / 'portable')
+    jobs = job_service.GetJobs(beam_job_api_pb2.GetJobsRequest()).job_info
+  finally:
+    job_service.stop()
+  return direct, portable, jobs
+
+
+def test_both_stages_ran_as_jobs_of_the_job_service(runs):
+  _, _, jobs = runs
+  # One Beam pipeline per executor, each submitted through the Job API.
+  assert len(jobs) == 2
+  assert all(job.state == beam_job_api_pb2.JobState.DONE for job in jobs)
+
+
+def _examples(root):
+  """split -> sorted canonical tf.Examples (map order is not canonical)."""
+  out = {}
+  for split in SPLITS:
+    files = glob.glob(os.path.join(root, 'examples', f'Split-{split}', '*'))
+    records = tf.data.TFRecordDataset(files, compression_type='GZIP')
+    out[split] = sorted(
+        tf.train.Example.FromString(r.numpy()).SerializeToString(
+            deterministic=True) for r in records)
+  return out
+
+
+def test_examples_and_report_are_the_direct_runners(runs, tiny_archive):
+  direct, portable, _ = runs
+  examples = _examples(portable)
+  assert examples == _examples(direct)
+  with open(os.path.join(tiny_archive, image_example_gen.METADATA_CSV)) as f:
+    assert sum(map(len, examples.values())) == sum(1 for _ in f) - 1
+  reports = []
+  for root in (direct, portable):
+    with open(os.path.join(root, 'examples',
+                           image_example_gen.REPORT_FILE)) as f:
+      reports.append(json.load(f))
+  assert reports[0] == reports[1]
+
+
+def test_statistics_are_the_direct_runners(runs):
+  direct, portable, _ = runs
+  examples = _examples(portable)
+  for split in SPLITS:
+    stats = []
+    for root in (direct, portable):
+      proto = statistics_pb2.DatasetFeatureStatisticsList()
+      with open(os.path.join(root, 'statistics', f'Split-{split}',
+                             'FeatureStats.pb'), 'rb') as f:
+        proto.ParseFromString(f.read())
+      stats.append(proto)
+    assert stats[0] == stats[1], split
+    # ... and they describe the split's examples.
+    dataset = stats[1].datasets[0]
+    assert dataset.num_examples == len(examples[split]) > 0
+    keys = set(tf.train.Example.FromString(examples[split][0])
+               .features.feature)
+    assert {f.path.step[0] for f in dataset.features} >= keys
