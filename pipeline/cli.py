@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 import sys
-import warnings
 import time
+import warnings
 from typing import List, Optional
 
 
