@@ -5,6 +5,7 @@ generator.  Real-data tests use ../shared/data/ham10000 and skip without it.
 """
 
 import os
+import sys
 
 import pytest
 
@@ -14,6 +15,19 @@ SHARED_HAM10000 = os.path.join(os.path.dirname(PROJECT_ROOT), 'shared', 'data',
 
 # Keep TF's C++ logs quiet in test output.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _hide_pytest_argv():
+  """TFX's Beam executors read sys.argv as absl flags and Beam arguments.
+
+  pytest's own arguments must not reach them (its -v is absl's --verbosity);
+  pipeline.local_runner.run does the same for the project's CLI.
+  """
+  argv = sys.argv
+  sys.argv = argv[:1]
+  yield
+  sys.argv = argv
 
 
 @pytest.fixture(scope='session')
