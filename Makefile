@@ -26,7 +26,12 @@ demo-data: $(STAMP)
 demo: demo-data
 	$(VENV)/bin/skinlesion run --data $(DEMO_DATA) --layout ham10000 --home $(DEMO_HOME)
 
+# Headless Chromium for the HTML report / try-it page tests (they skip, saying
+# so, where it cannot be installed).
+BROWSER_PACKAGES := chromium chromium-driver
+
 test: $(STAMP) $(TFLITE_STAMP)
+	@bash tools/apt_packages.sh $(BROWSER_PACKAGES) || echo "WARNING: browser tests will be skipped"
 	SKINLESION_TFLITE_PYTHON=$(abspath $(TFLITE_VENV))/bin/python \
 	  $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
