@@ -2,7 +2,8 @@
 
 Three blocks of [Conv 3x3 -> BatchNorm -> ReLU] x 2 with 32, 64, 128 filters,
 each ending in 2x2 max-pooling and dropout 0.15 / 0.20 / 0.25; global average
-pooling; Dense 256 ReLU; dropout 0.3; softmax.  ``width`` scales every layer's
+pooling; Dense 256 ReLU; dropout 0.3; softmax.  The last block's final
+ReLU output is the layer ``feature_map`` (Grad-CAM's, see models/explain.py).  ``width`` scales every layer's
 size (1.0 is R5's network) so the demo fits 2 CPU cores.
 """
 
@@ -44,6 +45,10 @@ def build(num_classes: int, image_size: int, width: float = 1.0,
           momentum=BN_MOMENTUM, synchronized=synchronized_batch_norm,
           name=f'block{block + 1}_bn{conv + 1}')(x)
       x = keras.layers.ReLU(name=f'block{block + 1}_relu{conv + 1}')(x)
+    if block == len(BLOCK_FILTERS) - 1:
+      # The last convolution's output: what Grad-CAM explains
+      # (models/explain.py).
+      x = keras.layers.Identity(name='feature_map')(x)
     x = keras.layers.MaxPooling2D(2, name=f'block{block + 1}_pool')(x)
     x = keras.layers.Dropout(rate, name=f'block{block + 1}_dropout')(x)
   x = keras.layers.GlobalAveragePooling2D(name='gap')(x)

@@ -6,11 +6,18 @@ Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
   * ``serving_images``: float32 [N, S, S, 3] in [0, 1] (already resized) ->
     probabilities; the one the TFLite converter reads.
 Both return ``{'probabilities': float32 [N, num_classes]}``.
+  * ``serving_gradcam``: the same images -> ``probabilities`` and ``heatmap``
+    (float32 [N, h, w] in [0, 1], Grad-CAM of the top class at the feature
+    map's resolution; ``models/explain.py``), so the SavedModel alone can
+    explain its predictions.  Left out, with a logged reason, for a model
+    Grad-CAM cannot take (several inputs, no ``feature_map`` layer).
 """
 
+from absl import logging
 import keras
 import tensorflow as tf
 
+from models import explain
 from models import features
 from models import preprocessing
 
@@ -35,4 +42,19 @@ def export_serving_model(model: keras.Model, export_dir: str,
       name=features.IMAGE_SIGNATURE, fn=serve_images,
       input_signature=[tf.TensorSpec([None, image_size, image_size, 3],
                                      tf.float32, name='images')])
+  reason = explain.unsupported_reason(model)
+  if reason:
+    logging.warning('No %s signature: %s.', explain.GRADCAM_SIGNATURE, reason)
+  else:
+    grad_model = explain.gradcam_model(model)
+
+    def serve_gradcam(images):
+      probabilities, heatmap = explain.gradcam(grad_model, images)
+      return {features.PREDICTION_KEY: probabilities,
+              explain.HEATMAP_KEY: heatmap}
+
+    archive.add_endpoint(
+        name=explain.GRADCAM_SIGNATURE, fn=serve_gradcam,
+        input_signature=[tf.TensorSpec([None, image_size, image_size, 3],
+                                       tf.float32, name='images')])
   archive.write_out(export_dir, verbose=False)
