@@ -10,6 +10,7 @@ re-export is lazy so that importing one component does not import the others.
 _ARTIFACT_TYPES = {
     'DataCharts': 'data_report',
     'MobileModels': 'mobile_exporter',
+    'RunReport': 'run_report',
 }
 
 

@@ -35,6 +35,7 @@ from models import preprocessing
 from models import registry
 
 HISTORY_FILE = 'history.json'
+MODEL_SUMMARY_FILE = 'model_summary.txt'  # Keras' model.summary(), for the run report.
 # Non-chief workers keep their logs (TensorBoard, history) here, under
 # model_run_dir, so that workers do not overwrite each other's files.
 WORKER_RUN_SUBDIR = 'workers'
@@ -215,6 +216,11 @@ def run_fn(fn_args: FnArgs) -> None:
     logging.info('Non-chief %s %d: export written to scratch %s, removed',
                  task_type, task_index, scratch)
   tf.io.gfile.makedirs(run_dir)
+  lines = []
+  model.summary(print_fn=lambda line, **unused: lines.append(line),
+                line_length=100)
+  with tf.io.gfile.GFile(os.path.join(run_dir, MODEL_SUMMARY_FILE), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
   with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), 'w') as f:
     json.dump({'history': {k: [float(v) for v in vs]
                            for k, vs in history.history.items()},

@@ -136,6 +136,9 @@ class Settings:
   tflite_min_top1_agreement: float = 0.98
   # ... and lose at most this much balanced accuracy (0.01 = 1 point).
   tflite_max_balanced_accuracy_drop: float = 0.01
+  # Run report (components/run_report.py): Grad-CAM test images per true
+  # class, this many correct and this many wrong.
+  report_gradcam_per_class: int = 2
   beam_pipeline_args: List[str] = dataclasses.field(
       default_factory=lambda: list(BEAM_PIPELINE_ARGS))
   enable_cache: bool = True

@@ -4,7 +4,8 @@ ImageExampleGen -> StatisticsGen (curated schema from ImportSchemaGen) ->
 ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
 validated span) -> Trainer -> Evaluator (vs the latest blessed model) ->
 MobileExporter (.tflite formats, parity gate) -> MobilePusher (one atomic
-version directory: SavedModel, passing .tflite files, labels, manifest).
+version directory: SavedModel, passing .tflite files, labels, manifest) ->
+RunReporter (report.html and the model card, blessed or not).
 
 Every orchestrator compiles this same pipeline: local_runner.py
 (LocalDagRunner) and kubeflow_runner.py (KubeflowV2DagRunner, for Kubeflow
@@ -24,6 +25,7 @@ from components import data_report as data_report_lib
 from components import image_example_gen
 from components import mobile_exporter
 from components import mobile_pusher
+from components import run_report
 from components import tfma_metrics
 from models import features
 from pipeline import configs
@@ -255,7 +257,27 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       mobile_models=exporter.outputs['mobile_models'],
       base_directory=settings.serving_model_dir)
 
-  components += [trainer, model_resolver, evaluator, exporter, pusher]
+  # Last: the run report and model card.  It runs whether or not the model
+  # was blessed: the pusher marks an unblessed model not pushed (it still
+  # runs), and the exporter's and pusher's outputs are optional inputs, so a
+  # run whose pusher was skipped still gets a report saying so.
+  reporter = run_report.RunReporter(
+      examples=example_gen.outputs['examples'],
+      evaluation=evaluator.outputs['evaluation'],
+      blessing=evaluator.outputs['blessing'],
+      model=trainer.outputs['model'],
+      statistics=statistics_gen.outputs['statistics'],
+      anomalies=example_validator.outputs['anomalies'],
+      charts=data_report.outputs['charts'],
+      model_run=trainer.outputs['model_run'],
+      mobile_models=exporter.outputs['mobile_models'],
+      pushed_model=pusher.outputs['pushed_model'],
+      pipeline_name=settings.pipeline_name,
+      split=configs.TEST_SPLIT,
+      gradcam_per_class=settings.report_gradcam_per_class)
+
+  components += [trainer, model_resolver, evaluator, exporter, pusher,
+                 reporter]
   return _pipeline(settings, components, orchestrator)
 
 

@@ -3,7 +3,8 @@
 For the latest run of a pipeline: each component's status and wall time, the
 blessing decision with the gated metric values (and the failing thresholds),
 the mobile export's parity verdict per .tflite format (and why a file was
-kept out of the push), and what was pushed where.
+kept out of the push), what was pushed where, and where the run report and
+model card are.
 """
 
 import dataclasses
@@ -50,6 +51,9 @@ class RunSummary:
   mobile_note: Optional[str] = None
   examples_uri: Optional[str] = None
   charts_uri: Optional[str] = None
+  # The RunReporter's output: report.html and the model card.
+  report: Optional[str] = None
+  model_card: Optional[str] = None
 
   @property
   def failed(self) -> List[str]:
@@ -93,6 +97,9 @@ class RunSummary:
                                           or '(none)'))
     if self.manifest:
       lines.append(f'Manifest:          {self.manifest}')
+    lines.append(f'Run report:        {self.report or "(none)"}')
+    if self.model_card:
+      lines.append(f'Model card:        {self.model_card}')
     return '\n'.join(lines)
 
 
@@ -291,6 +298,9 @@ def latest_run(settings: configs.Settings) -> RunSummary:
     if 'mobile_models' in outputs and outputs['mobile_models']:
       summary.mobile_verdicts, summary.mobile_note = mobile_verdicts(
           outputs['mobile_models'][0])
+    if 'report' in outputs and outputs['report']:
+      summary.report = _prop(outputs['report'][0], 'report')
+      summary.model_card = _prop(outputs['report'][0], 'model_card')
     if 'charts' in outputs and outputs['charts']:
       summary.charts_uri = outputs['charts'][0].uri
     if 'examples' in outputs and outputs['examples']:

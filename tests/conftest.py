@@ -123,3 +123,64 @@ def classify_with_task_library(python, model_path, image_paths):
       capture_output=True, text=True, env=env, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   return json.loads(done.stdout)
+
+
+CHROMIUM = '/usr/bin/chromium'
+CHROMEDRIVER = '/usr/bin/chromedriver'
+
+
+def open_in_headless_chromium(html_path, section_ids, screenshot_path):
+  """Opens a static HTML file in headless Chromium and checks it renders.
+
+  Every ``<section id=...>`` of ``section_ids`` must be present, displayed,
+  non-empty; every <img> must have loaded (naturalWidth > 0); the browser
+  console must have no SEVERE entry.  Network access is disabled through
+  the DevTools protocol (the page must not need it).  Saves a full-page
+  screenshot to ``screenshot_path``.  Skips when Chromium or its driver is
+  missing.  Returns {section id: number of images in it}.
+  """
+  if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+    pytest.skip(f'headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} '
+                '(Debian packages chromium, chromium-driver; `make test` '
+                'installs them)')
+  from selenium import webdriver  # pylint: disable=g-import-not-at-top
+  from selenium.webdriver.chrome.service import Service  # pylint: disable=g-import-not-at-top
+  from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+  options = webdriver.ChromeOptions()
+  options.binary_location = CHROMIUM
+  for argument in ('--headless', '--no-sandbox', '--disable-gpu',
+                   '--disable-dev-shm-usage', '--window-size=1280,1000',
+                   '--proxy-server=127.0.0.1:9', '--proxy-bypass-list=<-loopback>'):
+    options.add_argument(argument)
+  options.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+  driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+  try:
+    driver.execute_cdp_cmd('Network.enable', {})
+    driver.execute_cdp_cmd('Network.emulateNetworkConditions', {
+        'offline': True, 'latency': 0, 'downloadThroughput': 0,
+        'uploadThroughput': 0})
+    driver.get('file://' + os.path.abspath(html_path))
+    assert driver.execute_script('return document.readyState') == 'complete'
+    images = {}
+    for section_id in section_ids:
+      found = driver.find_elements(By.CSS_SELECTOR, f'section#{section_id}')
+      assert len(found) == 1, f'section {section_id!r}: {len(found)} found'
+      section = found[0]
+      assert section.is_displayed(), section_id
+      assert section.size['height'] > 40, (section_id, section.size)
+      assert len(section.text.strip()) > 40, (section_id, section.text)
+      loaded = driver.execute_script(
+          'return Array.from(arguments[0].querySelectorAll("img")).map('
+          'i => i.complete && i.naturalWidth > 0)', section)
+      assert all(loaded), f'{section_id}: images not loaded: {loaded}'
+      images[section_id] = len(loaded)
+    height = driver.execute_script(
+        'return document.documentElement.scrollHeight')
+    driver.set_window_size(1280, min(int(height) + 100, 16000))
+    assert driver.save_screenshot(str(screenshot_path))
+    print(f'screenshot of {html_path}: {screenshot_path}')
+    severe = [e for e in driver.get_log('browser') if e['level'] == 'SEVERE']
+    assert not severe, severe
+    return images
+  finally:
+    driver.quit()

@@ -19,6 +19,7 @@ from tfx.utils import import_utils
 
 from components import data_report
 from components import mobile_exporter
+from components import run_report
 from pipeline import configs
 from pipeline import kubeflow_runner
 from tests.conftest import PROJECT_ROOT
@@ -44,7 +45,7 @@ ENV = {
 }
 COMPONENTS = {'ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
               'ExampleValidator', 'AnomaliesGate', 'DataReport', 'Trainer',
-              'Evaluator', 'MobileExporter', 'MobilePusher'}
+              'Evaluator', 'MobileExporter', 'MobilePusher', 'RunReporter'}
 # The components whose executors run Beam pipelines.
 BEAM_COMPONENTS = ('ImageExampleGen', 'StatisticsGen', 'Evaluator')
 
@@ -112,6 +113,7 @@ def test_dag_edges(compiled):
   assert 'Trainer' in deps['Evaluator']
   assert 'Evaluator' in deps['MobileExporter']
   assert {'Evaluator', 'MobileExporter'} <= deps['MobilePusher']
+  assert {'Evaluator', 'MobilePusher', 'DataReport'} <= deps['RunReporter']
   assert not deps['ImageExampleGen']
   # The baseline for the Evaluator comes from the resolver.
   assert (_tasks(job)['Evaluator']['inputs']['artifacts']['baseline_model']
@@ -169,7 +171,8 @@ def test_custom_artifact_type_resolves_in_the_container(compiled):
   _, _, job = compiled
   for task, key, cls in (
       ('MobileExporter', 'mobile_models', mobile_exporter.MobileModels),
-      ('DataReport', 'charts', data_report.DataCharts)):
+      ('DataReport', 'charts', data_report.DataCharts),
+      ('RunReporter', 'report', run_report.RunReport)):
     schema = (job['pipelineSpec']['components'][task]['outputDefinitions']
               ['artifacts'][key]['artifactType']['instanceSchema'])
     title = schema.split('\n')[0]

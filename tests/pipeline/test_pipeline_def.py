@@ -23,7 +23,7 @@ def test_components_and_order(tmp_path):
                  'ExampleValidator', 'previous_validated_statistics',
                  'AnomaliesGate', 'DataReport', 'Trainer',
                  'latest_blessed_model_resolver', 'Evaluator',
-                 'MobileExporter', 'MobilePusher'}
+                 'MobileExporter', 'MobilePusher', 'RunReporter'}
   by_id = {c.id: c for c in p.components}
   # Training waits for the anomalies gate; conversion and pushing wait for
   # the blessing; pushing waits for the parity verdicts.
@@ -32,6 +32,23 @@ def test_components_and_order(tmp_path):
   assert {'Evaluator', 'MobileExporter'} <= {
       n.id for n in by_id['MobilePusher'].upstream_nodes}
   assert by_id['Evaluator'].exec_properties['example_splits'] == '["test"]'
+  # The report comes last and reads what every stage wrote.
+  assert {'ImageExampleGen', 'StatisticsGen', 'ExampleValidator',
+          'DataReport', 'Trainer', 'Evaluator', 'MobileExporter',
+          'MobilePusher'} <= {n.id for n in by_id['RunReporter'].upstream_nodes}
+
+
+def test_report_runs_without_the_pushers_outputs(tmp_path):
+  """A run whose exporter or pusher did not run still gets its report."""
+  _, p = _pipeline(tmp_path)
+  reporter = {c.id: c for c in p.components}['RunReporter']
+  spec = reporter.spec.INPUTS
+  for key in ('mobile_models', 'pushed_model', 'gap_blessing', 'charts',
+              'statistics', 'anomalies', 'model_run'):
+    assert spec[key].optional, key
+  for key in ('examples', 'evaluation', 'blessing', 'model'):
+    assert not spec[key].optional, key
+  assert reporter.outputs['report'].type_name == 'components.RunReport'
 
 
 def test_ingest_only_stops_after_validation(tmp_path):
