@@ -37,8 +37,6 @@ inputs resolve to nothing).
 import base64
 import dataclasses
 import datetime
-import glob
-import html
 import io
 import json
 import math
@@ -528,7 +526,7 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray,
   columns = 2 * per_cell
   rows = [c for c in cells if cells[c]['correct'] or cells[c]['wrong']]
   fig, axes = plt.subplots(len(rows), columns,
-                           figsize=(1.8 * columns, 1.9 * len(rows)),
+                           figsize=(max(5.0, 1.8 * columns), 1.9 * len(rows)),
                            squeeze=False)
   colormap = matplotlib.colormaps['jet']
   for r, c in enumerate(rows):
@@ -921,7 +919,7 @@ learning rate {{ r.training.config.get('learning_rate', '?') }}.</p>
 </section>
 
 <section id="explanations"><h2>Explanations (Grad-CAM)</h2>
-{% if gradcam %}<p>Test images per true class: the most confident correct predictions, then the most
+{% if gradcam %}<p>Images of the {{ r.evaluation.split }} split per true class: the most confident correct predictions, then the most
 confident wrong ones, with the Grad-CAM heatmap of the predicted class, computed by the
 SavedModel's own <code>serving_gradcam</code> signature.</p>
 <figure><img src="{{ gradcam }}" alt="Grad-CAM grid"><figcaption>Grad-CAM grid</figcaption></figure>

@@ -22,6 +22,7 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components import image_example_gen
+from components import run_report
 from mobile_export import release
 from mobile_export import tflite
 from models import features
@@ -30,6 +31,7 @@ from pipeline import cli
 from pipeline import configs
 from pipeline import summary
 from tests.conftest import classify_with_task_library
+from tests.conftest import open_in_headless_chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +95,7 @@ def test_every_component_ran_and_model_was_blessed(first_run):
   states = {c.node_id: c.state for c in run.components}
   for node in ('ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
                'ExampleValidator', 'AnomaliesGate', 'DataReport', 'Trainer',
-               'Evaluator', 'MobileExporter', 'MobilePusher'):
+               'Evaluator', 'MobileExporter', 'MobilePusher', 'RunReporter'):
     assert states.get(node) == 'COMPLETE', (node, states)
   assert run.blessed is True
   assert 0.0 <= run.metrics['balanced_accuracy'] <= 1.0
@@ -273,6 +275,45 @@ def test_task_library_classifies_jpegs_like_the_interpreter(
   assert agree.mean() >= 0.9
 
 
+def _report_numbers(run):
+  with open(os.path.join(os.path.dirname(run.report),
+                         run_report.DATA_FILE)) as f:
+    return json.load(f)
+
+
+def test_run_produced_the_report_and_model_card(first_run):
+  _, run = first_run
+  assert run.report and os.path.basename(run.report) == run_report.REPORT_FILE
+  assert run.model_card and os.path.exists(run.model_card)
+  assert os.path.exists(os.path.join(os.path.dirname(run.model_card),
+                                     run_report.MODEL_CARD_HTML))
+  assert f'Run report:        {run.report}' in run.format()
+  numbers = _report_numbers(run)
+  assert numbers['blessing']['blessed'] is True
+  assert numbers['pushed']['pushed'] is True
+  assert numbers['pushed']['destination'] == run.pushed_model
+  assert set(numbers['pushed']['files']) == set(
+      release.read_json(run.manifest)['files'])
+  # The report's numbers are TFMA's, as the summary reads them.
+  overall = dict(numbers['evaluation']['overall'])
+  assert overall['balanced_accuracy'] == pytest.approx(
+      run.metrics['balanced_accuracy'])
+  assert numbers['explanations']['note'] is None  # Grad-CAM from the model.
+  with open(run.model_card) as f:
+    card = f.read()
+  assert 'not a diagnosis' in card
+  assert os.path.basename(run.pushed_model) in card
+
+
+def test_report_renders_in_headless_chromium(first_run, tmp_path):
+  _, run = first_run
+  images = open_in_headless_chromium(run.report, run_report.SECTIONS,
+                                     tmp_path / 'e2e_report.png')
+  assert images['data'] == 4  # The DataReport's charts.
+  assert images['training'] == 2 and images['explanations'] == 1
+  assert images['evaluation'] >= 3
+
+
 def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
   settings, run = first_run
   versions_before = sorted(os.listdir(settings.serving_model_dir))
@@ -300,3 +341,14 @@ def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
   assert second.mobile_verdicts is None
   assert 'model not blessed' in second.mobile_note
   assert sorted(os.listdir(settings.serving_model_dir)) == versions_before
+  # The report still ran, and says why nothing was pushed.
+  assert states['RunReporter'] == 'COMPLETE'
+  assert second.report != run.report
+  numbers = _report_numbers(second)
+  assert numbers['blessing']['blessed'] is False
+  assert any('balanced_accuracy' in f and '1.01' in f
+             for f in numbers['blessing']['failures'])
+  assert numbers['pushed']['pushed'] is False
+  assert 'not blessed' in numbers['pushed']['reason']
+  with open(second.model_card) as f:
+    assert 'NOT blessed' in f.read()
