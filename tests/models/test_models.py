@@ -11,6 +11,7 @@ from sklearn.metrics import balanced_accuracy_score
 import tensorflow as tf
 
 from models import cnn_baseline
+from models import explain
 from models import features
 from models import metrics
 from models import preprocessing
@@ -81,12 +82,16 @@ def test_run_fn_trains_and_writes_history(trained_model):
   assert 'val_balanced_accuracy' in history['history']
   assert set(history['train_counts']) == set(configs.LABELS)
   assert history['class_weights']['df'] > history['class_weights']['nv']
+  with open(os.path.join(trained_model.model_run_dir,
+                         trainer.MODEL_SUMMARY_FILE)) as f:
+    assert 'feature_map' in f.read()  # Keras' model.summary(), for the report.
 
 
 def test_exported_model_answers_both_signatures(trained_model, tiny_tfrecords):
   loaded = tf.saved_model.load(trained_model.serving_model_dir)
   assert set(loaded.signatures) == {features.EXAMPLE_SIGNATURE,
-                                    features.IMAGE_SIGNATURE}
+                                    features.IMAGE_SIGNATURE,
+                                    explain.GRADCAM_SIGNATURE}
   serialized = [r.numpy() for r in
                 preprocessing.read_examples([tiny_tfrecords[1]]).take(5)]
   by_example = loaded.signatures[features.EXAMPLE_SIGNATURE](
@@ -99,6 +104,13 @@ def test_exported_model_answers_both_signatures(trained_model, tiny_tfrecords):
   assert by_example.shape == (5, len(configs.LABELS))
   np.testing.assert_allclose(by_example.sum(axis=1), 1.0, atol=1e-5)
   np.testing.assert_allclose(by_example, by_image, atol=1e-5)
+  # The Grad-CAM signature predicts the same; one map per image in [0, 1].
+  gradcam = loaded.signatures[explain.GRADCAM_SIGNATURE](images=images)
+  np.testing.assert_allclose(gradcam[features.PREDICTION_KEY].numpy(),
+                             by_image, atol=1e-5)
+  heatmap = gradcam[explain.HEATMAP_KEY].numpy()
+  assert heatmap.shape == (5, TINY_IMAGE_SIZE // 4, TINY_IMAGE_SIZE // 4)
+  assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
   # Inference is deterministic: augmentation and dropout are off.
   again = loaded.signatures[features.IMAGE_SIGNATURE](
       images=images)[features.PREDICTION_KEY].numpy()
