@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from models import explain
 from models import features
 from models import preprocessing
 from models import trainer
@@ -163,7 +164,8 @@ def test_exported_model_behaves_like_the_single_worker_one(
   # The same serving interface: signature names, input and output specs.
   assert _signatures(multi) == _signatures(single)
   assert set(multi.signatures) == {features.EXAMPLE_SIGNATURE,
-                                   features.IMAGE_SIGNATURE}
+                                   features.IMAGE_SIGNATURE,
+                                   explain.GRADCAM_SIGNATURE}
   serialized = [r.numpy() for r in
                 preprocessing.read_examples([tiny_tfrecords[1]]).take(8)]
   jpegs = [tf.train.Example.FromString(s).features.feature[features.IMAGE_KEY]
@@ -177,3 +179,6 @@ def test_exported_model_behaves_like_the_single_worker_one(
     assert by_example.shape == (8, len(configs.LABELS))
     np.testing.assert_allclose(by_example.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(by_example, by_image, atol=1e-5)
+    by_gradcam = model.signatures[explain.GRADCAM_SIGNATURE](
+        images=images)[features.PREDICTION_KEY].numpy()
+    np.testing.assert_allclose(by_gradcam, by_image, atol=1e-5)
