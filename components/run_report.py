@@ -8,7 +8,8 @@ The last node of the pipeline.  It reads what the run produced and writes a
   data, training, evaluation, slices and fairness, explanations (Grad-CAM),
   the blessing decision and the pushed artifacts;
 * ``model_card.md`` and ``model_card.html``: the model card (own jinja2
-  templates: model-card-toolkit does not install with this pinned stack);
+  templates: model-card-toolkit 2.0.0 requires TFMA < 0.42 and absl-py < 1.1
+  and does not install with this pinned stack);
 * ``report.json``: the numbers both show.
 
 Where the numbers come from:
@@ -1209,25 +1210,38 @@ def _evaluation_part(evaluation: Evaluation, labels, predictions, split,
 
 
 def _blessing_part(inputs: ReportInputs, evaluation: Evaluation,
-                   gap: Optional[Dict[str, Any]]):
+                   gap: Optional[Dict[str, Any]], labels: Sequence[str]):
+  """The decision, each configured threshold with its value, the failures.
+
+  A threshold's value is the overall slice's; a threshold on a per-class
+  metric (its class is in the EvalConfig's binarization, not in the
+  threshold) shows no single value, and its verdict comes from TFMA's
+  validation failures, which are listed with their class and slice.
+  """
   blessed = _blessed(inputs.blessing)
   failed = {f['metric'] for f in evaluation.failures}
   gates = []
   for t in evaluation.thresholds:
     metric = t['metric']
+    snake = re.sub(r'(?<!^)(?=[A-Z])', '_', metric).lower()
     key = next((k for k in evaluation.overall
-                if k == metric or k.lower() == metric.lower()
-                or k == re.sub(r'(?<!^)(?=[A-Z])', '_', metric).lower()),
-               None)
-    if key and t['kind'] == 'change':
+                if k in (metric, snake) or k.lower() == metric.lower()),
+               snake)
+    if t['kind'] == 'change':
       key = f'{key} (change vs baseline)'
-    gates.append({'metric': key or metric, 'slices': t['slices'],
+    gates.append({'metric': key, 'slices': t['slices'],
                   'threshold': t['threshold'],
-                  'value': evaluation.overall.get(key) if key else None,
-                  'passed': key not in failed})
-  failures = [f'{f["metric"]} on {_slice_text(f["slice"])} = '
-              f'{fmt(f["value"])}, threshold {f["threshold"]}'
-              for f in evaluation.failures]
+                  'value': evaluation.overall.get(key),
+                  'passed': key not in failed and metric not in failed})
+  failures = []
+  for f in evaluation.failures:
+    of_class = ''
+    if f['class_id'] is not None:
+      of_class = (f' of {labels[f["class_id"]]}'
+                  if 0 <= f['class_id'] < len(labels)
+                  else f' of class {f["class_id"]}')
+    failures.append(f'{f["metric"]}{of_class} on {_slice_text(f["slice"])} '
+                    f'= {fmt(f["value"])}, threshold {f["threshold"]}')
   final = bool(blessed) and (gap is None or bool(gap.get('blessed')))
   has_baseline = any('(change vs baseline)' in k for k in evaluation.overall)
   reasons = []
@@ -1469,7 +1483,7 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
       'labels': list(labels),
       'data': data, 'training': training, 'evaluation': eval_part,
       'slices': slices, 'explanations': explanations,
-      'blessing': _blessing_part(inputs, evaluation, gap),
+      'blessing': _blessing_part(inputs, evaluation, gap, labels),
       'pushed': _pushed_part(inputs),
   }
   env = _environment()

@@ -137,6 +137,53 @@ def test_gap_report_contract(tmp_path):
   assert run_report.GAP_REPORT_FILE in missing['note']
 
 
+def test_blessing_lists_each_threshold_its_value_and_the_failures(tmp_path):
+  overall = {'balanced_accuracy': 0.52,
+             'balanced_accuracy (change vs baseline)': -0.08,
+             'example_count': 60.0}
+  evaluation = _evaluation(
+      metrics={(): overall},
+      thresholds=[
+          {'metric': 'BalancedAccuracy', 'slices': 'overall', 'kind': 'value',
+           'threshold': '>= 0.5'},
+          {'metric': 'BalancedAccuracy', 'slices': 'overall',
+           'kind': 'change', 'threshold': 'change vs baseline >= -0.05'},
+          {'metric': 'ClassRecall', 'slices': 'overall', 'kind': 'value',
+           'threshold': '>= 0.7'}],
+      failures=[
+          {'slice': (), 'metric': 'balanced_accuracy (change vs baseline)',
+           'class_id': None, 'value': -0.08,
+           'threshold': 'change vs baseline >= -0.05', 'message': ''},
+          {'slice': (), 'metric': 'class_recall', 'class_id': MEL,
+           'value': 0.6, 'threshold': '>= 0.7', 'message': ''}])
+  part = run_report._blessing_part(  # pylint: disable=protected-access
+      run_report.ReportInputs(examples=None, evaluation=None,
+                              blessing=_blessing(tmp_path, 'b', False),
+                              model=None),
+      evaluation, None, LABELS)
+  gates = [(g['metric'], g['value'], g['passed']) for g in part['gates']]
+  assert gates == [('balanced_accuracy', 0.52, True),
+                   ('balanced_accuracy (change vs baseline)', -0.08, False),
+                   ('class_recall', None, False)]
+  assert part['failures'] == [
+      'balanced_accuracy (change vs baseline) on overall = -0.0800, '
+      'threshold change vs baseline >= -0.05',
+      'class_recall of mel on overall = 0.6000, threshold >= 0.7']
+  assert part['blessed'] is False and part['has_baseline']
+  assert part['summary'].startswith(
+      'Not blessed: the Evaluator did not bless the model (2 threshold(s) '
+      'failed)')
+  # The Evaluator blessed but the gap gate did not: not blessed.
+  gap = {'gates': [GAP_FAILED], 'blessed': False}
+  part = run_report._blessing_part(  # pylint: disable=protected-access
+      run_report.ReportInputs(examples=None, evaluation=None,
+                              blessing=_blessing(tmp_path, 'c', True),
+                              model=None),
+      _evaluation(), gap, LABELS)
+  assert part['evaluator_blessed'] is True and part['blessed'] is False
+  assert 'subgroup-gap gate failed (1 gap(s)' in part['summary']
+
+
 def test_confusion_matrix_and_roc_from_tfma_protos():
   plot = metrics_for_slice_pb2.MultiClassConfusionMatrixAtThresholds()
   matrix = plot.matrices.add()
