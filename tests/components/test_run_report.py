@@ -206,6 +206,26 @@ def test_confusion_matrix_and_roc_from_tfma_protos():
   assert auc == pytest.approx(0.5 * 0.2 * 0.8 + 0.8 * 0.9)
 
 
+def test_reliability_from_a_tfma_calibration_plot():
+  plot = metrics_for_slice_pb2.CalibrationHistogramBuckets()
+  # (predictions summed, labels summed, examples) per TFMA bucket.
+  for prediction, label, n in ((0.5, 0.0, 10), (1.5, 1.0, 10),
+                               (4.5, 5.0, 6), (0.0, 0.0, 0)):
+    bucket = plot.buckets.add()
+    bucket.total_weighted_refined_prediction.value = prediction
+    bucket.total_weighted_label.value = label
+    bucket.num_weighted_examples.value = n
+  predicted, observed, counts = run_report.reliability_from_tfma(plot)
+  # 0.05 and 0.15 fall in the first two tenths, 0.75 in the eighth.
+  assert counts[0] == 10 and counts[1] == 10 and counts[7] == 6
+  assert counts.sum() == 26
+  assert predicted[1] == pytest.approx(0.15) and observed[1] == 0.1
+  assert predicted[7] == pytest.approx(0.75)
+  assert observed[7] == pytest.approx(5 / 6)
+  assert run_report.reliability_from_tfma(
+      metrics_for_slice_pb2.CalibrationHistogramBuckets()) is None
+
+
 def _predictions(labels, probabilities):
   return run_report.Predictions(np.array(labels), np.array(probabilities),
                                 [str(i) for i in range(len(labels))],

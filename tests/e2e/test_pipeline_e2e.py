@@ -7,6 +7,9 @@ labels.txt and manifest.json; the pushed .tflite files are then run by the
 TFLite Task Library (a separate venv, as an app would) on the test JPEGs.
 Run 2 (TFX CLI, same home, impossible gate): the cached components are
 reused, the candidate is not blessed, nothing is converted or pushed.
+Both runs end with the RunReporter: run 1's report and model card say
+blessed and pushed (the report is opened in headless Chromium), run 2's say
+why not.
 """
 
 import collections
