@@ -1107,7 +1107,7 @@ def _model_dir(model: types.Artifact) -> str:
   return path_utils.serving_model_path(model.uri)
 
 
-def _data_part(inputs: ReportInputs, labels):
+def _data_part(inputs: ReportInputs):
   data: Dict[str, Any] = {
       'ingestion': _read_json(os.path.join(inputs.examples.uri,
                                            INGESTION_REPORT_FILE)),
@@ -1127,7 +1127,6 @@ def _data_part(inputs: ReportInputs, labels):
       name = os.path.basename(path)
       charts.append({'title': name[:-4].replace('_', ' '),
                      'src': png_file_uri(path)})
-  del labels
   return data, charts
 
 
@@ -1340,6 +1339,12 @@ def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
       f'Acquisition sources (the dataset feature): {source_text}.',
       'Splits are by lesion: no lesion has images in two splits.',
   ]
+  sex = r['data']['sex']
+  if sex:
+    values = sorted({v for c in sex.values() for v in c})
+    data_lines.append('Sex (all splits): ' + ', '.join(
+        f'{v} {int(sum(c.get(v, 0) for c in sex.values()))}'
+        for v in values) + '.')
   total = {name: sum(per.get(s, {}).get(name, 0) for s in splits)
            for name in labels}
   n = sum(total.values()) or 1
@@ -1434,7 +1439,7 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
   split_files = [os.path.join(artifact_utils.get_split_uri(
       [inputs.examples], split), '*')]
   labels = preprocessing.read_labels(split_files)
-  data, data_charts = _data_part(inputs, labels)
+  data, data_charts = _data_part(inputs)
   training, training_charts = _training_part(inputs)
   evaluation = read_evaluation(inputs.evaluation.uri)
   model_dir = _model_dir(inputs.model)
