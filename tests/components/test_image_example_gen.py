@@ -122,6 +122,9 @@ def bad_archive(tmp_path):
   _write(str(outside), _image(55))
   os.symlink(outside, images / 'C_outside.jpg')
   rows.append(('LC10', 'C_outside', 'nv', '', '40', 'male', 'back', 'x'))
+  # A row with one field too many: its columns cannot be trusted.
+  rows.append(('LC11', 'C_extra', 'nv', '', '40', 'male', 'back', 'x', 'y'))
+  _write(str(images / 'C_extra.jpg'), _image(11))
   # The same bytes twice within one lesion: reported, kept.
   rows.append(('L1', 'G1_copy', 'mel', '', '50', 'male', 'back', 'rosendahl'))
   _write(str(images / 'G1_copy.jpg'), good)
@@ -135,7 +138,8 @@ def bad_archive(tmp_path):
   _write_csv(str(root / ieg.HAM10000_CSV), HAM_HEADER, rows)
   expected = {image_id: reason for image_id, (*_, reason) in cases.items()}
   expected.update({'G0': ieg.DUPLICATE_ID, 'ORPHAN': ieg.NO_ROW,
-                   'C_outside': ieg.OUTSIDE_ROOT})
+                   'C_outside': ieg.OUTSIDE_ROOT,
+                   'C_extra': ieg.MALFORMED_ROW})
   return root, len(rows), expected
 
 
