@@ -180,18 +180,21 @@ class Executor(pusher_executor.Executor):
                    'mobile_models_uri': mobile.uri})
       release.write_json(os.path.join(staging, release.MANIFEST_FILE),
                          manifest)
+      # Archive the copy under the artifact's URI (as the standard Pusher
+      # does) before the version appears: the rename into place is the last
+      # step, so a push that fails anywhere publishes nothing.
+      io_utils.copy_dir(staging, model_push.uri)
 
     if tf.io.gfile.exists(destination):
       # As the standard Pusher: the same export pushed again (a retried
       # execution) keeps the version already there.
       logging.info('Version %s exists already; not pushed again.',
                    destination)
+      io_utils.copy_dir(destination, model_push.uri)
     else:
       release.publish_version(base_directory, version, fill)
       logging.info('Pushed %s (SavedModel, %s, labels, manifest).',
                    destination, ', '.join(pushed) or 'no .tflite')
-    # Archive a copy under the artifact's URI, as the standard Pusher does.
-    io_utils.copy_dir(destination, model_push.uri)
     self._MarkPushed(model_push, pushed_destination=destination,
                      pushed_version=version)
     model_push.set_string_custom_property('pushed_tflite', json.dumps(pushed))
