@@ -717,7 +717,12 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
              quarantined=beam.pvalue.AsList(read['quarantine']),
              duplicates=beam.pvalue.AsList(read['duplicates']),
              converted=beam.pvalue.AsSingleton(read['converted'])))
-    return splits
+    # Serialized here, deterministically (map fields in key order): TFX's
+    # writer calls SerializeToString(), whose tf.Example feature-map order
+    # varies, so two ingests of the same data gave different TFRecord bytes.
+    return {name: split | f'Serialize[{name}]' >> beam.Map(
+        lambda ex: ex.SerializeToString(deterministic=True))
+            for name, split in splits.items()}
 
   def Do(self, input_dict, output_dict, exec_properties) -> None:
     examples = artifact_utils.get_single_instance(
