@@ -2,7 +2,7 @@
 
 ImageExampleGen -> StatisticsGen (curated schema from ImportSchemaGen) ->
 ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
-validated span) -> Trainer -> Evaluator (vs the latest blessed model) ->
+validated span) -> Trainer -> Evaluator (vs the latest other blessed model) ->
 MobileExporter (.tflite formats, parity gate) -> MobilePusher (one atomic
 version directory: SavedModel, passing .tflite files, labels, manifest).
 
