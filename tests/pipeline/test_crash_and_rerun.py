@@ -133,7 +133,7 @@ def crashed(tiny_archive, tmp_path_factory):
       while time.time() < until and not (os.path.isdir(run_dir)
                                          and os.listdir(run_dir)):
         time.sleep(0.2)
-      time.sleep(1)
+      time.sleep(0.5)
     finally:
       if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
