@@ -10,7 +10,7 @@ DEMO_DATA ?= demo_data
 DEMO_HOME ?= tfx_home
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-data test clean
+.PHONY: setup demo demo-data test fuzz clean
 
 setup: $(STAMP) $(TFLITE_STAMP)
 
@@ -34,6 +34,11 @@ test: $(STAMP) $(TFLITE_STAMP)
 	@bash tools/apt_packages.sh $(BROWSER_PACKAGES) || echo "WARNING: browser tests will be skipped"
 	SKINLESION_TFLITE_PYTHON=$(abspath $(TFLITE_VENV))/bin/python \
 	  $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+# The long fuzz run of ingestion's image check (make test runs a bounded one).
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(VENV)/bin/python benchmarks/fuzz_images.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_HOME) .pytest_cache

@@ -41,6 +41,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -90,9 +91,12 @@ DUPLICATE_ID = 'duplicate_image_id'
 SAME_BYTES_OTHER_LESION = 'same_bytes_other_lesion'
 BAD_AGE = 'invalid_age'
 OUTSIDE_ROOT = 'path_outside_root'
+# A CSV row with more or fewer fields than its header: its values cannot be
+# matched to columns with certainty (an unquoted comma shifts the label).
+MALFORMED_ROW = 'malformed_row'
 REASONS = (CORRUPT, EMPTY, UNSUPPORTED, TOO_MANY_PIXELS, MISSING_IMAGE, NO_ROW,
            UNKNOWN_LABEL, DUPLICATE_ID, SAME_BYTES_OTHER_LESION, BAD_AGE,
-           OUTSIDE_ROOT)
+           OUTSIDE_ROOT, MALFORMED_ROW)
 MIN_AGE, MAX_AGE = 0.0, 120.0
 _SEX_ALIASES = {'m': 'male', 'male': 'male', 'f': 'female', 'female': 'female',
                 '': features.UNKNOWN, 'unknown': features.UNKNOWN}
@@ -193,13 +197,51 @@ def _sex(raw: Optional[str]) -> str:
   return _SEX_ALIASES.get(value.lower(), value)
 
 
-def _read_csv(path: str) -> Tuple[List[str], List[Dict[str, str]]]:
-  """Columns and rows of a CSV (UTF-8, a BOM is tolerated)."""
+# One CSV record: (first physical line, {column: value}, problem or None).
+CsvRow = Tuple[int, Dict[str, str], Optional[str]]
+
+
+def _read_csv(path: str) -> Tuple[List[str], List[CsvRow]]:
+  """Columns and rows of a CSV (UTF-8, a BOM is tolerated).
+
+  A row whose field count differs from the header's comes with a problem
+  (its values cannot be matched to columns with certainty: an unquoted comma
+  shifts the label); blank lines are skipped.  Raises IngestionError for a
+  file that is not UTF-8 (naming the byte), a CSV syntax error (naming the
+  line) or a header that names a column twice.
+  """
   with tf.io.gfile.GFile(path, 'rb') as f:
-    text = f.read().decode('utf-8-sig')
-  reader = csv.DictReader(io.StringIO(text, newline=''))
-  rows = list(reader)
-  return list(reader.fieldnames or ()), rows
+    data = f.read()
+  try:
+    text = data.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b'\n') + 1
+    raise IngestionError(
+        f'{path}: not UTF-8 (byte {data[e.start:e.start + 1]!r} at offset '
+        f'{e.start}, line {line}); re-encode it as UTF-8, e.g. '
+        f'`iconv -f latin1 -t utf-8`') from None
+  reader = csv.reader(io.StringIO(text, newline=''))
+  try:
+    header = next(reader, [])
+    columns = list(header)
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+      raise IngestionError(f'{path}: the header names columns {duplicated} '
+                           'more than once')
+    rows = []
+    start = reader.line_num + 1
+    for values in reader:
+      if values:
+        problem = None
+        if len(values) != len(columns):
+          problem = (f'{len(values)} fields, the header has {len(columns)} '
+                     '(an unquoted comma or a missing field?)')
+        rows.append((start, dict(zip(columns, values)), problem))
+      start = reader.line_num + 1
+  except csv.Error as e:
+    raise IngestionError(f'{path}: line {reader.line_num}: not valid CSV '
+                         f'({e})') from None
+  return columns, rows
 
 
 def _require(path: str, columns: Sequence[str], required: Sequence[str]):
@@ -265,6 +307,11 @@ def _add_row(listing: Listing, labeler: _Labeler, seen: Dict[str, str], *,
   })
 
 
+def _malformed(listing: Listing, source: str, image_id: str,
+               problem: str) -> None:
+  listing.quarantine(MALFORMED_ROW, problem, source=source, image_id=image_id)
+
+
 def _images_for_rows(listing: Listing, index: Dict[str, List[str]],
                      named: Iterable[str]) -> None:
   """Quarantines image files that no metadata row names."""
@@ -287,8 +334,13 @@ def list_ham10000(root: str, labeler: _Labeler) -> Listing:
   listing = Listing(root)
   index = _index_images(root, listing)
   seen: Dict[str, str] = {}
-  for line, row in enumerate(rows, start=2):
+  malformed = set()
+  for line, row, problem in rows:
     image_id = (row.get('image_id') or '').strip()
+    if problem:
+      _malformed(listing, f'{HAM10000_CSV}:{line}', image_id, problem)
+      malformed.add(image_id)
+      continue
     paths = index.get(image_id)
     _add_row(listing, labeler, seen, source=f'{HAM10000_CSV}:{line}',
              image_id=image_id, lesion_id=(row.get('lesion_id') or '').strip(),
@@ -297,7 +349,7 @@ def list_ham10000(root: str, labeler: _Labeler) -> Listing:
              sex=_sex(row.get('sex')), localization=row.get('localization'),
              dataset=row.get('dataset'))
   listing.input_rows = len(rows)
-  _images_for_rows(listing, index, seen)
+  _images_for_rows(listing, index, set(seen) | malformed)
   return listing
 
 
@@ -312,13 +364,20 @@ def list_isic2019(root: str, labeler: _Labeler) -> Listing:
   if tf.io.gfile.exists(meta_path):
     meta_columns, meta_rows = _read_csv(meta_path)
     _require(meta_path, meta_columns, ('image',))
-    metadata = {r['image'].strip(): r for r in meta_rows}
+    metadata = {(r.get('image') or '').strip(): (line, r, problem)
+                for line, r, problem in meta_rows}
   seen: Dict[str, str] = {}
-  for line, row in enumerate(rows, start=2):
+  malformed = set()
+  for line, row, problem in rows:
     image_id = (row.get('image') or '').strip()
+    meta_line, meta, meta_problem = metadata.get(image_id, (0, {}, None))
+    if problem or meta_problem:
+      _malformed(listing, f'{ISIC2019_GROUND_TRUTH}:{line}', image_id,
+                 problem or f'{ISIC2019_METADATA}:{meta_line}: {meta_problem}')
+      malformed.add(image_id)
+      continue
     hot = [c for c in classes if _is_one(row.get(c))]
     source_label = hot[0] if len(hot) == 1 else '+'.join(hot) or '<none>'
-    meta = metadata.get(image_id, {})
     paths = index.get(image_id)
     _add_row(listing, labeler, seen, source=f'{ISIC2019_GROUND_TRUTH}:{line}',
              image_id=image_id,
@@ -328,7 +387,7 @@ def list_isic2019(root: str, labeler: _Labeler) -> Listing:
              localization=meta.get('anatom_site_general'),
              dataset='isic2019')
   listing.input_rows = len(rows)
-  _images_for_rows(listing, index, seen)
+  _images_for_rows(listing, index, set(seen) | malformed)
   return listing
 
 
@@ -343,7 +402,12 @@ def list_csv(root: str, labeler: _Labeler) -> Listing:
   _, rows = _layout_csv(root, GENERIC_CSV, 'csv', ('path', 'label'))
   listing = Listing(root)
   seen: Dict[str, str] = {}
-  for line, row in enumerate(rows, start=2):
+  for line, row, problem in rows:
+    if problem:
+      _malformed(listing, f'{GENERIC_CSV}:{line}',
+                 (row.get('image_id') or row.get('path') or '').strip(),
+                 problem)
+      continue
     relative = (row.get('path') or '').strip()
     path = os.path.normpath(os.path.join(root, relative)) if relative else None
     if path is not None and _is_local(path) and not os.path.exists(path):
@@ -475,6 +539,16 @@ def to_rgb_jpeg(data: bytes, max_pixels: int = 50_000_000
     except Exception as e:  # pylint: disable=broad-except
       raise _Rejected(CORRUPT, f'cannot decode ({e})') from None
     if keep:
+      # PIL tolerates some corrupt entropy data (libjpeg's "premature end of
+      # data segment" is a warning to it) that TensorFlow's decoder, the one
+      # training and serving use, refuses (found by benchmarks/fuzz_images.py).
+      # Same entropy decoding at 1/8 scale: the same verdict, cheaply.
+      try:
+        tf.io.decode_jpeg(data, channels=3, ratio=8)
+      except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        message = re.sub(r'\{\{.*?\}\}|\[Op:.*?\]', '', e.message).strip()
+        raise _Rejected(CORRUPT, f'TensorFlow cannot decode it ({message})'
+                        ) from None
       return data, False
     if image.mode in ('RGBA', 'LA', 'PA') or (
         image.mode == 'P' and 'transparency' in image.info):
@@ -643,7 +717,12 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
              quarantined=beam.pvalue.AsList(read['quarantine']),
              duplicates=beam.pvalue.AsList(read['duplicates']),
              converted=beam.pvalue.AsSingleton(read['converted'])))
-    return splits
+    # Serialized here, deterministically (map fields in key order): TFX's
+    # writer calls SerializeToString(), whose tf.Example feature-map order
+    # varies, so two ingests of the same data gave different TFRecord bytes.
+    return {name: split | f'Serialize[{name}]' >> beam.Map(
+        lambda ex: ex.SerializeToString(deterministic=True))
+            for name, split in splits.items()}
 
   def Do(self, input_dict, output_dict, exec_properties) -> None:
     examples = artifact_utils.get_single_instance(

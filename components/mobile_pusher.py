@@ -22,7 +22,7 @@ Like the standard Pusher, it also archives a copy under the artifact's URI.
 
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -104,8 +104,28 @@ def _manifest_sections(report: Dict[str, Any], pushed: List[str]):
   return inputs, metrics, parity
 
 
+NOT_PUSHED_REASON = 'not_pushed_reason'
+
+
+def pushed_as(base_directory: str, model_uri: str) -> Optional[str]:
+  """The latest version if its manifest's lineage is this model, else None."""
+  version = release.latest_version(base_directory)
+  if version is None:
+    return None
+  path = os.path.join(base_directory, version, release.MANIFEST_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  lineage = release.read_json(path).get('lineage') or {}
+  return version if lineage.get('model_uri') == model_uri else None
+
+
 class Executor(pusher_executor.Executor):
   """Pushes a blessed model's SavedModel and passing .tflite files."""
+
+  def _not_pushed(self, model_push: types.Artifact, reason: str) -> None:
+    logging.info('Not pushed: %s.', reason)
+    self._MarkNotPushed(model_push)
+    model_push.set_string_custom_property(NOT_PUSHED_REASON, reason)
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
@@ -114,7 +134,15 @@ class Executor(pusher_executor.Executor):
     model_push = artifact_utils.get_single_instance(
         output_dict['pushed_model'])
     if not self.CheckBlessing(input_dict):
-      self._MarkNotPushed(model_push)
+      self._not_pushed(model_push, 'model not blessed')
+      return
+    base_directory = exec_properties['base_directory']
+    model = input_dict['model'][0]
+    already = pushed_as(base_directory, model.uri)
+    if already is not None:
+      # A rerun (or a retried run) of a model that is already the latest
+      # version: publishing it again would only duplicate that version.
+      self._not_pushed(model_push, f'already pushed as version {already}')
       return
     mobile = artifact_utils.get_single_instance(input_dict['mobile_models'])
     report_path = os.path.join(mobile.uri, mobile_exporter.REPORT_FILE)
@@ -126,7 +154,6 @@ class Executor(pusher_executor.Executor):
     labels = report['labels']
     model_path = self.GetModelPath(input_dict)
     pushed = [e['file'] for e in report['formats'].values() if e['passed']]
-    base_directory = exec_properties['base_directory']
     destination = os.path.join(base_directory, version)
 
     def fill(staging: str) -> None:
@@ -147,24 +174,27 @@ class Executor(pusher_executor.Executor):
           model_name=report['model_name'], model_version=version,
           labels=labels, files=release.file_inventory(staging),
           metrics=metrics, inputs=inputs, parity=parity,
-          lineage={'model_uri': input_dict['model'][0].uri,
-                   'model_artifact_id': input_dict['model'][0].id,
+          lineage={'model_uri': model.uri,
+                   'model_artifact_id': model.id,
                    'model_blessing_uri': input_dict['model_blessing'][0].uri,
                    'mobile_models_uri': mobile.uri})
       release.write_json(os.path.join(staging, release.MANIFEST_FILE),
                          manifest)
+      # Archive the copy under the artifact's URI (as the standard Pusher
+      # does) before the version appears: the rename into place is the last
+      # step, so a push that fails anywhere publishes nothing.
+      io_utils.copy_dir(staging, model_push.uri)
 
     if tf.io.gfile.exists(destination):
       # As the standard Pusher: the same export pushed again (a retried
       # execution) keeps the version already there.
       logging.info('Version %s exists already; not pushed again.',
                    destination)
+      io_utils.copy_dir(destination, model_push.uri)
     else:
       release.publish_version(base_directory, version, fill)
       logging.info('Pushed %s (SavedModel, %s, labels, manifest).',
                    destination, ', '.join(pushed) or 'no .tflite')
-    # Archive a copy under the artifact's URI, as the standard Pusher does.
-    io_utils.copy_dir(destination, model_push.uri)
     self._MarkPushed(model_push, pushed_destination=destination,
                      pushed_version=version)
     model_push.set_string_custom_property('pushed_tflite', json.dumps(pushed))

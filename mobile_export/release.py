@@ -118,6 +118,20 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def latest_version(base_directory: str) -> Optional[str]:
+  """The newest published version's name (versions are integers), or None.
+
+  Hidden staging directories (``.<version>.incomplete-...``) and other
+  non-numeric names are not versions.
+  """
+  if not tf.io.gfile.isdir(base_directory):
+    return None
+  versions = [name.rstrip('/') for name in tf.io.gfile.listdir(base_directory)]
+  versions = [v for v in versions if v.isdigit() and tf.io.gfile.isdir(
+      os.path.join(base_directory, v))]
+  return max(versions, key=int) if versions else None
+
+
 def publish_version(base_directory: str, version: str,
                     fill: Callable[[str], None]) -> str:
   """Creates ``<base_directory>/<version>`` in one rename.

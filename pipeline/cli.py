@@ -59,6 +59,10 @@ def _run(args, ingest_only: bool) -> int:
   error = None
   try:
     local_runner.run(settings, ingest_only=ingest_only)
+  except local_runner.PipelineBusyError as e:
+    # Nothing ran: the latest run in the store is the other process's.
+    print(f'\nThe run FAILED: {e}', file=sys.stderr)
+    return 1
   except Exception as e:  # pylint: disable=broad-except
     error = e
   run = None

@@ -11,6 +11,9 @@ environment (``SKINLESION_DATA_ROOT``, ``SKINLESION_LAYOUT``,
 ``skinlesion run`` calls ``run()`` with the same settings object.
 """
 
+import contextlib
+import errno
+import fcntl
 import os
 import sys
 
@@ -28,6 +31,46 @@ from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 
 
+class PipelineBusyError(RuntimeError):
+  """Another run holds the pipeline home (its metadata store)."""
+
+
+LOCK_SUFFIX = '.lock'
+
+
+@contextlib.contextmanager
+def home_lock(metadata_path: str):
+  """Holds ``<metadata_path>.lock`` for one run, or fails at once.
+
+  Two LocalDagRunner runs on one pipeline root and SQLite store would both
+  write the store and the same component folders; the second run is refused
+  instead, before it touches anything.  The lock is an advisory ``flock``:
+  the kernel releases it when the holder exits, however it exits (even on
+  SIGKILL), so a crashed run never leaves a stale lock behind.
+  """
+  directory = os.path.dirname(metadata_path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  path = metadata_path + LOCK_SUFFIX
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      with open(path, encoding='utf-8', errors='replace') as f:
+        holder = f.read().strip() or 'another process'
+      raise PipelineBusyError(
+          f'another run is using this pipeline home ({holder} holds '
+          f'{path}); wait for it to finish, or use another --home') from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f'process {os.getpid()}\n'.encode())
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
+
+
 def run(settings: configs.Settings, ingest_only: bool = False) -> None:
   """Runs the whole pipeline synchronously; raises if a component fails.
 
@@ -40,8 +83,9 @@ def run(settings: configs.Settings, ingest_only: bool = False) -> None:
   argv = sys.argv
   sys.argv = argv[:1]
   try:
-    tfx.orchestration.LocalDagRunner().run(
-        pipeline_lib.create_pipeline(settings, ingest_only=ingest_only))
+    with home_lock(settings.metadata_path):
+      tfx.orchestration.LocalDagRunner().run(
+          pipeline_lib.create_pipeline(settings, ingest_only=ingest_only))
   finally:
     sys.argv = argv
 

@@ -2,7 +2,7 @@
 
 ImageExampleGen -> StatisticsGen (curated schema from ImportSchemaGen) ->
 ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
-validated span) -> Trainer -> Evaluator (vs the latest blessed model) ->
+validated span) -> Trainer -> Evaluator (vs the latest other blessed model) ->
 MobileExporter (.tflite formats, parity gate) -> MobilePusher (one atomic
 version directory: SavedModel, passing .tflite files, labels, manifest) ->
 RunReporter (report.html and the model card, blessed or not).
@@ -21,6 +21,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from components import anomalies_gate
+from components import baseline_model
 from components import data_report as data_report_lib
 from components import image_example_gen
 from components import mobile_exporter
@@ -219,12 +220,24 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
     if resources is not None:
       trainer.with_platform_config(resources)
 
-  model_resolver = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+  # The baseline: the latest blessed model other than the candidate (on a
+  # rerun the cached Trainer's model is the one the first run blessed; it
+  # must not be its own baseline).  KubeflowV2DagRunner compiles only TFX's
+  # built-in strategies: there the MobilePusher's lineage check keeps a
+  # rerun from pushing the same model again.
+  baseline_channels = dict(
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
       model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing),
-  ).with_id('latest_blessed_model_resolver')
+          type=tfx.types.standard_artifacts.ModelBlessing))
+  if orchestrator == LOCAL:
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=baseline_model.LatestBlessedOtherModelStrategy,
+        candidate=trainer.outputs['model'], **baseline_channels)
+  else:
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        **baseline_channels)
+  model_resolver = model_resolver.with_id('latest_blessed_model_resolver')
 
   evaluator = tfx.components.Evaluator(
       examples=example_gen.outputs['examples'],

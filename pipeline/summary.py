@@ -45,6 +45,8 @@ class RunSummary:
   # Paths of the pushed .tflite files (empty when none was pushed).
   pushed_tflite: List[str] = dataclasses.field(default_factory=list)
   manifest: Optional[str] = None
+  # Why nothing was pushed (MobilePusher's not_pushed_reason), if so.
+  not_pushed_reason: Optional[str] = None
   # The mobile export: None when it did not run; else format -> verdict
   # (passed, reasons, top1_agreement, balanced_accuracy_drop, bytes).
   mobile_verdicts: Optional[Dict[str, Dict]] = None
@@ -92,7 +94,14 @@ class RunSummary:
     lines.extend(format_mobile_verdicts(self.mobile_verdicts,
                                         self.mobile_note))
     lines.append('')
-    lines.append(f'Pushed SavedModel: {self.pushed_model or "(none)"}')
+    pushed = self.pushed_model or (
+        f'(none: {self.not_pushed_reason})' if self.not_pushed_reason
+        else '(none)')
+    if self.pushed_model and any(c.node_id == 'MobilePusher'
+                                 and c.state == 'CACHED'
+                                 for c in self.components):
+      pushed += ' (by an earlier run; this run pushed nothing)'
+    lines.append(f'Pushed SavedModel: {pushed}')
     lines.append('Pushed TFLite:     ' + (', '.join(self.pushed_tflite)
                                           or '(none)'))
     if self.manifest:
@@ -295,6 +304,8 @@ def latest_run(settings: configs.Settings) -> RunSummary:
             os.path.join(summary.pushed_model, name)
             for name in json.loads(_prop(artifact, 'pushed_tflite') or '[]')]
         summary.manifest = _prop(artifact, 'manifest')
+      else:
+        summary.not_pushed_reason = _prop(artifact, 'not_pushed_reason')
     if 'mobile_models' in outputs and outputs['mobile_models']:
       summary.mobile_verdicts, summary.mobile_note = mobile_verdicts(
           outputs['mobile_models'][0])

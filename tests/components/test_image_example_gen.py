@@ -122,6 +122,9 @@ def bad_archive(tmp_path):
   _write(str(outside), _image(55))
   os.symlink(outside, images / 'C_outside.jpg')
   rows.append(('LC10', 'C_outside', 'nv', '', '40', 'male', 'back', 'x'))
+  # A row with one field too many: its columns cannot be trusted.
+  rows.append(('LC11', 'C_extra', 'nv', '', '40', 'male', 'back', 'x', 'y'))
+  _write(str(images / 'C_extra.jpg'), _image(11))
   # The same bytes twice within one lesion: reported, kept.
   rows.append(('L1', 'G1_copy', 'mel', '', '50', 'male', 'back', 'rosendahl'))
   _write(str(images / 'G1_copy.jpg'), good)
@@ -135,7 +138,8 @@ def bad_archive(tmp_path):
   _write_csv(str(root / ieg.HAM10000_CSV), HAM_HEADER, rows)
   expected = {image_id: reason for image_id, (*_, reason) in cases.items()}
   expected.update({'G0': ieg.DUPLICATE_ID, 'ORPHAN': ieg.NO_ROW,
-                   'C_outside': ieg.OUTSIDE_ROOT})
+                   'C_outside': ieg.OUTSIDE_ROOT,
+                   'C_extra': ieg.MALFORMED_ROW})
   return root, len(rows), expected
 
 
@@ -197,7 +201,7 @@ def test_a_class_missing_from_a_split_fails_naming_it(tmp_path):
   assert report['examples'] == 31
 
 
-def test_lesion_disjoint_deterministic_splits(tiny_archive, tmp_path):
+def test_lesion_disjoint_deterministic_splits_and_bytes(tiny_archive, tmp_path):
   runs = []
   for name in ('a', 'b'):
     examples, report, _ = _run_executor(tiny_archive, tmp_path / name,
@@ -209,8 +213,21 @@ def test_lesion_disjoint_deterministic_splits(tiny_archive, tmp_path):
         lesion_splits[lesion].add(split)
     assert all(len(s) == 1 for s in lesion_splits.values())
     assert report['lesions_in_several_splits'] == []
-    runs.append({k: sorted(v) for k, v in lesion_splits.items()})
-  assert runs[0] == runs[1]
+    files = {}  # Every output file's bytes: TFRecords, report, quarantine.
+    for directory, _, names in os.walk(examples.uri):
+      for name in names:
+        path = os.path.join(directory, name)
+        with open(path, 'rb') as f:
+          # The report names its own folder.
+          files[os.path.relpath(path, examples.uri)] = f.read().replace(
+              examples.uri.encode(), b'<uri>')
+    runs.append(({k: sorted(v) for k, v in lesion_splits.items()}, files))
+  assert runs[0][0] == runs[1][0]
+  # Same data, same config: byte-identical TFRecords (and reports).
+  assert any(name.startswith('Split-') for name in runs[0][1])
+  assert sorted(runs[0][1]) == sorted(runs[1][1])
+  for name, data in runs[0][1].items():
+    assert data == runs[1][1][name], name
 
 
 def test_isic2019_layout_with_label_map(tmp_path):

@@ -5,13 +5,17 @@ as ExampleGen's splits; nothing is faked except, in one test, the deliberate
 breakage the parity gate must catch: int8 calibrated on constant grey images.
 """
 
+import errno
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from tfx import types
+from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 
 from components import mobile_exporter
@@ -189,3 +193,164 @@ def test_component_refuses_unknown_formats_and_bad_thresholds():
     mobile_exporter.MobileExporter(formats=['int8'], min_top1_agreement=98,
                                    max_balanced_accuracy_drop=0.01,
                                    **channels)
+
+
+# --- Never ship a bad model; atomic pushes under injected faults. ----------
+
+
+@pytest.fixture(scope='module')
+def candidates(inputs, tmp_path_factory):
+  """Two blessed candidates (two model artifacts, two exports, versions)."""
+  model, examples = inputs
+  root = tmp_path_factory.mktemp('candidates')
+  out = []
+  for name in ('a', 'b'):
+    other = standard_artifacts.Model()
+    other.uri = str(root / f'model_{name}')
+    shutil.copytree(model.uri, other.uri)
+    if out:  # Versions are UNIX seconds: the second must be later.
+      while str(int(time.time())) == _version(out[-1][1]):
+        time.sleep(0.1)
+    mobile = _export(mobile_exporter.Executor, other, examples,
+                     _blessing(True), str(root / f'mobile_{name}'))
+    assert mobile.get_int_custom_property('exported') == 1
+    out.append((other, mobile))
+  return out
+
+
+def _version(mobile):
+  return mobile.get_string_custom_property('model_version')
+
+
+def _intact(base, version):
+  """The version's files are exactly those its manifest lists."""
+  destination = os.path.join(base, version)
+  manifest = release.read_json(os.path.join(destination, 'manifest.json'))
+  assert manifest['files'] == release.file_inventory(destination)
+  with open(os.path.join(destination, 'labels.txt')) as f:
+    assert f.read().split() == list(configs.LABELS)
+  return manifest
+
+
+def test_an_unblessed_model_is_never_pushed_whatever_else_succeeded(
+    candidates, tmp_path):
+  (model, mobile), _ = candidates  # Its .tflite files passed parity.
+  base = str(tmp_path / 'serving')
+  pushed = _push(model, _blessing(False), mobile, str(tmp_path / 'p'), base)
+  assert pushed.get_int_custom_property('pushed') == 0
+  assert pushed.get_string_custom_property(
+      mobile_pusher.NOT_PUSHED_REASON) == 'model not blessed'
+  assert not os.path.exists(base)
+
+
+def test_a_tflite_changed_after_its_parity_check_stops_the_push(
+    candidates, tmp_path):
+  (model, mobile), _ = candidates
+  tampered = mobile_exporter.MobileModels()
+  tampered.uri = str(tmp_path / 'mobile')
+  shutil.copytree(mobile.uri, tampered.uri)
+  with open(os.path.join(tampered.uri, 'model_float16.tflite'), 'r+b') as f:
+    f.seek(100)
+    f.write(b'\x00\x01\x02')
+  base = str(tmp_path / 'serving')
+  with pytest.raises(IOError, match='sha256 differs'):
+    _push(model, _blessing(True), tampered, str(tmp_path / 'p'), base)
+  assert os.listdir(base) == []  # Not even a staging directory.
+
+
+def test_the_same_model_is_not_pushed_twice(candidates, tmp_path):
+  (model, mobile), _ = candidates
+  base = str(tmp_path / 'serving')
+  _push(model, _blessing(True), mobile, str(tmp_path / 'p1'), base)
+  # Re-exported under a new version (what a rerun that re-evaluated the same
+  # model would do): still the version already pushed.
+  again = mobile_exporter.MobileModels()
+  again.uri = str(tmp_path / 'mobile_again')
+  shutil.copytree(mobile.uri, again.uri)
+  report_path = os.path.join(again.uri, mobile_exporter.REPORT_FILE)
+  report = release.read_json(report_path)
+  report['model_version'] = str(int(report['model_version']) + 60)
+  release.write_json(report_path, report)
+  pushed = _push(model, _blessing(True), again, str(tmp_path / 'p2'), base)
+  assert pushed.get_int_custom_property('pushed') == 0
+  assert pushed.get_string_custom_property(
+      mobile_pusher.NOT_PUSHED_REASON) == (
+          f'already pushed as version {_version(mobile)}')
+  assert os.listdir(base) == [_version(mobile)]
+
+
+def _disk_full_after(calls, predicate=lambda src, dst: True):
+  """A fileio.copy that writes half a file then fails with ENOSPC."""
+  real = fileio.copy
+  count = [0]
+
+  def copy(src, dst, overwrite=False):
+    if predicate(src, dst):
+      count[0] += 1
+      if count[0] == calls:
+        with open(src, 'rb') as f:
+          data = f.read()
+        with open(dst, 'wb') as f:
+          f.write(data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+    return real(src, dst, overwrite=overwrite)
+  return copy
+
+
+def _half_written_json(path, value):
+  with open(path, 'w') as f:
+    f.write(json.dumps(value)[:100])
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+def _interrupt(*args, **kwargs):
+  raise KeyboardInterrupt()
+
+
+FAULTS = {
+    # Where the push fails: (module, attribute, replacement factory).
+    'disk full in the first SavedModel file': (
+        fileio, 'copy', lambda: _disk_full_after(1)),
+    'disk full in the variables': (
+        fileio, 'copy', lambda: _disk_full_after(
+            1, lambda src, dst: 'variables' in src)),
+    'disk full in a .tflite file': (
+        fileio, 'copy', lambda: _disk_full_after(
+            1, lambda src, dst: src.endswith('.tflite'))),
+    'disk full writing the manifest': (
+        release, 'write_json', lambda: _half_written_json),
+    'disk full archiving into the artifact': (
+        fileio, 'copy', lambda: _disk_full_after(
+            3, lambda src, dst: os.sep + 'p' + os.sep in dst)),
+    'an exception hashing the files': (
+        release, 'file_inventory', lambda: _interrupt),
+    'the final rename fails': (
+        tf.io.gfile, 'rename', lambda: lambda *a, **k: (_ for _ in ()).throw(
+            OSError(errno.EIO, 'I/O error'))),
+}
+
+
+@pytest.mark.parametrize('fault', sorted(FAULTS))
+def test_a_push_failing_anywhere_leaves_the_previous_version_intact(
+    candidates, tmp_path, monkeypatch, fault):
+  (model_a, mobile_a), (model_b, mobile_b) = candidates
+  base = str(tmp_path / 'serving')
+  _push(model_a, _blessing(True), mobile_a, str(tmp_path / 'pa'), base)
+  before = _intact(base, _version(mobile_a))
+
+  module, name, replacement = FAULTS[fault]
+  monkeypatch.setattr(module, name, replacement())
+  with pytest.raises((OSError, KeyboardInterrupt)):
+    _push(model_b, _blessing(True), mobile_b, str(tmp_path / 'p'), base)
+  monkeypatch.undo()
+
+  # The previous version is untouched and no other entry is visible.
+  assert os.listdir(base) == [_version(mobile_a)]
+  assert _intact(base, _version(mobile_a)) == before
+  # Retried without the fault, the push completes.
+  pushed = _push(model_b, _blessing(True), mobile_b, str(tmp_path / 'p2'),
+                 base)
+  assert pushed.get_int_custom_property('pushed') == 1
+  assert sorted(os.listdir(base)) == sorted([_version(mobile_a),
+                                             _version(mobile_b)])
+  _intact(base, _version(mobile_b))
