@@ -67,50 +67,138 @@ def trainer_resources(settings: configs.Settings):
 
 # Names of the TFMA metrics the gates read.
 BALANCED_ACCURACY = tfma_metrics.BALANCED_ACCURACY_NAME
+MELANOMA_RECALL = 'melanoma_recall'
+# Feature keys the evaluation may slice on (configs.EVAL_SLICES names them).
+SLICEABLE_FEATURES = (features.LABEL_KEY, features.SEX_KEY,
+                      features.AGE_BAND_KEY, features.LOCALIZATION_KEY,
+                      features.DATASET_KEY)
+
+
+def slicing_specs() -> List[tfma.SlicingSpec]:
+  """configs.EVAL_SLICES as TFMA slicing specs (() is the overall slice)."""
+  specs = []
+  for keys in configs.EVAL_SLICES:
+    unknown = set(keys) - set(SLICEABLE_FEATURES)
+    if unknown:
+      raise ValueError(f'configs.EVAL_SLICES names unknown features {unknown}')
+    specs.append(tfma.SlicingSpec(feature_keys=list(keys)))
+  return specs
+
+
+# Fairness Indicators' rates (TFMA class, the name FairnessIndicators gives
+# it).  TFMA 0.47 moved the FairnessIndicators metric itself into the
+# fairness-indicators package, which the pinned stack does not install; these
+# are the same rates from TFMA's own confusion-matrix metrics, under the same
+# names ('fairness_indicators_metrics/false_negative_rate@0.5', ...), so Fairness
+# Indicators' viewers read them.
+FAIRNESS_RATES = (('MissRate', 'false_negative_rate'),
+                  ('FallOut', 'false_positive_rate'),
+                  ('FalseDiscoveryRate', 'false_discovery_rate'),
+                  ('FalseOmissionRate', 'false_omission_rate'),
+                  ('PredictedPositiveRate', 'positive_rate'))
+FAIRNESS_PREFIX = 'fairness_indicators_metrics/'
+
+
+def fairness_indicator_metrics() -> List[tfma.MetricConfig]:
+  return [tfma.MetricConfig(
+      class_name=class_name,
+      config=json.dumps({'thresholds': [threshold],
+                         'name': f'{FAIRNESS_PREFIX}{name}@{threshold:g}'}))
+          for threshold in configs.FAIRNESS_THRESHOLDS
+          for class_name, name in FAIRNESS_RATES]
+
+
+def melanoma_class_id(settings: configs.Settings) -> int:
+  if configs.MELANOMA_LABEL not in settings.labels:
+    raise ValueError(f'the melanoma gate needs {configs.MELANOMA_LABEL!r} in '
+                     f'the label list {list(settings.labels)}')
+  return list(settings.labels).index(configs.MELANOMA_LABEL)
 
 
 def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
   """TFMA config: metrics per class and slice, and the blessing thresholds.
 
-  Per-class recall counts a class's examples whose top-1 prediction is that
-  class; balanced accuracy (a custom TFMA metric) is their mean.  The gate
-  applies to the overall slice only: small slices would fail any
-  bound by chance.
+  Top-1 metrics (balanced accuracy, per-class precision / recall / F1, macro
+  F1, the normalized confusion matrix) and the expected calibration error
+  are custom TFMA metrics (components/tfma_metrics.py); one-vs-rest AUC per
+  class and its macro average, accuracy, example counts, the confusion
+  matrix plot, per-class calibration plots and the Fairness Indicators
+  rates (each class one-vs-rest at configs.FAIRNESS_THRESHOLDS, see
+  FAIRNESS_RATES) are TFMA's own.  Every
+  metric is computed on every slice of configs.EVAL_SLICES.
+
+  Blessing thresholds, on the overall slice only (small slices would fail
+  any bound by chance; the subgroup-gap gate judges slices): balanced
+  accuracy >= min_balanced_accuracy and not more than
+  max_balanced_accuracy_drop below the latest blessed model's; melanoma
+  top-1 recall >= min_melanoma_recall.
   """
-  class_ids = list(range(len(settings.labels)))
+  n_classes = len(settings.labels)
+  class_ids = list(range(n_classes))
+  per_class = tfma.BinarizationOptions(class_ids={'values': class_ids})
   overall = [tfma.SlicingSpec()]
-  gate = tfma.MetricThreshold(
+  balanced_accuracy_gate = tfma.MetricThreshold(
       value_threshold=tfma.GenericValueThreshold(
           lower_bound={'value': settings.min_balanced_accuracy}),
       change_threshold=tfma.GenericChangeThreshold(
           direction=tfma.MetricDirection.HIGHER_IS_BETTER,
           absolute={'value': -settings.max_balanced_accuracy_drop}))
+  melanoma_gate = tfma.MetricThreshold(
+      value_threshold=tfma.GenericValueThreshold(
+          lower_bound={'value': settings.min_melanoma_recall}))
+  custom = tfma_metrics.__name__
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
           signature_name=features.EXAMPLE_SIGNATURE,
           label_key=features.LABEL_KEY,
           prediction_key=features.PREDICTION_KEY)],
-      slicing_specs=[
-          tfma.SlicingSpec(),
-          tfma.SlicingSpec(feature_keys=[features.LABEL_KEY]),
-          tfma.SlicingSpec(feature_keys=[features.SEX_KEY]),
-      ],
+      slicing_specs=slicing_specs(),
       metrics_specs=[
           tfma.MetricsSpec(metrics=[
               tfma.MetricConfig(class_name='ExampleCount'),
               tfma.MetricConfig(class_name='SparseCategoricalAccuracy',
                                 config='{"name": "accuracy"}'),
               tfma.MetricConfig(class_name='MultiClassConfusionMatrixPlot'),
+              tfma.MetricConfig(class_name='MacroF1', module=custom),
+              tfma.MetricConfig(
+                  class_name='NormalizedConfusionMatrix', module=custom,
+                  config=json.dumps({'n_classes': n_classes})),
+              tfma.MetricConfig(
+                  class_name='ExpectedCalibrationError', module=custom,
+                  config=json.dumps({'bins': configs.CALIBRATION_BINS})),
           ]),
-          # Top-1 recall per class (one sub key per class id).
+          # Balanced accuracy (mean per-class top-1 recall), gated.
           tfma.MetricsSpec(metrics=[tfma.MetricConfig(
-              class_name='ClassRecall', module=tfma_metrics.__name__,
-              config=json.dumps({'class_ids': class_ids}))]),
-          # Balanced accuracy (mean per-class recall), the gated metric.
-          tfma.MetricsSpec(metrics=[tfma.MetricConfig(
-              class_name='BalancedAccuracy', module=tfma_metrics.__name__,
+              class_name='BalancedAccuracy', module=custom,
               per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                  slicing_specs=overall, threshold=gate)])]),
+                  slicing_specs=overall, threshold=balanced_accuracy_gate)])]),
+          # Top-1 precision / recall / F1 per class (sub keys classId:N).
+          tfma.MetricsSpec(binarize=per_class, metrics=[
+              tfma.MetricConfig(class_name='ClassRecall', module=custom),
+              tfma.MetricConfig(class_name='ClassPrecision', module=custom),
+              tfma.MetricConfig(class_name='ClassF1', module=custom),
+          ]),
+          # Melanoma recall (the same metric, named for its gate).
+          tfma.MetricsSpec(
+              binarize=tfma.BinarizationOptions(
+                  class_ids={'values': [melanoma_class_id(settings)]}),
+              metrics=[tfma.MetricConfig(
+                  class_name='ClassRecall', module=custom,
+                  config=json.dumps({'name': MELANOMA_RECALL}),
+                  per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                      slicing_specs=overall, threshold=melanoma_gate)])]),
+          # One-vs-rest: AUC per class and its macro average, calibration
+          # plots, Fairness Indicators.
+          tfma.MetricsSpec(
+              binarize=per_class,
+              aggregate=tfma.AggregationOptions(
+                  macro_average=True,
+                  class_weights={c: 1.0 for c in class_ids}),
+              metrics=[tfma.MetricConfig(
+                  class_name='AUC', config='{"num_thresholds": 10000}')]),
+          tfma.MetricsSpec(binarize=per_class, metrics=[
+              tfma.MetricConfig(class_name='CalibrationPlot'),
+          ] + fairness_indicator_metrics()),
       ])
 
 
