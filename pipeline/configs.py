@@ -267,15 +267,21 @@ class Settings:
                        f'and test: {self.split_buckets}')
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
-    if self.subgroup_gap_metric not in SUBGROUP_GAP_METRICS:
-      raise ValueError(f'subgroup_gap_metric must be one of '
-                       f'{SUBGROUP_GAP_METRICS}: {self.subgroup_gap_metric!r}')
+    self.validate_gates()
     # A URI (gs://...) is checked where it is read: on a cluster, or by
     # the ingestion step.
     if '://' not in self.data_root and not os.path.isdir(self.data_root):
       raise FileNotFoundError(
           f'data root {self.data_root!r} does not exist; generate demo data '
           'with `skinlesion demo-data DIR` or point --data at an archive')
+
+  def validate_gates(self) -> None:
+    if self.subgroup_gap_metric not in SUBGROUP_GAP_METRICS:
+      raise ValueError(f'subgroup_gap_metric must be one of '
+                       f'{SUBGROUP_GAP_METRICS}: {self.subgroup_gap_metric!r}')
+    if self.max_subgroup_gap < 0 or self.min_subgroup_examples < 1:
+      raise ValueError('max_subgroup_gap must be >= 0 and '
+                       'min_subgroup_examples >= 1')
 
   @classmethod
   def from_env(cls, environ: Optional[Dict[str, str]] = None,

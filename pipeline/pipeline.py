@@ -2,9 +2,11 @@
 
 ImageExampleGen -> StatisticsGen (curated schema from ImportSchemaGen) ->
 ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
-validated span) -> Trainer -> Evaluator (vs the latest blessed model) ->
-MobileExporter (.tflite formats, parity gate) -> MobilePusher (one atomic
-version directory: SavedModel, passing .tflite files, labels, manifest).
+validated span) -> Trainer -> Evaluator (TFMA thresholds, vs the latest
+blessed model) -> SubgroupGapGate (metric gaps between sex / age band / site
+groups) -> MobileExporter (.tflite formats, parity gate) -> MobilePusher (one
+atomic version directory: SavedModel, passing .tflite files, labels,
+manifest; only when both blessings are positive).
 
 Every orchestrator compiles this same pipeline: local_runner.py
 (LocalDagRunner) and kubeflow_runner.py (KubeflowV2DagRunner, for Kubeflow
@@ -24,6 +26,7 @@ from components import data_report as data_report_lib
 from components import image_example_gen
 from components import mobile_exporter
 from components import mobile_pusher
+from components import subgroup_gap_gate
 from components import tfma_metrics
 from models import features
 from pipeline import configs
@@ -202,6 +205,14 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
       ])
 
 
+def subgroup_gap_metric(settings: configs.Settings):
+  """(TFMA metric name, class id or -1) the subgroup-gap gate compares."""
+  settings.validate_gates()
+  if settings.subgroup_gap_metric == 'melanoma_recall':
+    return MELANOMA_RECALL, melanoma_class_id(settings)
+  return BALANCED_ACCURACY, subgroup_gap_gate.NO_CLASS
+
+
 def check_schema_labels(settings: configs.Settings) -> None:
   """The curated schema's label domain must be exactly the label list."""
   schema = tfdv.load_schema_text(settings.schema_path)
@@ -305,11 +316,14 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
     if resources is not None:
       trainer.with_platform_config(resources)
 
+  # The regression baseline: the latest model the Evaluator blessed (only
+  # the Evaluator's blessings: the SubgroupGapGate writes ModelBlessings too).
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
       model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing),
+          type=tfx.types.standard_artifacts.ModelBlessing,
+          producer_component_id='Evaluator', output_key='blessing'),
   ).with_id('latest_blessed_model_resolver')
 
   evaluator = tfx.components.Evaluator(
@@ -318,6 +332,16 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       baseline_model=model_resolver.outputs['model'],
       eval_config=build_eval_config(settings),
       example_splits=[configs.TEST_SPLIT])
+
+  gap_metric, gap_class_id = subgroup_gap_metric(settings)
+  gap_gate = subgroup_gap_gate.SubgroupGapGate(
+      evaluation=evaluator.outputs['evaluation'],
+      model=trainer.outputs['model'],
+      slice_families=json.dumps(list(configs.SUBGROUP_GAP_FAMILIES)),
+      metric=gap_metric, class_id=gap_class_id,
+      max_gap=settings.max_subgroup_gap,
+      min_examples=settings.min_subgroup_examples,
+      exclude_unknown=int(settings.subgroup_gap_exclude_unknown))
 
   exporter = mobile_exporter.MobileExporter(
       model=trainer.outputs['model'],
@@ -341,9 +365,11 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       model=trainer.outputs['model'],
       model_blessing=evaluator.outputs['blessing'],
       mobile_models=exporter.outputs['mobile_models'],
+      subgroup_blessing=gap_gate.outputs['blessing'],
       base_directory=settings.serving_model_dir)
 
-  components += [trainer, model_resolver, evaluator, exporter, pusher]
+  components += [trainer, model_resolver, evaluator, gap_gate, exporter,
+                 pusher]
   return _pipeline(settings, components, orchestrator)
 
 

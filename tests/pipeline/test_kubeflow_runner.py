@@ -44,7 +44,8 @@ ENV = {
 }
 COMPONENTS = {'ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
               'ExampleValidator', 'AnomaliesGate', 'DataReport', 'Trainer',
-              'Evaluator', 'MobileExporter', 'MobilePusher'}
+              'Evaluator', 'SubgroupGapGate', 'MobileExporter',
+              'MobilePusher'}
 # The components whose executors run Beam pipelines.
 BEAM_COMPONENTS = ('ImageExampleGen', 'StatisticsGen', 'Evaluator')
 
@@ -111,7 +112,9 @@ def test_dag_edges(compiled):
           'ImageExampleGen'} <= _upstream(job, 'Trainer')
   assert 'Trainer' in deps['Evaluator']
   assert 'Evaluator' in deps['MobileExporter']
-  assert {'Evaluator', 'MobileExporter'} <= deps['MobilePusher']
+  assert {'Evaluator', 'SubgroupGapGate', 'MobileExporter'} <= deps[
+      'MobilePusher']
+  assert 'Evaluator' in deps['SubgroupGapGate']
   assert not deps['ImageExampleGen']
   # The baseline for the Evaluator comes from the resolver.
   assert (_tasks(job)['Evaluator']['inputs']['artifacts']['baseline_model']
