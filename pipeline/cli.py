@@ -4,6 +4,8 @@
   skinlesion ingest --data DIR [--layout L] [--out DIR]
   skinlesion run --data DIR [--layout L] [--home DIR] [...]
   skinlesion summary [--home DIR]
+  skinlesion predict --model PUSHED_DIR --images DIR --out preds.csv
+                     [--format labels|isic] [--tflite [FORMAT]]
 """
 
 import argparse
@@ -96,6 +98,34 @@ def cmd_summary(args) -> int:
   return 0
 
 
+def cmd_predict(args) -> int:
+  """Exit 0: every image predicted; 2: some images unreadable (listed);
+  1: the model was refused (manifest mismatch) or could not be used."""
+  from mobile_export import release  # pylint: disable=g-import-not-at-top
+  from pipeline import predict  # pylint: disable=g-import-not-at-top
+  try:
+    images = predict.list_images(args.images)
+    result = predict.predict(args.model, images, tflite_format=args.tflite)
+  except release.VersionIntegrityError as e:
+    print(f'Refusing the model: {e}', file=sys.stderr)
+    return 1
+  except (FileNotFoundError, ValueError) as e:
+    print(f'predict: {e}', file=sys.stderr)
+    return 1
+  errors_path = predict.write_csv(result, args.out, args.format)
+  model = (f'{args.tflite} .tflite' if args.tflite else 'SavedModel')
+  print(f'Wrote {len(result.images)} predictions to {args.out} '
+        f'({args.format} columns; {model} of {result.version_dir}, manifest '
+        'verified).')
+  if result.errors:
+    print(f'{len(result.errors)} image(s) could not be read (no row; also '
+          f'in {errors_path}):', file=sys.stderr)
+    for path, reason, detail in result.errors:
+      print(f'  {path}: {reason}: {detail}', file=sys.stderr)
+    return 2
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   from pipeline import configs  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
@@ -156,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
   summ = sub.add_parser('summary', help="summarise a home's latest run")
   common(summ)
   summ.set_defaults(func=cmd_summary)
+
+  pred = sub.add_parser(
+      'predict', help='class probabilities of a folder of images (CSV)')
+  pred.add_argument('--model', required=True,
+                    help='a pushed version directory, or the serving base '
+                    'directory (its latest version)')
+  pred.add_argument('--images', required=True, help='folder of images')
+  pred.add_argument('--out', required=True, help='CSV file to write')
+  pred.add_argument('--format', choices=('labels', 'isic'), default='labels',
+                    help='isic: ISIC 2018 columns image,MEL,NV,BCC,AKIEC,'
+                    'BKL,DF,VASC (default: our label names)')
+  pred.add_argument('--tflite', nargs='?', const=configs.TFLITE_FORMATS[0],
+                    choices=configs.TFLITE_FORMATS,
+                    help='use the pushed .tflite of this format (default '
+                    f'{configs.TFLITE_FORMATS[0]}) instead of the SavedModel')
+  pred.set_defaults(func=cmd_predict)
   return parser
 
 
