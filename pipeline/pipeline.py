@@ -200,7 +200,9 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
               metrics=[tfma.MetricConfig(
                   class_name='AUC', config='{"num_thresholds": 10000}')]),
           tfma.MetricsSpec(binarize=per_class, metrics=[
-              tfma.MetricConfig(class_name='CalibrationPlot'),
+              tfma.MetricConfig(
+                  class_name='CalibrationPlot',
+                  config=json.dumps({'num_buckets': configs.CALIBRATION_BINS})),
           ] + fairness_indicator_metrics()),
       ])
 
