@@ -31,6 +31,8 @@ def _settings_from(args):
       min_balanced_accuracy=getattr(args, 'min_balanced_accuracy', None),
       max_balanced_accuracy_drop=getattr(args, 'max_balanced_accuracy_drop',
                                          None),
+      min_melanoma_recall=getattr(args, 'min_melanoma_recall', None),
+      max_subgroup_gap=getattr(args, 'max_subgroup_gap', None),
       enable_cache=False if getattr(args, 'no_cache', False) else None,
       beam_pipeline_args=(
           configs.direct_beam_args(args.beam_workers)
@@ -175,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='blessing: lower bound on test balanced accuracy')
   run.add_argument('--max-balanced-accuracy-drop', type=float,
                    help='blessing: allowed drop vs the latest blessed model')
+  run.add_argument('--min-melanoma-recall', type=float,
+                   help='blessing: lower bound on test melanoma recall')
+  run.add_argument('--max-subgroup-gap', type=float,
+                   help='blessing: upper bound on the balanced-accuracy gap '
+                   'between sex / age band / site groups')
   run.add_argument('--no-cache', action='store_true',
                    help='re-run every component')
   run.add_argument('--beam-workers', type=int, metavar='N',
