@@ -97,7 +97,8 @@ def _validate(metrics, **bounds):
   """TFMA's validation of the pipeline's thresholds under these bounds."""
   config = pipeline_lib.build_eval_config(
       configs.Settings(**dict(LOOSE, **bounds)))
-  config = tfma.update_eval_config_with_defaults(config, has_baseline=True)
+  config = tfma.utils.update_eval_config_with_defaults(
+      config, has_baseline=True, rubber_stamp=False)
   return metrics_validator.validate_metrics(((), metrics), config)
 
 
