@@ -250,9 +250,9 @@ def read_evaluation(evaluation_uri: str, labels: Sequence[str]):
   for per_slice in validation.metric_validations_per_slice:
     for failure in per_slice.failures:
       failures.append(threshold_failure_text(failure, labels))
-  for missing in validation.missing_thresholds:
-    failures.append(f'{missing.metric_key.name}: no value to check its '
-                    'threshold against (metric missing)')
+  if validation.missing_thresholds:
+    failures.append('a threshold had no metric value to check (TFMA '
+                    'missing_thresholds; see the validation result)')
   return metrics, recall, failures, has_baseline
 
 
