@@ -84,6 +84,10 @@ SUBGROUP_GAP_METRICS: Tuple[str, ...] = ('balanced_accuracy',
 # Fairness Indicators: each class one-vs-rest at these probability
 # thresholds (false positive / negative rates etc. per slice).
 FAIRNESS_THRESHOLDS: Tuple[float, ...] = (0.25, 0.5)
+# One-vs-rest AUC: TFMA sums over this many equal-width probability
+# thresholds (its default, 10,000, tripled the Evaluator's time for no
+# visible change at the precision reported; see BENCHMARKS.md).
+AUC_THRESHOLDS = 1000
 # Reliability diagram / expected calibration error: equal-width bins of the
 # top-1 probability.
 CALIBRATION_BINS = 10

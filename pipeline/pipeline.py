@@ -198,7 +198,8 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
                   macro_average=True,
                   class_weights={c: 1.0 for c in class_ids}),
               metrics=[tfma.MetricConfig(
-                  class_name='AUC', config='{"num_thresholds": 10000}')]),
+                  class_name='AUC', config=json.dumps(
+                      {'num_thresholds': configs.AUC_THRESHOLDS}))]),
           tfma.MetricsSpec(binarize=per_class, metrics=[
               tfma.MetricConfig(
                   class_name='CalibrationPlot',

@@ -201,7 +201,7 @@ def test_tfma_equals_sklearn_on_the_predictions_of_skinlesion_predict(
     assert _value(metrics, 'class_precision', c) == pytest.approx(p, abs=1e-9)
   assert _value(metrics, 'melanoma_recall', MEL) == pytest.approx(
       recall[present.index(MEL)], abs=1e-9)
-  # One-vs-rest AUC: TFMA's is a Riemann sum over 10,000 threshold buckets,
+  # One-vs-rest AUC: TFMA sums over 1,000 threshold buckets (configs),
   # an approximation that is coarsest where scores tie within a bucket (this
   # 2-epoch model's are nearly constant): measured up to 0.0035 apart here.
   for c in present:
