@@ -201,9 +201,10 @@ def test_tfma_equals_sklearn_on_the_predictions_of_skinlesion_predict(
     assert _value(metrics, 'class_precision', c) == pytest.approx(p, abs=1e-9)
   assert _value(metrics, 'melanoma_recall', MEL) == pytest.approx(
       recall[present.index(MEL)], abs=1e-9)
-  # One-vs-rest AUC: TFMA sums over 1,000 threshold buckets (configs),
-  # an approximation that is coarsest where scores tie within a bucket (this
-  # 2-epoch model's are nearly constant): measured up to 0.0035 apart here.
+  # One-vs-rest AUC: TFMA sums over configs.AUC_THRESHOLDS (10,000)
+  # threshold buckets, an approximation that is coarsest where scores crowd
+  # into a few buckets (this 2-epoch model's are nearly constant): measured
+  # up to 0.0035 apart here.
   for c in present:
     assert _value(metrics, 'auc', c) == pytest.approx(
         skm.roc_auc_score(y_true == c, probs[:, c]), abs=0.01)
