@@ -59,6 +59,7 @@ from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
 from models import features
+from pipeline import configs
 
 REPORT_FILE = 'ingestion_report.json'
 QUARANTINE_FILE = 'quarantine.csv'
@@ -577,6 +578,9 @@ def record_to_example(record: Dict[str, Any], jpeg: bytes) -> tf.train.Example:
   if record[features.AGE_KEY] is not None:
     feature[features.AGE_KEY] = tf.train.Feature(
         float_list=tf.train.FloatList(value=[record[features.AGE_KEY]]))
+  # Derived, for slicing the evaluation (bands: pipeline/configs.AGE_BANDS).
+  feature[features.AGE_BAND_KEY] = tf.train.Feature(bytes_list=tf.train.BytesList(
+      value=[configs.age_band(record[features.AGE_KEY]).encode('utf-8')]))
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 

@@ -1,6 +1,7 @@
 """MobilePusher: one atomic version directory for servers and apps.
 
-Replaces the standard Pusher.  Only when the model is blessed, it writes
+Replaces the standard Pusher.  Only when the model is blessed (by the
+Evaluator and, when wired, by the SubgroupGapGate), it writes
 ``<base_directory>/<model_version>/`` (the version ``MobileExporter`` wrote
 into the TFLite metadata) with:
 
@@ -44,6 +45,10 @@ from models import features
 class MobilePusherSpec(component_spec.ComponentSpec):
   PARAMETERS = {
       'base_directory': component_spec.ExecutionParameter(type=str),
+      # 1 when a subgroup_blessing channel is wired: then a missing
+      # blessing artifact blocks the push like a negative one.
+      'require_subgroup_blessing': component_spec.ExecutionParameter(
+          type=int, optional=True),
   }
   INPUTS = {
       'model': component_spec.ChannelParameter(type=standard_artifacts.Model),
@@ -51,6 +56,9 @@ class MobilePusherSpec(component_spec.ComponentSpec):
           type=standard_artifacts.ModelBlessing),
       'mobile_models': component_spec.ChannelParameter(
           type=mobile_exporter.MobileModels),
+      # The SubgroupGapGate's blessing (components/subgroup_gap_gate.py).
+      'subgroup_blessing': component_spec.ChannelParameter(
+          type=standard_artifacts.ModelBlessing, optional=True),
   }
   OUTPUTS = {
       'pushed_model': component_spec.ChannelParameter(
@@ -119,6 +127,24 @@ def pushed_as(base_directory: str, model_uri: str) -> Optional[str]:
   return version if lineage.get('model_uri') == model_uri else None
 
 
+def subgroup_blessed(input_dict: Dict[str, List[types.Artifact]],
+                     exec_properties: Dict[str, Any]) -> bool:
+  """False when the subgroup-gap blessing is negative, or required and absent."""
+  blessings = input_dict.get('subgroup_blessing') or []
+  if not blessings:
+    if exec_properties.get('require_subgroup_blessing'):
+      logging.warning('No subgroup-gap blessing although one is required: '
+                      'not pushed.')
+      return False
+    return True
+  blessing = artifact_utils.get_single_instance(blessings)
+  if not blessing.get_int_custom_property('blessed'):
+    logging.info('The subgroup-gap gate did not bless the model (%s): not '
+                 'pushed.', blessing.uri)
+    return False
+  return True
+
+
 class Executor(pusher_executor.Executor):
   """Pushes a blessed model's SavedModel and passing .tflite files."""
 
@@ -135,6 +161,9 @@ class Executor(pusher_executor.Executor):
         output_dict['pushed_model'])
     if not self.CheckBlessing(input_dict):
       self._not_pushed(model_push, 'model not blessed')
+      return
+    if not subgroup_blessed(input_dict, exec_properties):
+      self._not_pushed(model_push, 'subgroup-gap gate did not bless the model')
       return
     base_directory = exec_properties['base_directory']
     model = input_dict['model'][0]
@@ -177,6 +206,9 @@ class Executor(pusher_executor.Executor):
           lineage={'model_uri': model.uri,
                    'model_artifact_id': model.id,
                    'model_blessing_uri': input_dict['model_blessing'][0].uri,
+                   'subgroup_blessing_uri': (
+                       input_dict['subgroup_blessing'][0].uri
+                       if input_dict.get('subgroup_blessing') else None),
                    'mobile_models_uri': mobile.uri})
       release.write_json(os.path.join(staging, release.MANIFEST_FILE),
                          manifest)
@@ -206,7 +238,8 @@ class MobilePusher(base_component.BaseComponent):
   """Pushes SavedModel, passing .tflite files, labels and manifest atomically.
 
   Inputs: ``model`` (Trainer), ``model_blessing`` (Evaluator),
-  ``mobile_models`` (MobileExporter).  Output: ``pushed_model``
+  ``mobile_models`` (MobileExporter), optionally ``subgroup_blessing``
+  (SubgroupGapGate): pushed only when every blessing is positive.  Output: ``pushed_model``
   (``PushedModel``).
   """
 
@@ -215,9 +248,12 @@ class MobilePusher(base_component.BaseComponent):
 
   def __init__(self, model: types.BaseChannel,
                model_blessing: types.BaseChannel,
-               mobile_models: types.BaseChannel, base_directory: str):
+               mobile_models: types.BaseChannel, base_directory: str,
+               subgroup_blessing: Optional[types.BaseChannel] = None):
     spec = MobilePusherSpec(
         model=model, model_blessing=model_blessing,
         mobile_models=mobile_models, base_directory=base_directory,
+        subgroup_blessing=subgroup_blessing,
+        require_subgroup_blessing=int(subgroup_blessing is not None),
         pushed_model=types.Channel(type=standard_artifacts.PushedModel))
     super().__init__(spec=spec)

@@ -168,3 +168,80 @@ def publish_version(base_directory: str, version: str,
       tf.io.gfile.rmtree(staging)
     raise
   return destination
+
+
+class VersionIntegrityError(ValueError):
+  """A version directory does not match its manifest (tampered, truncated)."""
+
+
+def verify_version(version_dir: str) -> Dict[str, Any]:
+  """Checks every file of a version directory against its manifest.
+
+  Each file the manifest lists must exist with its recorded size and sha256,
+  and no other file may be there (besides the manifest itself).
+
+  Returns:
+    The manifest.
+
+  Raises:
+    VersionIntegrityError: naming the first file that is missing, has
+      another size (truncated or grown), another sha256 (altered), or is not
+      in the manifest; or when the manifest itself is missing or unreadable.
+  """
+  path = os.path.join(version_dir, MANIFEST_FILE)
+  if not tf.io.gfile.exists(path):
+    raise VersionIntegrityError(f'{version_dir}: no {MANIFEST_FILE}; not a '
+                                'pushed version directory')
+  try:
+    manifest = read_json(path)
+    expected = dict(manifest['files'])
+  except (ValueError, KeyError, TypeError) as e:
+    raise VersionIntegrityError(f'{path}: unreadable manifest ({e})') from None
+  for relative, record in sorted(expected.items()):
+    file_path = os.path.join(version_dir, *relative.split('/'))
+    if not tf.io.gfile.exists(file_path):
+      raise VersionIntegrityError(f'{file_path}: missing (listed in the '
+                                  'manifest)')
+    size = tf.io.gfile.stat(file_path).length
+    if size != record['bytes']:
+      raise VersionIntegrityError(
+          f'{file_path}: {size} bytes, the manifest records '
+          f'{record["bytes"]} (truncated or altered)')
+    digest = sha256_file(file_path)
+    if digest != record['sha256']:
+      raise VersionIntegrityError(
+          f'{file_path}: sha256 {digest} differs from the manifest\'s '
+          f'{record["sha256"]} (altered)')
+  for directory, _, files in tf.io.gfile.walk(version_dir):
+    for name in files:
+      relative = os.path.relpath(os.path.join(directory, name),
+                                 version_dir).replace(os.sep, '/')
+      if relative != MANIFEST_FILE and relative not in expected:
+        raise VersionIntegrityError(
+            f'{os.path.join(version_dir, relative)}: not in the manifest '
+            '(added after the push)')
+  return manifest
+
+
+def latest_version_dir(base_directory: str) -> str:
+  """The newest complete version under a serving base directory.
+
+  Versions are directories named by a number (MobilePusher writes the
+  export time in seconds); staging directories (hidden) are ignored.
+  """
+  versions = [name.rstrip('/') for name in tf.io.gfile.listdir(base_directory)
+              if name.rstrip('/').isdigit()
+              and tf.io.gfile.isdir(os.path.join(base_directory,
+                                                 name.rstrip('/')))]
+  if not versions:
+    raise FileNotFoundError(f'{base_directory}: no version directory (a '
+                            'number) here')
+  return os.path.join(base_directory, max(versions, key=int))
+
+
+def resolve_version_dir(path: str) -> str:
+  """A version directory itself, or the latest version of a base directory."""
+  if (tf.io.gfile.exists(os.path.join(path, MANIFEST_FILE))
+      or os.path.basename(os.path.normpath(path)).isdigit()):
+    return path  # A version (verify_version refuses one without manifest).
+  return latest_version_dir(path)

@@ -14,6 +14,7 @@ AGE_KEY = 'age'              # float, may be missing
 SEX_KEY = 'sex'              # bytes: male | female | unknown
 LOCALIZATION_KEY = 'localization'  # bytes: anatomical site or 'unknown'
 DATASET_KEY = 'dataset'      # bytes: acquisition source
+AGE_BAND_KEY = 'age_band'    # bytes: pipeline/configs.AGE_BAND_NAMES (derived from age)
 
 STRING_FEATURES = (IMAGE_ID_KEY, LESION_ID_KEY, SEX_KEY, LOCALIZATION_KEY,
                    DATASET_KEY)

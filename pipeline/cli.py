@@ -4,6 +4,8 @@
   skinlesion ingest --data DIR [--layout L] [--out DIR]
   skinlesion run --data DIR [--layout L] [--home DIR] [...]
   skinlesion summary [--home DIR]
+  skinlesion predict --model PUSHED_DIR --images DIR --out preds.csv
+                     [--format labels|isic] [--tflite [FORMAT]]
 """
 
 import argparse
@@ -29,6 +31,8 @@ def _settings_from(args):
       min_balanced_accuracy=getattr(args, 'min_balanced_accuracy', None),
       max_balanced_accuracy_drop=getattr(args, 'max_balanced_accuracy_drop',
                                          None),
+      min_melanoma_recall=getattr(args, 'min_melanoma_recall', None),
+      max_subgroup_gap=getattr(args, 'max_subgroup_gap', None),
       enable_cache=False if getattr(args, 'no_cache', False) else None,
       beam_pipeline_args=(
           configs.direct_beam_args(args.beam_workers)
@@ -100,6 +104,34 @@ def cmd_summary(args) -> int:
   return 0
 
 
+def cmd_predict(args) -> int:
+  """Exit 0: every image predicted; 2: some images unreadable (listed);
+  1: the model was refused (manifest mismatch) or could not be used."""
+  from mobile_export import release  # pylint: disable=g-import-not-at-top
+  from pipeline import predict  # pylint: disable=g-import-not-at-top
+  try:
+    images = predict.list_images(args.images)
+    result = predict.predict(args.model, images, tflite_format=args.tflite)
+  except release.VersionIntegrityError as e:
+    print(f'Refusing the model: {e}', file=sys.stderr)
+    return 1
+  except (FileNotFoundError, ValueError) as e:
+    print(f'predict: {e}', file=sys.stderr)
+    return 1
+  errors_path = predict.write_csv(result, args.out, args.format)
+  model = (f'{args.tflite} .tflite' if args.tflite else 'SavedModel')
+  print(f'Wrote {len(result.images)} predictions to {args.out} '
+        f'({args.format} columns; {model} of {result.version_dir}, manifest '
+        'verified).')
+  if result.errors:
+    print(f'{len(result.errors)} image(s) could not be read (no row; also '
+          f'in {errors_path}):', file=sys.stderr)
+    for path, reason, detail in result.errors:
+      print(f'  {path}: {reason}: {detail}', file=sys.stderr)
+    return 2
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   from pipeline import configs  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
@@ -149,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='blessing: lower bound on test balanced accuracy')
   run.add_argument('--max-balanced-accuracy-drop', type=float,
                    help='blessing: allowed drop vs the latest blessed model')
+  run.add_argument('--min-melanoma-recall', type=float,
+                   help='blessing: lower bound on test melanoma recall')
+  run.add_argument('--max-subgroup-gap', type=float,
+                   help='blessing: upper bound on the balanced-accuracy gap '
+                   'between sex / age band / site groups')
   run.add_argument('--no-cache', action='store_true',
                    help='re-run every component')
   run.add_argument('--beam-workers', type=int, metavar='N',
@@ -160,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
   summ = sub.add_parser('summary', help="summarise a home's latest run")
   common(summ)
   summ.set_defaults(func=cmd_summary)
+
+  pred = sub.add_parser(
+      'predict', help='class probabilities of a folder of images (CSV)')
+  pred.add_argument('--model', required=True,
+                    help='a pushed version directory, or the serving base '
+                    'directory (its latest version)')
+  pred.add_argument('--images', required=True, help='folder of images')
+  pred.add_argument('--out', required=True, help='CSV file to write')
+  pred.add_argument('--format', choices=('labels', 'isic'), default='labels',
+                    help='isic: ISIC 2018 columns image,MEL,NV,BCC,AKIEC,'
+                    'BKL,DF,VASC (default: our label names)')
+  pred.add_argument('--tflite', nargs='?', const=configs.TFLITE_FORMATS[0],
+                    choices=configs.TFLITE_FORMATS,
+                    help='use the pushed .tflite of this format (default '
+                    f'{configs.TFLITE_FORMATS[0]}) instead of the SavedModel')
+  pred.set_defaults(func=cmd_predict)
   return parser
 
 

@@ -38,6 +38,62 @@ LABEL_DISPLAY_NAMES: Dict[str, str] = {
 }
 MELANOMA_LABEL = 'mel'
 
+# ISIC 2018 (Task 3) column names of our labels, for `skinlesion predict
+# --format isic`: the official scorer reads image,MEL,NV,BCC,AKIEC,BKL,DF,VASC.
+ISIC2018_COLUMNS: Dict[str, str] = {
+    'mel': 'MEL', 'nv': 'NV', 'bcc': 'BCC', 'akiec': 'AKIEC', 'bkl': 'BKL',
+    'df': 'DF', 'vasc': 'VASC'}
+ISIC2018_COLUMN_ORDER: Tuple[str, ...] = ('MEL', 'NV', 'BCC', 'AKIEC', 'BKL',
+                                          'DF', 'VASC')
+
+# Age bands: ingestion writes one of these names into every tf.Example's
+# ``age_band`` feature (the Evaluator slices on it); the schema's age_band
+# domain lists the same names.  (lower bound inclusive, upper exclusive).
+AGE_BANDS: Tuple[Tuple[str, float, float], ...] = (
+    ('<30', 0.0, 30.0),
+    ('30-44', 30.0, 45.0),
+    ('45-59', 45.0, 60.0),
+    ('60-74', 60.0, 75.0),
+    ('>=75', 75.0, float('inf')),
+)
+UNKNOWN_AGE_BAND = 'unknown'
+AGE_BAND_NAMES: Tuple[str, ...] = tuple(b[0] for b in AGE_BANDS) + (
+    UNKNOWN_AGE_BAND,)
+
+
+def age_band(age: Optional[float]) -> str:
+  """The age band name of an age in years (None: 'unknown')."""
+  if age is None or age != age:  # None or NaN.
+    return UNKNOWN_AGE_BAND
+  for name, low, high in AGE_BANDS:
+    if low <= age < high:
+      return name
+  return UNKNOWN_AGE_BAND  # Negative ages never pass ingestion.
+
+
+# Evaluation slices (feature keys; models/features.py spells them): each
+# tuple is one slicing spec, () the overall slice.  The subgroup-gap gate
+# compares the groups of SUBGROUP_GAP_FAMILIES (sex, age band, site).
+EVAL_SLICES: Tuple[Tuple[str, ...], ...] = (
+    (), ('label',), ('sex',), ('age_band',), ('localization',), ('dataset',),
+    ('sex', 'age_band'))
+SUBGROUP_GAP_FAMILIES: Tuple[str, ...] = ('sex', 'age_band', 'localization')
+# Metrics the subgroup-gap gate can compare (Settings.subgroup_gap_metric).
+SUBGROUP_GAP_METRICS: Tuple[str, ...] = ('balanced_accuracy',
+                                         'melanoma_recall')
+# Fairness Indicators: each class one-vs-rest at these probability
+# thresholds (false positive / negative rates etc. per slice).
+FAIRNESS_THRESHOLDS: Tuple[float, ...] = (0.25, 0.5)
+# One-vs-rest AUC: TFMA sums over this many equal-width probability
+# thresholds (TFMA's default).  Fewer make the Evaluator faster (1,000:
+# about half the time) but the sum coarser where a class's scores crowd into
+# a narrow range (on a near-constant model 1,000 was 0.036 off
+# scikit-learn's exact AUC, 10,000 0.0035): see BENCHMARKS.md.
+AUC_THRESHOLDS = 10000
+# Reliability diagram / expected calibration error: equal-width bins of the
+# top-1 probability.
+CALIBRATION_BINS = 10
+
 LAYOUTS = ('ham10000', 'isic2019', 'folders', 'csv')
 
 # Source label -> canonical label, per layout (a Settings.label_map replaces
@@ -129,6 +185,18 @@ class Settings:
   min_balanced_accuracy: float = 0.35
   # ... and may not fall more than this below the latest blessed model's.
   max_balanced_accuracy_drop: float = 0.05
+  # ... its top-1 recall of melanoma (the costliest miss) must reach this ...
+  min_melanoma_recall: float = 0.5
+  # ... and, per family of SUBGROUP_GAP_FAMILIES (sex, age band, site), the
+  # spread (max - min) of subgroup_gap_metric between its groups with at
+  # least min_subgroup_examples test examples may not exceed
+  # max_subgroup_gap ('unknown' groups are left out when
+  # subgroup_gap_exclude_unknown).  Fewer than two such groups: not
+  # measurable, recorded as such, and the gate passes.
+  subgroup_gap_metric: str = 'balanced_accuracy'
+  max_subgroup_gap: float = 0.25
+  min_subgroup_examples: int = 30
+  subgroup_gap_exclude_unknown: bool = True
   # Mobile export: int8 calibration images (a seeded sample of the train
   # split); the parity gate on the test split: each .tflite must agree with
   # the SavedModel's top-1 on at least this share of images ...
@@ -208,12 +276,21 @@ class Settings:
                        f'and test: {self.split_buckets}')
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
+    self.validate_gates()
     # A URI (gs://...) is checked where it is read: on a cluster, or by
     # the ingestion step.
     if '://' not in self.data_root and not os.path.isdir(self.data_root):
       raise FileNotFoundError(
           f'data root {self.data_root!r} does not exist; generate demo data '
           'with `skinlesion demo-data DIR` or point --data at an archive')
+
+  def validate_gates(self) -> None:
+    if self.subgroup_gap_metric not in SUBGROUP_GAP_METRICS:
+      raise ValueError(f'subgroup_gap_metric must be one of '
+                       f'{SUBGROUP_GAP_METRICS}: {self.subgroup_gap_metric!r}')
+    if self.max_subgroup_gap < 0 or self.min_subgroup_examples < 1:
+      raise ValueError('max_subgroup_gap must be >= 0 and '
+                       'min_subgroup_examples >= 1')
 
   @classmethod
   def from_env(cls, environ: Optional[Dict[str, str]] = None,

@@ -2,9 +2,11 @@
 
 ImageExampleGen -> StatisticsGen (curated schema from ImportSchemaGen) ->
 ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
-validated span) -> Trainer -> Evaluator (vs the latest other blessed model) ->
-MobileExporter (.tflite formats, parity gate) -> MobilePusher (one atomic
-version directory: SavedModel, passing .tflite files, labels, manifest) ->
+validated span) -> Trainer -> Evaluator (TFMA thresholds, vs the latest
+other model the Evaluator blessed) -> SubgroupGapGate (metric gaps between
+sex / age band / site groups) -> MobileExporter (.tflite formats, parity
+gate) -> MobilePusher (one atomic version directory: SavedModel, passing
+.tflite files, labels, manifest; only when both blessings are positive) ->
 RunReporter (report.html and the model card, blessed or not).
 
 Every orchestrator compiles this same pipeline: local_runner.py
@@ -27,6 +29,7 @@ from components import image_example_gen
 from components import mobile_exporter
 from components import mobile_pusher
 from components import run_report
+from components import subgroup_gap_gate
 from components import tfma_metrics
 from models import features
 from pipeline import configs
@@ -70,51 +73,150 @@ def trainer_resources(settings: configs.Settings):
 
 # Names of the TFMA metrics the gates read.
 BALANCED_ACCURACY = tfma_metrics.BALANCED_ACCURACY_NAME
+MELANOMA_RECALL = 'melanoma_recall'
+# Feature keys the evaluation may slice on (configs.EVAL_SLICES names them).
+SLICEABLE_FEATURES = (features.LABEL_KEY, features.SEX_KEY,
+                      features.AGE_BAND_KEY, features.LOCALIZATION_KEY,
+                      features.DATASET_KEY)
+
+
+def slicing_specs() -> List[tfma.SlicingSpec]:
+  """configs.EVAL_SLICES as TFMA slicing specs (() is the overall slice)."""
+  specs = []
+  for keys in configs.EVAL_SLICES:
+    unknown = set(keys) - set(SLICEABLE_FEATURES)
+    if unknown:
+      raise ValueError(f'configs.EVAL_SLICES names unknown features {unknown}')
+    specs.append(tfma.SlicingSpec(feature_keys=list(keys)))
+  return specs
+
+
+# Fairness Indicators' rates (TFMA class, the name FairnessIndicators gives
+# it).  TFMA 0.47 moved the FairnessIndicators metric itself into the
+# fairness-indicators package, which the pinned stack does not install; these
+# are the same rates from TFMA's own confusion-matrix metrics, under the same
+# names ('fairness_indicators_metrics/false_negative_rate@0.5', ...), so Fairness
+# Indicators' viewers read them.
+FAIRNESS_RATES = (('MissRate', 'false_negative_rate'),
+                  ('FallOut', 'false_positive_rate'),
+                  ('FalseDiscoveryRate', 'false_discovery_rate'),
+                  ('FalseOmissionRate', 'false_omission_rate'),
+                  ('PredictedPositiveRate', 'positive_rate'))
+FAIRNESS_PREFIX = 'fairness_indicators_metrics/'
+
+
+def fairness_indicator_metrics() -> List[tfma.MetricConfig]:
+  return [tfma.MetricConfig(
+      class_name=class_name,
+      config=json.dumps({'thresholds': [threshold],
+                         'name': f'{FAIRNESS_PREFIX}{name}@{threshold:g}'}))
+          for threshold in configs.FAIRNESS_THRESHOLDS
+          for class_name, name in FAIRNESS_RATES]
+
+
+def melanoma_class_id(settings: configs.Settings) -> int:
+  if configs.MELANOMA_LABEL not in settings.labels:
+    raise ValueError(f'the melanoma gate needs {configs.MELANOMA_LABEL!r} in '
+                     f'the label list {list(settings.labels)}')
+  return list(settings.labels).index(configs.MELANOMA_LABEL)
 
 
 def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
   """TFMA config: metrics per class and slice, and the blessing thresholds.
 
-  Per-class recall counts a class's examples whose top-1 prediction is that
-  class; balanced accuracy (a custom TFMA metric) is their mean.  The gate
-  applies to the overall slice only: small slices would fail any
-  bound by chance.
+  Top-1 metrics (balanced accuracy, per-class precision / recall / F1, macro
+  F1, the normalized confusion matrix) and the expected calibration error
+  are custom TFMA metrics (components/tfma_metrics.py); one-vs-rest AUC per
+  class and its macro average, accuracy, example counts, the confusion
+  matrix plot, per-class calibration plots and the Fairness Indicators
+  rates (each class one-vs-rest at configs.FAIRNESS_THRESHOLDS, see
+  FAIRNESS_RATES) are TFMA's own.  Every
+  metric is computed on every slice of configs.EVAL_SLICES.
+
+  Blessing thresholds, on the overall slice only (small slices would fail
+  any bound by chance; the subgroup-gap gate judges slices): balanced
+  accuracy >= min_balanced_accuracy and not more than
+  max_balanced_accuracy_drop below the latest blessed model's; melanoma
+  top-1 recall >= min_melanoma_recall.
   """
-  class_ids = list(range(len(settings.labels)))
+  n_classes = len(settings.labels)
+  class_ids = list(range(n_classes))
+  per_class = tfma.BinarizationOptions(class_ids={'values': class_ids})
   overall = [tfma.SlicingSpec()]
-  gate = tfma.MetricThreshold(
+  balanced_accuracy_gate = tfma.MetricThreshold(
       value_threshold=tfma.GenericValueThreshold(
           lower_bound={'value': settings.min_balanced_accuracy}),
       change_threshold=tfma.GenericChangeThreshold(
           direction=tfma.MetricDirection.HIGHER_IS_BETTER,
           absolute={'value': -settings.max_balanced_accuracy_drop}))
+  melanoma_gate = tfma.MetricThreshold(
+      value_threshold=tfma.GenericValueThreshold(
+          lower_bound={'value': settings.min_melanoma_recall}))
+  custom = tfma_metrics.__name__
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
           signature_name=features.EXAMPLE_SIGNATURE,
           label_key=features.LABEL_KEY,
           prediction_key=features.PREDICTION_KEY)],
-      slicing_specs=[
-          tfma.SlicingSpec(),
-          tfma.SlicingSpec(feature_keys=[features.LABEL_KEY]),
-          tfma.SlicingSpec(feature_keys=[features.SEX_KEY]),
-      ],
+      slicing_specs=slicing_specs(),
       metrics_specs=[
           tfma.MetricsSpec(metrics=[
               tfma.MetricConfig(class_name='ExampleCount'),
               tfma.MetricConfig(class_name='SparseCategoricalAccuracy',
                                 config='{"name": "accuracy"}'),
               tfma.MetricConfig(class_name='MultiClassConfusionMatrixPlot'),
+              tfma.MetricConfig(class_name='MacroF1', module=custom),
+              tfma.MetricConfig(
+                  class_name='NormalizedConfusionMatrix', module=custom,
+                  config=json.dumps({'n_classes': n_classes})),
+              tfma.MetricConfig(
+                  class_name='ExpectedCalibrationError', module=custom,
+                  config=json.dumps({'bins': configs.CALIBRATION_BINS})),
           ]),
-          # Top-1 recall per class (one sub key per class id).
+          # Balanced accuracy (mean per-class top-1 recall), gated.
           tfma.MetricsSpec(metrics=[tfma.MetricConfig(
-              class_name='ClassRecall', module=tfma_metrics.__name__,
-              config=json.dumps({'class_ids': class_ids}))]),
-          # Balanced accuracy (mean per-class recall), the gated metric.
-          tfma.MetricsSpec(metrics=[tfma.MetricConfig(
-              class_name='BalancedAccuracy', module=tfma_metrics.__name__,
+              class_name='BalancedAccuracy', module=custom,
               per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                  slicing_specs=overall, threshold=gate)])]),
+                  slicing_specs=overall, threshold=balanced_accuracy_gate)])]),
+          # Top-1 precision / recall / F1 per class (sub keys classId:N).
+          tfma.MetricsSpec(binarize=per_class, metrics=[
+              tfma.MetricConfig(class_name='ClassRecall', module=custom),
+              tfma.MetricConfig(class_name='ClassPrecision', module=custom),
+              tfma.MetricConfig(class_name='ClassF1', module=custom),
+          ]),
+          # Melanoma recall (the same metric, named for its gate).
+          tfma.MetricsSpec(
+              binarize=tfma.BinarizationOptions(
+                  class_ids={'values': [melanoma_class_id(settings)]}),
+              metrics=[tfma.MetricConfig(
+                  class_name='ClassRecall', module=custom,
+                  config=json.dumps({'name': MELANOMA_RECALL}),
+                  per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                      slicing_specs=overall, threshold=melanoma_gate)])]),
+          # One-vs-rest: AUC per class and its macro average, calibration
+          # plots, Fairness Indicators.
+          tfma.MetricsSpec(
+              binarize=per_class,
+              aggregate=tfma.AggregationOptions(
+                  macro_average=True,
+                  class_weights={c: 1.0 for c in class_ids}),
+              metrics=[tfma.MetricConfig(
+                  class_name='AUC', config=json.dumps(
+                      {'num_thresholds': configs.AUC_THRESHOLDS}))]),
+          tfma.MetricsSpec(binarize=per_class, metrics=[
+              tfma.MetricConfig(
+                  class_name='CalibrationPlot',
+                  config=json.dumps({'num_buckets': configs.CALIBRATION_BINS})),
+          ] + fairness_indicator_metrics()),
       ])
+
+
+def subgroup_gap_metric(settings: configs.Settings):
+  """(TFMA metric name, class id or -1) the subgroup-gap gate compares."""
+  settings.validate_gates()
+  if settings.subgroup_gap_metric == 'melanoma_recall':
+    return MELANOMA_RECALL, melanoma_class_id(settings)
+  return BALANCED_ACCURACY, subgroup_gap_gate.NO_CLASS
 
 
 def check_schema_labels(settings: configs.Settings) -> None:
@@ -220,15 +322,17 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
     if resources is not None:
       trainer.with_platform_config(resources)
 
-  # The baseline: the latest blessed model other than the candidate (on a
-  # rerun the cached Trainer's model is the one the first run blessed; it
-  # must not be its own baseline).  KubeflowV2DagRunner compiles only TFX's
+  # The regression baseline: the latest model the Evaluator blessed (only
+  # the Evaluator's blessings: the SubgroupGapGate writes ModelBlessings too)
+  # other than the candidate (on a rerun the cached Trainer's model is the
+  # one the first run blessed; it must not be its own baseline).  KubeflowV2DagRunner compiles only TFX's
   # built-in strategies: there the MobilePusher's lineage check keeps a
   # rerun from pushing the same model again.
   baseline_channels = dict(
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
       model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing))
+          type=tfx.types.standard_artifacts.ModelBlessing,
+          producer_component_id='Evaluator', output_key='blessing'))
   if orchestrator == LOCAL:
     model_resolver = tfx.dsl.Resolver(
         strategy_class=baseline_model.LatestBlessedOtherModelStrategy,
@@ -245,6 +349,16 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       baseline_model=model_resolver.outputs['model'],
       eval_config=build_eval_config(settings),
       example_splits=[configs.TEST_SPLIT])
+
+  gap_metric, gap_class_id = subgroup_gap_metric(settings)
+  gap_gate = subgroup_gap_gate.SubgroupGapGate(
+      evaluation=evaluator.outputs['evaluation'],
+      model=trainer.outputs['model'],
+      slice_families=json.dumps(list(configs.SUBGROUP_GAP_FAMILIES)),
+      metric=gap_metric, class_id=gap_class_id,
+      max_gap=settings.max_subgroup_gap,
+      min_examples=settings.min_subgroup_examples,
+      exclude_unknown=int(settings.subgroup_gap_exclude_unknown))
 
   exporter = mobile_exporter.MobileExporter(
       model=trainer.outputs['model'],
@@ -268,6 +382,7 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       model=trainer.outputs['model'],
       model_blessing=evaluator.outputs['blessing'],
       mobile_models=exporter.outputs['mobile_models'],
+      subgroup_blessing=gap_gate.outputs['blessing'],
       base_directory=settings.serving_model_dir)
 
   # Last: the run report and model card.  It runs whether or not the model
@@ -285,12 +400,13 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       model_run=trainer.outputs['model_run'],
       mobile_models=exporter.outputs['mobile_models'],
       pushed_model=pusher.outputs['pushed_model'],
+      gap_blessing=gap_gate.outputs['blessing'],
       pipeline_name=settings.pipeline_name,
       split=configs.TEST_SPLIT,
       gradcam_per_class=settings.report_gradcam_per_class)
 
-  components += [trainer, model_resolver, evaluator, exporter, pusher,
-                 reporter]
+  components += [trainer, model_resolver, evaluator, gap_gate, exporter,
+                 pusher, reporter]
   return _pipeline(settings, components, orchestrator)
 
 

@@ -1,7 +1,9 @@
 """What a run did, read back from ML Metadata: the end-of-run summary.
 
 For the latest run of a pipeline: each component's status and wall time, the
-blessing decision with the gated metric values (and the failing thresholds),
+blessing decision with the gated metric values, each failed gate (TFMA
+threshold: metric, value, bound, by how much; subgroup gap: family, groups,
+gap, bound),
 the mobile export's parity verdict per .tflite format (and why a file was
 kept out of the push), what was pushed where, and where the run report and
 model card are.
@@ -18,6 +20,7 @@ from ml_metadata.proto import metadata_store_pb2
 import tensorflow_model_analysis as tfma
 
 from components import image_example_gen
+from components import subgroup_gap_gate
 from components import tfma_metrics
 from pipeline import configs
 
@@ -41,6 +44,11 @@ class RunSummary:
   per_class_recall: Dict[str, float] = dataclasses.field(default_factory=dict)
   failed_thresholds: List[str] = dataclasses.field(default_factory=list)
   has_baseline: bool = False
+  # The Evaluator's (TFMA thresholds) and the SubgroupGapGate's verdicts;
+  # ``blessed`` is True only when every gate that ran blessed the model.
+  evaluator_blessed: Optional[bool] = None
+  gap_blessed: Optional[bool] = None
+  gap_report: Optional[Dict] = None
   pushed_model: Optional[str] = None
   # Paths of the pushed .tflite files (empty when none was pushed).
   pushed_tflite: List[str] = dataclasses.field(default_factory=list)
@@ -88,8 +96,20 @@ class RunSummary:
       if self.per_class_recall:
         lines.append('  recall per class: ' + ', '.join(
             f'{k} {v:.2f}' for k, v in self.per_class_recall.items()))
+      if self.evaluator_blessed is not None:
+        lines.append('  TFMA thresholds (Evaluator): ' + (
+            'passed' if self.evaluator_blessed else 'FAILED'))
       for failure in self.failed_thresholds:
         lines.append(f'  FAILED: {failure}')
+      if self.gap_report is not None:
+        lines.append('  Subgroup gaps (SubgroupGapGate): ' + (
+            'passed' if self.gap_blessed else 'FAILED'))
+        for gate in self.gap_report['gates']:
+          lines.append(f'    {gate["slice_family"]:<14}'
+                       f'{"passed" if gate["passed"] else "FAILED"}: '
+                       f'{gate["note"]}')
+        for failure in subgroup_gap_gate.failures(self.gap_report):
+          lines.append(f'  FAILED: {failure}')
     lines.append('')
     lines.extend(format_mobile_verdicts(self.mobile_verdicts,
                                         self.mobile_note))
@@ -233,6 +253,7 @@ def read_evaluation(evaluation_uri: str, labels: Sequence[str]):
           number = _metric_value(value)
           if number is None:
             continue
+          name = _plain_metric_name(name)
           if name.endswith('_diff'):
             has_baseline = True
           if sub_key.startswith('classId:'):
@@ -244,28 +265,65 @@ def read_evaluation(evaluation_uri: str, labels: Sequence[str]):
   validation = tfma.load_validation_result(evaluation_uri)
   for per_slice in validation.metric_validations_per_slice:
     for failure in per_slice.failures:
-      threshold = failure.metric_threshold
-      failures.append(
-          f'{failure.metric_key.name}'
-          f'{" (change vs baseline)" if failure.metric_key.is_diff else ""}'
-          f' = {failure.metric_value.double_value.value:.4f}, threshold '
-          f'{_threshold_text(threshold)}')
+      failures.append(threshold_failure_text(failure, labels))
+  if validation.missing_thresholds:
+    failures.append('a threshold had no metric value to check (TFMA '
+                    'missing_thresholds; see the validation result)')
   return metrics, recall, failures, has_baseline
 
 
-def _threshold_text(threshold) -> str:
+def _plain_metric_name(name: str) -> str:
+  """TFMA names aggregated metrics 'macro_average: true\n_auc': 'macro_auc'."""
+  if '\n' not in name:
+    return name
+  prefix, base = name.rsplit('\n', 1)
+  base = base.lstrip('_')
+  if 'weighted_macro_average' in prefix:
+    return 'weighted_macro_' + base
+  if 'macro_average' in prefix:
+    return 'macro_' + base
+  if 'micro_average' in prefix:
+    return 'micro_' + base
+  return base
+
+
+def threshold_failure_text(failure, labels: Sequence[str] = ()) -> str:
+  """'<metric> = <value>, threshold <bound> (short by <x>)' of a failure."""
+  key = failure.metric_key
+  name = key.name
+  if key.sub_key.HasField('class_id'):
+    class_id = key.sub_key.class_id.value
+    label = labels[class_id] if class_id < len(labels) else '?'
+    name += f' [classId:{class_id} {label}]'
+  if key.is_diff:
+    name += ' (change vs baseline)'
+  value = failure.metric_value.double_value.value
+  text, miss = _threshold_text(failure.metric_threshold, value)
+  by = f' (misses by {miss:.4f})' if miss is not None else ''
+  return f'{name} = {value:.4f}, threshold {text}{by}'
+
+
+def _threshold_text(threshold, value: Optional[float] = None):
+  """(bound text, by how much value misses it or None)."""
+  misses = []
   if threshold.HasField('value_threshold'):
     t = threshold.value_threshold
     parts = []
     if t.HasField('lower_bound'):
       parts.append(f'>= {t.lower_bound.value:.4f}')
+      if value is not None and value < t.lower_bound.value:
+        misses.append(t.lower_bound.value - value)
     if t.HasField('upper_bound'):
       parts.append(f'<= {t.upper_bound.value:.4f}')
-    return ' and '.join(parts)
+      if value is not None and value > t.upper_bound.value:
+        misses.append(value - t.upper_bound.value)
+    return ' and '.join(parts), (max(misses) if misses else None)
   if threshold.HasField('change_threshold'):
     t = threshold.change_threshold
-    return f'change >= {t.absolute.value:.4f}'
-  return str(threshold)
+    miss = (t.absolute.value - value
+            if value is not None and value < t.absolute.value else None)
+    return f'change >= {t.absolute.value:.4f}', miss
+  return str(threshold), None
 
 
 def latest_run(settings: configs.Settings) -> RunSummary:
@@ -291,7 +349,16 @@ def latest_run(settings: configs.Settings) -> RunSummary:
     summary.components.append(ComponentRun(node_id, state, seconds))
     outputs = _outputs(store, execution.id)
     if 'blessing' in outputs and outputs['blessing']:
-      summary.blessed = bool(_prop(outputs['blessing'][0], 'blessed'))
+      blessing = outputs['blessing'][0]
+      report_path = os.path.join(blessing.uri,
+                                 subgroup_gap_gate.GAP_REPORT_FILE)
+      if tf.io.gfile.exists(report_path):  # The SubgroupGapGate's.
+        summary.gap_blessed = bool(_prop(blessing, 'blessed'))
+        summary.gap_report = subgroup_gap_gate.read_report(blessing.uri)
+      else:  # The Evaluator's.
+        summary.evaluator_blessed = bool(_prop(blessing, 'blessed'))
+      summary.blessed = (summary.evaluator_blessed is not False
+                         and summary.gap_blessed is not False)
     if 'evaluation' in outputs and outputs['evaluation']:
       (summary.metrics, summary.per_class_recall, summary.failed_thresholds,
        summary.has_baseline) = read_evaluation(

@@ -78,3 +78,59 @@ def test_metrics_run_inside_tfma(tmp_path):
   overall = dict(result.slicing_metrics)[()]['']['']
   expected = balanced_accuracy_score(labels, probs.argmax(axis=1))
   assert overall['balanced_accuracy']['doubleValue'] == pytest.approx(expected)
+
+
+def test_precision_f1_and_macro_f1_match_sklearn():
+  from sklearn.metrics import f1_score  # pylint: disable=g-import-not-at-top
+  from sklearn.metrics import precision_score  # pylint: disable=g-import-not-at-top
+  labels, probs = _data(seed=3)
+  probs[:, 3] = 0.0  # Class 3 is never predicted: precision 0, F1 0.
+  pred = probs.argmax(axis=1)
+  ids = list(range(N_CLASSES))
+  precision = _run_combiner(tfma_metrics.ClassPrecision(ids), labels, probs)
+  f1 = _run_combiner(tfma_metrics.ClassF1(ids), labels, probs)
+  expected_p = precision_score(labels, pred, labels=ids, average=None,
+                               zero_division=0)
+  expected_f1 = f1_score(labels, pred, labels=ids, average=None,
+                         zero_division=0)
+  for key, value in precision.items():
+    assert value == pytest.approx(expected_p[key.sub_key.class_id], abs=1e-9)
+  for key, value in f1.items():
+    assert value == pytest.approx(expected_f1[key.sub_key.class_id], abs=1e-9)
+  (macro,) = _run_combiner(tfma_metrics.MacroF1(), labels, probs).values()
+  assert macro == pytest.approx(f1_score(labels, pred, average='macro',
+                                         zero_division=0), abs=1e-9)
+
+
+def test_normalized_confusion_matrix_matches_sklearn():
+  from sklearn.metrics import confusion_matrix  # pylint: disable=g-import-not-at-top
+  labels, probs = _data(seed=4)
+  (matrix,) = _run_combiner(tfma_metrics.NormalizedConfusionMatrix(N_CLASSES),
+                            labels, probs).values()
+  expected = confusion_matrix(labels, probs.argmax(axis=1),
+                              labels=list(range(N_CLASSES)), normalize='true')
+  np.testing.assert_allclose(matrix, expected, atol=1e-12)
+
+
+def test_expected_calibration_error_and_reliability_bins():
+  labels, probs = _data(seed=5)
+  out = _run_combiner(tfma_metrics.ExpectedCalibrationError(bins=10), labels,
+                      probs)
+  by_name = {k.name: v for k, v in out.items()}
+  confidence = probs.max(axis=1)
+  correct = probs.argmax(axis=1) == labels
+  bins = np.minimum((confidence * 10).astype(int), 9)
+  expected = 0.0
+  for b in range(10):
+    chosen = bins == b
+    if chosen.any():
+      expected += chosen.mean() * abs(correct[chosen].mean()
+                                      - confidence[chosen].mean())
+      assert by_name['reliability_accuracy'][b] == pytest.approx(
+          correct[chosen].mean())
+      assert by_name['reliability_confidence'][b] == pytest.approx(
+          confidence[chosen].mean())
+    else:
+      assert np.isnan(by_name['reliability_accuracy'][b])
+  assert by_name['reliability_count'].sum() == len(labels)
+  assert by_name['expected_calibration_error'] == pytest.approx(expected)

@@ -51,6 +51,8 @@ def _settings(archive, home, **overrides):
   # tests/components/test_mobile_components.py.
   values = dict(data_root=archive, home=home, image_size=IMAGE_SIZE, epochs=10,
                 width=0.25, batch_size=16, min_balanced_accuracy=0.0,
+                min_melanoma_recall=0.0, max_subgroup_gap=1.0,
+                min_subgroup_examples=1,
                 max_balanced_accuracy_drop=1.0, tflite_min_top1_agreement=0.85,
                 tflite_max_balanced_accuracy_drop=0.1,
                 # Toy data: small splits, a class may miss one by chance.
@@ -98,11 +100,22 @@ def test_every_component_ran_and_model_was_blessed(first_run):
   states = {c.node_id: c.state for c in run.components}
   for node in ('ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
                'ExampleValidator', 'AnomaliesGate', 'DataReport', 'Trainer',
-               'Evaluator', 'MobileExporter', 'MobilePusher', 'RunReporter'):
+               'Evaluator', 'SubgroupGapGate', 'MobileExporter',
+               'MobilePusher', 'RunReporter'):
     assert states.get(node) == 'COMPLETE', (node, states)
   assert run.blessed is True
+  assert run.evaluator_blessed is True and run.gap_blessed is True
   assert 0.0 <= run.metrics['balanced_accuracy'] <= 1.0
+  for name in ('macro_f1', 'macro_auc', 'expected_calibration_error',
+               'accuracy'):
+    assert 0.0 <= run.metrics[name] <= 1.0, name
   assert set(run.per_class_recall) <= set(configs.LABELS)
+  # The gap gate measured sex, age band and site on the test split.
+  gates = {g['slice_family']: g for g in run.gap_report['gates']}
+  assert set(gates) == set(configs.SUBGROUP_GAP_FAMILIES)
+  assert gates['sex']['value'] is not None and gates['sex']['passed']
+  assert set(gates['age_band']['groups']) | set(
+      gates['age_band']['excluded']) <= set(configs.AGE_BAND_NAMES)
 
 
 def test_record_counts_equal_input_counts(first_run, tiny_archive):
@@ -321,7 +334,8 @@ def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
   settings, run = first_run
   versions_before = sorted(os.listdir(settings.serving_model_dir))
   strict = _settings(settings.data_root, settings.home,
-                     min_balanced_accuracy=1.01)
+                     min_balanced_accuracy=1.01, min_melanoma_recall=1.01,
+                     max_subgroup_gap=0.0)
   env = dict(os.environ, **strict.to_env(), HOME=str(tmp_path))
   tfx_cli = os.path.join(os.path.dirname(sys.executable), 'tfx')
   runner = os.path.join(configs.PROJECT_ROOT, 'pipeline', 'local_runner.py')
@@ -338,8 +352,18 @@ def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
   for node in ('ImageExampleGen', 'StatisticsGen', 'Trainer'):
     assert states[node] == 'CACHED', states
   assert second.blessed is False
-  assert any('balanced_accuracy' in f and '1.0100' in f
+  assert any(f.startswith('balanced_accuracy =') and '1.0100' in f
              for f in second.failed_thresholds), second.failed_thresholds
+  assert any(f.startswith('melanoma_recall [classId:4 mel]') and '1.0100' in f
+             and 'misses by' in f for f in second.failed_thresholds)
+  # Every gate failed, each recorded with its numbers.
+  assert second.evaluator_blessed is False and second.gap_blessed is False
+  failed_families = [g['slice_family'] for g in second.gap_report['gates']
+                     if not g['passed']]
+  assert 'sex' in failed_families, second.gap_report
+  text = second.format()
+  assert 'FAILED: subgroup_gap [sex] balanced_accuracy: gap' in text
+  assert 'FAILED: melanoma_recall' in text
   assert second.pushed_model is None and second.pushed_tflite == []
   assert second.mobile_verdicts is None
   assert 'model not blessed' in second.mobile_note
@@ -355,3 +379,18 @@ def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
   assert 'not blessed' in numbers['pushed']['reason']
   with open(second.model_card) as f:
     assert 'NOT blessed' in f.read()
+
+
+def test_predict_isic_csv_from_the_pushed_model(first_run, tmp_path):
+  settings, run = first_run
+  jpegs, _ = _test_jpegs(run, str(tmp_path))
+  out = str(tmp_path / 'preds.csv')
+  assert cli.main(['predict', '--model', settings.serving_model_dir,
+                   '--images', str(tmp_path), '--out', out,
+                   '--format', 'isic', '--tflite']) == 0
+  with open(out) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == 'image,MEL,NV,BCC,AKIEC,BKL,DF,VASC'
+  assert len(lines) == len(jpegs) + 1
+  assert all(abs(sum(map(float, line.split(',')[1:])) - 1) < 0.02
+             for line in lines[1:])

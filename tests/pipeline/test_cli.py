@@ -28,3 +28,12 @@ def test_run_on_a_missing_folder_fails_clearly(tmp_path, capsys):
 def test_usage_errors_exit_with_argparse():
   with pytest.raises(SystemExit):
     cli.main(['run'])  # --data is required.
+
+
+def test_gate_flags_reach_the_settings():
+  args = cli.build_parser().parse_args(
+      ['run', '--data', 'd', '--min-melanoma-recall', '0.7',
+       '--max-subgroup-gap', '0.1'])
+  settings = cli._settings_from(args)  # pylint: disable=protected-access
+  assert (settings.min_melanoma_recall, settings.max_subgroup_gap) == (0.7,
+                                                                       0.1)

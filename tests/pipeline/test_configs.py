@@ -56,3 +56,22 @@ def test_serving_dir_overrides_the_home_default(tmp_path):
   assert settings.serving_model_dir == os.path.abspath('rel/serving')
   settings = configs.Settings(serving_dir='gs://b/s')
   assert settings.serving_model_dir == 'gs://b/s'
+
+
+def test_age_bands_and_the_schema_agree():
+  import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
+
+  assert [configs.age_band(a) for a in
+          (None, float('nan'), 0, 29.9, 30, 44, 45, 59.5, 60, 74, 75, 110)] == [
+              'unknown', 'unknown', '<30', '<30', '30-44', '30-44', '45-59',
+              '45-59', '60-74', '60-74', '>=75', '>=75']
+  schema = tfdv.load_schema_text(configs.SCHEMA_PATH)
+  domain = tfdv.get_domain(schema, 'age_band')
+  assert tuple(domain.value) == configs.AGE_BAND_NAMES
+
+
+def test_isic_columns_cover_the_labels_once():
+
+  assert set(configs.ISIC2018_COLUMNS) == set(configs.LABELS)
+  assert sorted(configs.ISIC2018_COLUMNS.values()) == sorted(
+      configs.ISIC2018_COLUMN_ORDER)

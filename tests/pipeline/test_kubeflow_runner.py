@@ -45,7 +45,8 @@ ENV = {
 }
 COMPONENTS = {'ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
               'ExampleValidator', 'AnomaliesGate', 'DataReport', 'Trainer',
-              'Evaluator', 'MobileExporter', 'MobilePusher', 'RunReporter'}
+              'Evaluator', 'SubgroupGapGate', 'MobileExporter',
+              'MobilePusher', 'RunReporter'}
 # The components whose executors run Beam pipelines.
 BEAM_COMPONENTS = ('ImageExampleGen', 'StatisticsGen', 'Evaluator')
 
@@ -112,8 +113,11 @@ def test_dag_edges(compiled):
           'ImageExampleGen'} <= _upstream(job, 'Trainer')
   assert 'Trainer' in deps['Evaluator']
   assert 'Evaluator' in deps['MobileExporter']
-  assert {'Evaluator', 'MobileExporter'} <= deps['MobilePusher']
-  assert {'Evaluator', 'MobilePusher', 'DataReport'} <= deps['RunReporter']
+  assert {'Evaluator', 'SubgroupGapGate', 'MobileExporter'} <= deps[
+      'MobilePusher']
+  assert 'Evaluator' in deps['SubgroupGapGate']
+  assert {'Evaluator', 'MobilePusher', 'DataReport', 'SubgroupGapGate'} <= deps[
+      'RunReporter']
   assert not deps['ImageExampleGen']
   # The baseline for the Evaluator comes from the resolver.
   assert (_tasks(job)['Evaluator']['inputs']['artifacts']['baseline_model']

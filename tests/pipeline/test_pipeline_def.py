@@ -23,14 +23,23 @@ def test_components_and_order(tmp_path):
                  'ExampleValidator', 'previous_validated_statistics',
                  'AnomaliesGate', 'DataReport', 'Trainer',
                  'latest_blessed_model_resolver', 'Evaluator',
-                 'MobileExporter', 'MobilePusher', 'RunReporter'}
+                 'SubgroupGapGate', 'MobileExporter', 'MobilePusher',
+                 'RunReporter'}
   by_id = {c.id: c for c in p.components}
   # Training waits for the anomalies gate; conversion and pushing wait for
   # the blessing; pushing waits for the parity verdicts.
   assert 'AnomaliesGate' in {n.id for n in by_id['Trainer'].upstream_nodes}
   assert 'Evaluator' in {n.id for n in by_id['MobileExporter'].upstream_nodes}
-  assert {'Evaluator', 'MobileExporter'} <= {
+  assert {'Evaluator', 'SubgroupGapGate', 'MobileExporter'} <= {
       n.id for n in by_id['MobilePusher'].upstream_nodes}
+  assert by_id['MobilePusher'].exec_properties[
+      'require_subgroup_blessing'] == 1
+  assert 'Evaluator' in {n.id for n in by_id['SubgroupGapGate'].upstream_nodes}
+  # The regression baseline: only the Evaluator's blessings count.
+  blessing_channel = by_id['latest_blessed_model_resolver'].raw_inputs[
+      'model_blessing']
+  assert (blessing_channel.producer_component_id,
+          blessing_channel.output_key) == ('Evaluator', 'blessing')
   assert by_id['Evaluator'].exec_properties['example_splits'] == '["test"]'
   # The report comes last and reads what every stage wrote.
   assert {'ImageExampleGen', 'StatisticsGen', 'ExampleValidator',
@@ -120,19 +129,39 @@ def test_trainer_resources_only_on_kubeflow(tmp_path):
 
 def test_gate_thresholds_apply_to_the_overall_slice_only():
   settings = configs.Settings(min_balanced_accuracy=0.4,
-                              max_balanced_accuracy_drop=0.03)
+                              max_balanced_accuracy_drop=0.03,
+                              min_melanoma_recall=0.6)
   config = pipeline_lib.build_eval_config(settings)
   thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(
       config.metrics_specs, config)
-  gated = {key.name: [(s, t) for s, t in values]
-           for key, values in thresholds.items()}
-  assert set(gated) == {tfma_metrics.BALANCED_ACCURACY_NAME}
+  gated = {key.name for key in thresholds}
+  assert gated == {tfma_metrics.BALANCED_ACCURACY_NAME,
+                   pipeline_lib.MELANOMA_RECALL}
+  mel = configs.LABELS.index(configs.MELANOMA_LABEL)
   for key, values in thresholds.items():
     for slice_spec, threshold in values:
       assert slice_spec == tfma.SlicingSpec()
-      if key.is_diff:
+      if key.name == pipeline_lib.MELANOMA_RECALL:
+        assert key.sub_key.class_id == mel and not key.is_diff
+        assert threshold.lower_bound.value == 0.6
+      elif key.is_diff:
         assert threshold.absolute.value == -0.03
       else:
         assert threshold.lower_bound.value == 0.4
   slices = [list(s.feature_keys) for s in config.slicing_specs]
-  assert slices == [[], ['label'], ['sex']]
+  assert slices == [[], ['label'], ['sex'], ['age_band'], ['localization'],
+                    ['dataset'], ['sex', 'age_band']]
+
+
+def test_subgroup_gap_gate_settings_flow_into_its_component(tmp_path):
+  _, p = _pipeline(tmp_path, subgroup_gap_metric='melanoma_recall',
+                   max_subgroup_gap=0.12, min_subgroup_examples=17,
+                   subgroup_gap_exclude_unknown=False)
+  gate = {c.id: c for c in p.components}['SubgroupGapGate'].exec_properties
+  assert json.loads(gate['slice_families']) == ['sex', 'age_band',
+                                                 'localization']
+  assert (gate['metric'], gate['class_id'], gate['max_gap'],
+          gate['min_examples'], gate['exclude_unknown']) == (
+              'melanoma_recall', configs.LABELS.index('mel'), 0.12, 17, 0)
+  with pytest.raises(ValueError, match='subgroup_gap_metric'):
+    _pipeline(tmp_path, subgroup_gap_metric='accuracy')

@@ -1,0 +1,188 @@
+"""`skinlesion predict`: class probabilities for a folder of images.
+
+Uses a version directory pushed by MobilePusher (or the latest version of
+its base directory), after checking every file against the version's
+manifest (``release.verify_version``: a tampered, truncated, missing or
+added file is refused before anything is loaded).  Each image goes through
+the pipeline's own preprocessing: ingestion's conversion (RGB JPEGs byte for
+byte, PNG re-encoded as RGB JPEG: ``image_example_gen.to_rgb_jpeg``), then
+decode, bilinear resize to the model's input size, round to uint8
+(``models.preprocessing.decode_and_resize``); then either the SavedModel's
+``serving_images`` signature (pixels / 255) or a pushed .tflite file (its
+input type's normalization).  These are the probabilities the Evaluator's
+``serving_default`` path computes for the same image (identical
+preprocessing).
+
+Output: CSV, one row per readable image: ``image`` (file name without
+extension, as the ISIC challenge names images) and one probability column
+per class: our label names in the model's output order, or with
+``--format isic`` the ISIC 2018 columns ``MEL,NV,BCC,AKIEC,BKL,DF,VASC``
+(configs.ISIC2018_COLUMNS maps our labels).  Files with an image extension
+that cannot be read or decoded get no row: they are listed (with the reason)
+on stderr and in ``<out>.errors.csv``, and the command exits with status 2.
+Other files in the folder (LICENSE.txt ...) are ignored.
+"""
+
+import csv
+import dataclasses
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from components import image_example_gen
+from mobile_export import release
+from mobile_export import tflite
+from models import features
+from models import preprocessing
+from pipeline import configs
+
+FORMATS = ('labels', 'isic')
+BATCH_SIZE = 64
+
+
+@dataclasses.dataclass
+class Predictions:
+  """Probabilities of the readable images, and why the others were skipped."""
+  version_dir: str
+  labels: List[str]
+  images: List[str]              # image names (file stem)
+  probabilities: np.ndarray      # [N, classes], labels' order
+  errors: List[Tuple[str, str, str]]  # (file, reason, detail)
+
+
+def list_images(directory: str) -> List[str]:
+  """Image files (by extension) directly in directory, sorted by name."""
+  if not tf.io.gfile.isdir(directory):
+    raise FileNotFoundError(f'{directory}: not a directory')
+  return sorted(os.path.join(directory, name)
+                for name in tf.io.gfile.listdir(directory)
+                if not name.startswith('.')
+                and os.path.splitext(name)[1].lower()
+                in image_example_gen.IMAGE_EXTENSIONS
+                and not tf.io.gfile.isdir(os.path.join(directory, name)))
+
+
+def _jpegs(paths: Sequence[str]):
+  """(readable [(path, jpeg)], errors [(path, reason, detail)])."""
+  check = image_example_gen.ImageCheck(configs.MAX_IMAGE_PIXELS)
+  readable, errors = [], []
+  for path in paths:
+    ok, problem = check({'path': path})
+    if problem:
+      errors.append((path, problem[0], problem[1]))
+    else:
+      readable.append((path, ok[1]))
+  return readable, errors
+
+
+def _pixels(jpeg: bytes, image_size: int) -> np.ndarray:
+  return preprocessing.decode_and_resize(tf.constant(jpeg), image_size).numpy()
+
+
+class _SavedModelPredictor:
+
+  def __init__(self, version_dir: str):
+    self._fn = tf.saved_model.load(version_dir).signatures[
+        features.IMAGE_SIGNATURE]
+    spec = self._fn.structured_input_signature[1]['images']
+    self.image_size = int(spec.shape[1])
+
+  def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    out = []
+    for start in range(0, len(pixels), BATCH_SIZE):
+      batch = preprocessing.to_model_input(
+          tf.constant(pixels[start:start + BATCH_SIZE]))
+      out.append(self._fn(images=batch)[features.PREDICTION_KEY].numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+class _TFLitePredictor:
+
+  def __init__(self, path: str):
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      self._buffer = f.read()
+    interpreter = tf.lite.Interpreter(model_content=self._buffer)
+    self.image_size = int(interpreter.get_input_details()[0]['shape'][1])
+
+  def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    return tflite.predict(self._buffer, pixels)
+
+
+def predict(model_dir: str, image_paths: Sequence[str],
+            tflite_format: Optional[str] = None) -> Predictions:
+  """Verifies the version, then predicts every readable image.
+
+  Args:
+    model_dir: a pushed version directory, or their base directory (the
+      latest version is used).
+    image_paths: image files.
+    tflite_format: None: the SavedModel; else a .tflite format of the
+      version (configs.TFLITE_FORMATS, e.g. 'float16').
+
+  Raises:
+    release.VersionIntegrityError: the version does not match its manifest.
+    FileNotFoundError: no such version, or the .tflite was not pushed.
+  """
+  version_dir = release.resolve_version_dir(model_dir)
+  manifest = release.verify_version(version_dir)
+  labels = list(manifest['labels'])
+  if tflite_format is None:
+    model = _SavedModelPredictor(version_dir)
+  else:
+    name = tflite.file_name(tflite_format)
+    if name not in manifest['files']:
+      raise FileNotFoundError(
+          f'{version_dir} has no {name} (pushed .tflite files: '
+          f'{[f for f in manifest["files"] if f.endswith(".tflite")]})')
+    model = _TFLitePredictor(os.path.join(version_dir, name))
+  readable, errors = _jpegs(image_paths)
+  pixels = np.stack([_pixels(jpeg, model.image_size)
+                     for _, jpeg in readable]) if readable else np.zeros(
+                         (0, model.image_size, model.image_size, 3), np.uint8)
+  probabilities = (model(pixels) if readable
+                   else np.zeros((0, len(labels)), np.float32))
+  if probabilities.shape[1:] != (len(labels),):
+    raise ValueError(f'the model outputs {probabilities.shape[1:]} scores for '
+                     f'{len(labels)} labels')
+  names = [os.path.splitext(os.path.basename(p))[0] for p, _ in readable]
+  return Predictions(version_dir, labels, names, probabilities, errors)
+
+
+def columns(labels: Sequence[str], fmt: str) -> List[Tuple[str, int]]:
+  """[(CSV column, index into the probabilities)] in column order."""
+  if fmt == 'labels':
+    return [(label, i) for i, label in enumerate(labels)]
+  if fmt != 'isic':
+    raise ValueError(f'format must be one of {FORMATS}: {fmt!r}')
+  index = {configs.ISIC2018_COLUMNS[label]: i for i, label in
+           enumerate(labels) if label in configs.ISIC2018_COLUMNS}
+  missing = [c for c in configs.ISIC2018_COLUMN_ORDER if c not in index]
+  if missing or len(index) != len(labels):
+    raise ValueError(f'labels {list(labels)} do not map onto the ISIC 2018 '
+                     f'columns {list(configs.ISIC2018_COLUMN_ORDER)} '
+                     '(configs.ISIC2018_COLUMNS)')
+  return [(c, index[c]) for c in configs.ISIC2018_COLUMN_ORDER]
+
+
+def write_csv(predictions: Predictions, out: str, fmt: str = 'labels'
+              ) -> Optional[str]:
+  """Writes the predictions; returns the errors file's path, if any."""
+  cols = columns(predictions.labels, fmt)
+  with tf.io.gfile.GFile(out, 'w') as f:
+    writer = csv.writer(f, lineterminator='\n')
+    writer.writerow(['image'] + [c for c, _ in cols])
+    for name, row in zip(predictions.images, predictions.probabilities):
+      # 9 significant digits: float32 values round-trip exactly.
+      writer.writerow([name] + [f'{float(row[i]):.9g}' for _, i in cols])
+  errors_path = out + '.errors.csv'
+  if tf.io.gfile.exists(errors_path):
+    tf.io.gfile.remove(errors_path)  # Not from this run.
+  if not predictions.errors:
+    return None
+  with tf.io.gfile.GFile(errors_path, 'w') as f:
+    writer = csv.writer(f, lineterminator='\n')
+    writer.writerow(['file', 'reason', 'detail'])
+    writer.writerows(predictions.errors)
+  return errors_path
