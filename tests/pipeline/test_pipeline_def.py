@@ -119,3 +119,21 @@ def test_gate_thresholds_apply_to_the_overall_slice_only():
         assert threshold.lower_bound.value == 0.4
   slices = [list(s.feature_keys) for s in config.slicing_specs]
   assert slices == [[], ['label'], ['sex']]
+
+
+def test_tuner_is_off_by_default_and_feeds_the_trainer_when_on(tmp_path):
+  _, p = _pipeline(tmp_path)
+  assert 'Tuner' not in {c.id for c in p.components}
+  _, p = _pipeline(tmp_path, tuner_trials=3)
+  by_id = {c.id: c for c in p.components}
+  assert 'AnomaliesGate' in {n.id for n in by_id['Tuner'].upstream_nodes}
+  assert 'Tuner' in {n.id for n in by_id['Trainer'].upstream_nodes}
+  assert (by_id['Trainer'].inputs['hyperparameters'].producer_component_id
+          == 'Tuner')
+  assert json.loads(by_id['Tuner'].exec_properties['custom_config'])[
+      'tuner_trials'] == 3
+  # In the container image both entry points are imported, not packaged.
+  _, p = _pipeline(tmp_path, tuner_trials=1,
+                   trainer_run_fn=configs.INSTALLED_TRAINER_RUN_FN)
+  tuner = {c.id: c for c in p.components}['Tuner']
+  assert tuner.exec_properties['tuner_fn'] == configs.INSTALLED_TUNER_FN
