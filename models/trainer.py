@@ -9,6 +9,15 @@ installed project instead.  Settings arrive in ``fn_args.custom_config`` (see
 (``labels.txt``, written by ingestion), so the model's classes are exactly the
 data's.
 
+Training (``fit_phases``): a pretrained backbone trains in two phases (head
+over the frozen backbone, then its top ``fine_tune_layers`` layers at
+``fine_tune_learning_rate``); other models in one.  ``imbalance`` picks
+class weights, class-balanced sampling (``make_dataset``) or focal loss
+(models/losses.py).  Mixed precision (``precision_policy``) and XLA
+(``jit_compile``) are settings; ``history.json`` keeps the per-epoch curves
+of every phase, the phase boundaries and the model summary.  ``tuner_fn``
+(models/tuner.py) is the TFX Tuner's entry point in the same module.
+
 Distribution (``distribution_strategy``): MultiWorkerMirroredStrategy when
 ``TF_CONFIG`` names several workers (what Vertex AI multi-replica jobs and
 Kubeflow's TFJob set), MirroredStrategy when one machine has several GPUs,
