@@ -189,3 +189,34 @@ def test_component_refuses_unknown_formats_and_bad_thresholds():
     mobile_exporter.MobileExporter(formats=['int8'], min_top1_agreement=98,
                                    max_balanced_accuracy_drop=0.01,
                                    **channels)
+
+
+def test_a_model_with_metadata_inputs_is_pushed_without_tflite(inputs,
+                                                                tmp_path):
+  from models import export  # pylint: disable=g-import-not-at-top
+  from models import registry  # pylint: disable=g-import-not-at-top
+  _, examples = inputs
+  # mixed_input (untrained: the exporter's decision does not depend on it).
+  model = standard_artifacts.Model()
+  model.uri = str(tmp_path / 'model')
+  export.export_serving_model(
+      registry.build('mixed_input', num_classes=len(configs.LABELS),
+                     image_size=TINY_IMAGE_SIZE, backbone='cnn_baseline',
+                     width=0.25),
+      os.path.join(model.uri, 'Format-Serving'), TINY_IMAGE_SIZE,
+      with_metadata=True)
+  blessing = _blessing(True)
+  mobile = _export(mobile_exporter.Executor, model, examples, blessing,
+                   str(tmp_path / 'mobile'))
+  assert json.loads(mobile.get_string_custom_property('passed_formats')) == []
+  assert os.listdir(mobile.uri) == [mobile_exporter.REPORT_FILE]
+  verdicts = json.loads(mobile.get_string_custom_property('verdicts'))
+  assert set(verdicts) == set(configs.TFLITE_FORMATS)
+  assert all('metadata inputs' in v['reasons'][0] for v in verdicts.values())
+  base = str(tmp_path / 'serving')
+  pushed = _push(model, blessing, mobile, str(tmp_path / 'pushed'), base)
+  assert pushed.get_int_custom_property('pushed') == 1
+  (version,) = os.listdir(base)
+  files = os.listdir(os.path.join(base, version))
+  assert 'saved_model.pb' in files
+  assert not [f for f in files if f.endswith('.tflite')]
