@@ -137,24 +137,36 @@ class Executor(base_executor.BaseExecutor):
             'max_balanced_accuracy_drop'])
 
     parity_split = exec_properties['parity_split']
-    pixels, truth = data.load_images(_split_files(examples, parity_split),
-                                     image_size)
-    logging.info('Parity set: %d images of split %s.', len(pixels),
-                 parity_split)
-    reference = parity.saved_model_predict(saved_model_dir, pixels)
     calibration: List[np.ndarray] = []
-    if tflite.INT8 in formats:
-      calibration = self.representative_images(
-          examples, exec_properties['representative_split'], image_size,
-          exec_properties['representative_examples'],
-          exec_properties['seed'])
+    reference_metrics = None
+    try:
+      tflite.check_image_only(saved_model_dir)
+    except tflite.MetadataInputsNotSupported as e:
+      # mixed_input: no .tflite (docs/android.md); every format fails with
+      # the reason, and the pusher pushes the SavedModel alone.
+      logging.warning('No mobile export: %s', e)
+      entries = {fmt: {'file': None, 'passed': False,
+                       'reasons': [f'not converted: {e}']} for fmt in formats}
+    else:
+      pixels, truth = data.load_images(_split_files(examples, parity_split),
+                                       image_size)
+      logging.info('Parity set: %d images of split %s.', len(pixels),
+                   parity_split)
+      reference = parity.saved_model_predict(saved_model_dir, pixels)
+      if tflite.INT8 in formats:
+        calibration = self.representative_images(
+            examples, exec_properties['representative_split'], image_size,
+            exec_properties['representative_examples'],
+            exec_properties['seed'])
 
-    entries = {}
-    for fmt in formats:
-      entries[fmt] = self._export_one(
-          fmt, saved_model_dir, calibration, output.uri, labels,
-          json.loads(exec_properties['label_descriptions']), model_version,
-          exec_properties, pixels, truth, reference, thresholds)
+      entries = {}
+      for fmt in formats:
+        entries[fmt] = self._export_one(
+            fmt, saved_model_dir, calibration, output.uri, labels,
+            json.loads(exec_properties['label_descriptions']), model_version,
+            exec_properties, pixels, truth, reference, thresholds)
+      reference_metrics = dataclasses.asdict(parity.classification_metrics(
+          reference, truth, labels))
 
     report = {
         'model_name': exec_properties['model_name'],
@@ -170,8 +182,7 @@ class Executor(base_executor.BaseExecutor):
         'representative': {
             'split': exec_properties['representative_split'],
             'examples': len(calibration), 'seed': exec_properties['seed']},
-        'reference': dataclasses.asdict(parity.classification_metrics(
-            reference, truth, labels)),
+        'reference': reference_metrics,
         'formats': entries,
     }
     release.write_json(os.path.join(output.uri, REPORT_FILE), report)

@@ -446,7 +446,8 @@ def training_curves(history: Dict[str, List[float]]) -> List[Dict[str, str]]:
       continue
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for key in sorted(keys):
-      values = history[key]
+      # Metrics first seen in a later training phase are null before it.
+      values = [np.nan if v is None else v for v in history[key]]
       ax.plot(range(1, len(values) + 1), values, marker='o', markersize=3,
               label=key, linestyle='--' if key.startswith('val_') else '-')
     ax.set_xlabel('epoch')

@@ -58,7 +58,35 @@ def _check_format(fmt: str) -> None:
     raise ValueError(f'unknown TFLite format {fmt!r}; choose from {FORMATS}')
 
 
+class MetadataInputsNotSupported(ValueError):
+  """The model's image signature also takes patient metadata."""
+
+
+def check_image_only(saved_model_dir: str) -> None:
+  """Refuses models whose ``serving_images`` signature takes more than the
+  image (``mixed_input``: age, sex, localization).
+
+  Decision (docs/android.md): no TFLite export for them.  The Task Library
+  and MediaPipe image classifiers feed exactly one image tensor, and the
+  metadata path would need string inputs (sex, localization lookups), which
+  TFLite builtins do not convert; an app would have to reimplement the
+  one-hot encoding and the missing-age indicator by hand.  Use an
+  image-only registry model for mobile.
+  """
+  loaded = tf.saved_model.load(saved_model_dir)
+  _, inputs = loaded.signatures[features.IMAGE_SIGNATURE].structured_input_signature
+  extra = sorted(set(inputs) - {'images'})
+  if extra:
+    raise MetadataInputsNotSupported(
+        f'no TFLite export for a model with metadata inputs {extra} (e.g. '
+        'mixed_input): the Task Library / MediaPipe image classifiers take '
+        'one image tensor and TFLite builtins cannot take the string '
+        'metadata; use an image-only model (e.g. mobilenet_v2) for mobile, '
+        'see docs/android.md')
+
+
 def _converter(saved_model_dir: str) -> tf.lite.TFLiteConverter:
+  check_image_only(saved_model_dir)
   return tf.lite.TFLiteConverter.from_saved_model(
       saved_model_dir, signature_keys=[features.IMAGE_SIGNATURE])
 

@@ -9,6 +9,8 @@ size (1.0 is R5's network) so the demo fits 2 CPU cores.
 
 import keras
 
+from models import augmentation
+
 BLOCK_FILTERS = (32, 64, 128)
 BLOCK_DROPOUT = (0.15, 0.20, 0.25)
 DENSE_UNITS = 256
@@ -17,25 +19,11 @@ HEAD_DROPOUT = 0.3
 # after the few hundred steps a small dataset gives, and the model then
 # predicts one class at inference; 0.9 converges in tens of steps.
 BN_MOMENTUM = 0.9
+FEATURE_MAP = 'feature_map'
 
 
-def build(num_classes: int, image_size: int, width: float = 1.0,
-          synchronized_batch_norm: bool = False, **unused) -> keras.Model:
-  """Input: float32 [N, S, S, 3] in [0, 1]. Output: class probabilities.
-
-  ``synchronized_batch_norm``: normalize with the statistics of the whole
-  global batch, all-reduced over the replicas, instead of each replica's
-  share; the Trainer sets it when it trains on several replicas.  Keras 3
-  keeps BatchNormalization's moving statistics per replica (unlike tf.keras,
-  it does not average them), so without it the workers of a multi-worker run
-  end with different moving statistics and the exported model holds the
-  chief's alone.
-  """
-  del unused
-  inputs = keras.Input((image_size, image_size, 3), name='image')
-  # Augmentation: active in training only (Keras passes training=False at
-  # inference and in the exported signatures).
-  x = keras.layers.RandomFlip('horizontal_and_vertical', name='augment_flip')(inputs)
+def conv_features(x, width: float = 1.0, synchronized_batch_norm: bool = False):
+  """R5's three conv blocks on x; returns the last spatial feature map."""
   for block, (filters, rate) in enumerate(zip(BLOCK_FILTERS, BLOCK_DROPOUT)):
     filters = max(8, int(round(filters * width)))
     for conv in range(2):
@@ -51,10 +39,35 @@ def build(num_classes: int, image_size: int, width: float = 1.0,
       x = keras.layers.Identity(name='feature_map')(x)
     x = keras.layers.MaxPooling2D(2, name=f'block{block + 1}_pool')(x)
     x = keras.layers.Dropout(rate, name=f'block{block + 1}_dropout')(x)
+  # The map global pooling reads: the Grad-CAM contract (every registry
+  # model has a layer of this name).
+  return keras.layers.Identity(name=FEATURE_MAP)(x)
+
+
+def build(num_classes: int, image_size: int, width: float = 1.0,
+          synchronized_batch_norm: bool = False, dropout: float = HEAD_DROPOUT,
+          augment: dict = None, **unused) -> keras.Model:
+  """Input: float32 [N, S, S, 3] in [0, 1]. Output: class probabilities.
+
+  ``synchronized_batch_norm``: normalize with the statistics of the whole
+  global batch, all-reduced over the replicas, instead of each replica's
+  share; the Trainer sets it when it trains on several replicas.  Keras 3
+  keeps BatchNormalization's moving statistics per replica (unlike tf.keras,
+  it does not average them), so without it the workers of a multi-worker run
+  end with different moving statistics and the exported model holds the
+  chief's alone.
+
+  ``augment``: augmentation.layers' options (default: random flips, R5's
+  network with the demo's augmentation); active in training only.
+  """
+  del unused
+  inputs = keras.Input((image_size, image_size, 3), name='image')
+  x = augmentation.apply(inputs, **(augment if augment is not None else {}))
+  x = conv_features(x, width, synchronized_batch_norm)
   x = keras.layers.GlobalAveragePooling2D(name='gap')(x)
   x = keras.layers.Dense(max(16, int(round(DENSE_UNITS * width))),
                          activation='relu', name='dense')(x)
-  x = keras.layers.Dropout(HEAD_DROPOUT, name='head_dropout')(x)
+  x = keras.layers.Dropout(dropout, name='head_dropout')(x)
   outputs = keras.layers.Dense(num_classes, activation='softmax',
                                dtype='float32', name='probabilities')(x)
   return keras.Model(inputs, outputs, name='cnn_baseline')

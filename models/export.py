@@ -3,8 +3,12 @@
 Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
   * ``serving_default``: serialized tf.Example strings -> probabilities; used
     by TFMA and by model servers (TF Serving's predict/classify on Examples).
+    For ``mixed_input`` it also parses the metadata (age, sex, localization)
+    from the same tf.Example.
   * ``serving_images``: float32 [N, S, S, 3] in [0, 1] (already resized) ->
-    probabilities; the one the TFLite converter reads.
+    probabilities; the one the TFLite converter reads.  For ``mixed_input``
+    it takes the metadata too: ``age`` float32 [N] (NaN: missing), ``sex``
+    and ``localization`` string [N].
 Both return ``{'probabilities': float32 [N, num_classes]}``.
   * ``serving_gradcam``: the same images -> ``probabilities`` and ``heatmap``
     (float32 [N, h, w] in [0, 1], Grad-CAM of the top class at the feature
@@ -21,27 +25,53 @@ from models import explain
 from models import features
 from models import preprocessing
 
+METADATA_SIGNATURE_INPUTS = {
+    features.AGE_KEY: tf.float32,
+    features.SEX_KEY: tf.string,
+    features.LOCALIZATION_KEY: tf.string,
+}
+
 
 def export_serving_model(model: keras.Model, export_dir: str,
-                         image_size: int) -> None:
+                         image_size: int, with_metadata: bool = False) -> None:
   archive = keras.export.ExportArchive()
   archive.track(model)
 
-  def serve_examples(examples):
-    parsed = tf.io.parse_example(examples, preprocessing.image_spec())
-    images = preprocessing.decode_batch(parsed[features.IMAGE_KEY], image_size)
-    return {features.PREDICTION_KEY: model(images, training=False)}
+  def predict(inputs):
+    return {features.PREDICTION_KEY: tf.cast(model(inputs, training=False),
+                                             tf.float32)}
 
-  def serve_images(images):
-    return {features.PREDICTION_KEY: model(images, training=False)}
+  spec = preprocessing.image_spec()
+  if with_metadata:
+    spec.update(preprocessing.metadata_spec())
+
+  def serve_examples(examples):
+    parsed = tf.io.parse_example(examples, spec)
+    images = preprocessing.decode_batch(parsed[features.IMAGE_KEY], image_size)
+    if with_metadata:
+      return predict({'image': images,
+                      **preprocessing.metadata_inputs(parsed)})
+    return predict(images)
 
   archive.add_endpoint(
       name=features.EXAMPLE_SIGNATURE, fn=serve_examples,
       input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
-  archive.add_endpoint(
-      name=features.IMAGE_SIGNATURE, fn=serve_images,
-      input_signature=[tf.TensorSpec([None, image_size, image_size, 3],
-                                     tf.float32, name='images')])
+  image_input = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
+                              name='images')
+  if with_metadata:
+    def serve_images(images, age, sex, localization):
+      return predict({'image': images, **preprocessing.metadata_inputs(
+          {features.AGE_KEY: age, features.SEX_KEY: sex,
+           features.LOCALIZATION_KEY: localization})})
+    archive.add_endpoint(
+        name=features.IMAGE_SIGNATURE, fn=serve_images,
+        input_signature=[image_input] + [
+            tf.TensorSpec([None], dtype, name=key)
+            for key, dtype in METADATA_SIGNATURE_INPUTS.items()])
+  else:
+    archive.add_endpoint(
+        name=features.IMAGE_SIGNATURE, fn=lambda images: predict(images),
+        input_signature=[image_input])
   reason = explain.unsupported_reason(model)
   if reason:
     logging.warning('No %s signature: %s.', explain.GRADCAM_SIGNATURE, reason)

@@ -46,6 +46,25 @@ def image_spec() -> Dict[str, tf.io.FixedLenFeature]:
   return {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
 
 
+def metadata_spec() -> Dict[str, tf.io.FixedLenFeature]:
+  """Patient metadata for the mixed_input model.  A missing age parses as
+  NaN (the model turns it into a missing-value indicator); a missing sex or
+  localization as 'unknown' (the vocabularies' other-value bucket)."""
+  return {
+      features.AGE_KEY: tf.io.FixedLenFeature([], tf.float32,
+                                              default_value=float('nan')),
+      features.SEX_KEY: tf.io.FixedLenFeature([], tf.string,
+                                              default_value=features.UNKNOWN),
+      features.LOCALIZATION_KEY: tf.io.FixedLenFeature(
+          [], tf.string, default_value=features.UNKNOWN),
+  }
+
+
+def metadata_inputs(parsed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """Parsed metadata (scalars or [N]) -> the model's [..., 1] inputs."""
+  return {key: tf.expand_dims(parsed[key], -1) for key in metadata_spec()}
+
+
 def list_files(file_patterns: Sequence[str]) -> list:
   files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
   if not files:

@@ -2,7 +2,8 @@
 
   skinlesion demo-data OUT_DIR [--per-class N] [--seed S]
   skinlesion ingest --data DIR [--layout L] [--out DIR]
-  skinlesion run --data DIR [--layout L] [--home DIR] [...]
+  skinlesion run --data DIR [--layout L] [--home DIR] [--model M]
+                 [--preset real] [--weights W] [...]
   skinlesion summary [--home DIR]
   skinlesion predict --model PUSHED_DIR --images DIR --out preds.csv
                      [--format labels|isic] [--tflite [FORMAT]]
@@ -17,9 +18,19 @@ import warnings
 from typing import List, Optional
 
 
+def _preset(args) -> dict:
+  """--preset real: configs.REAL_DATA_PRESET, below SKINLESION_* variables
+  and explicit flags."""
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  if getattr(args, 'preset', None) != 'real':
+    return {}
+  return {k: v for k, v in configs.REAL_DATA_PRESET.items()
+          if 'SKINLESION_' + k.upper() not in os.environ}
+
+
 def _settings_from(args):
   from pipeline import configs  # pylint: disable=g-import-not-at-top
-  return configs.Settings.from_env(
+  flags = dict(
       data_root=getattr(args, 'data', None), layout=getattr(args, 'layout', None),
       home=args.home, pipeline_name=args.pipeline_name,
       label_map=(json.loads(args.label_map) if getattr(args, 'label_map', None)
@@ -27,6 +38,12 @@ def _settings_from(args):
       max_quarantine_fraction=getattr(args, 'max_quarantine_fraction', None),
       span_folder=getattr(args, 'span_folder', None),
       model=getattr(args, 'model', None), epochs=getattr(args, 'epochs', None),
+      weights=getattr(args, 'weights', None),
+      alpha=getattr(args, 'alpha', None),
+      backbone=getattr(args, 'backbone', None),
+      imbalance=getattr(args, 'imbalance', None),
+      fine_tune_epochs=getattr(args, 'fine_tune_epochs', None),
+      tuner_trials=getattr(args, 'tuner_trials', None),
       image_size=getattr(args, 'image_size', None),
       min_balanced_accuracy=getattr(args, 'min_balanced_accuracy', None),
       max_balanced_accuracy_drop=getattr(args, 'max_balanced_accuracy_drop',
@@ -37,6 +54,9 @@ def _settings_from(args):
       beam_pipeline_args=(
           configs.direct_beam_args(args.beam_workers)
           if getattr(args, 'beam_workers', None) is not None else None))
+  overrides = _preset(args)
+  overrides.update({k: v for k, v in flags.items() if v is not None})
+  return configs.Settings.from_env(**overrides)
 
 
 def cmd_demo_data(args) -> int:
@@ -174,7 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
   run = sub.add_parser('run', help='run the whole pipeline locally')
   data_args(run)
   common(run)
-  run.add_argument('--model', help='model registry name')
+  run.add_argument('--model', help='model registry name: cnn_baseline, '
+                   'mobilenet_v2, efficientnet_b0..b4, inception_v3, '
+                   'resnet50, mixed_input')
+  run.add_argument('--preset', choices=('real',),
+                   help='real: the documented real-data configuration '
+                   '(configs.REAL_DATA_PRESET; README "Training on real '
+                   'data"); flags and SKINLESION_* variables override it')
+  run.add_argument('--weights', help="backbone weights: imagenet (Keras' "
+                   'cache only, never downloaded), none, or a no-top .h5 '
+                   'path')
+  run.add_argument('--alpha', type=float, help='MobileNetV2 width')
+  run.add_argument('--backbone', help='image backbone of mixed_input')
+  run.add_argument('--imbalance', choices=configs.IMBALANCE_METHODS)
+  run.add_argument('--fine-tune-epochs', type=int,
+                   help='phase 2 epochs of pretrained backbones (0: none)')
+  run.add_argument('--tuner-trials', type=int,
+                   help='KerasTuner trials in the Tuner component (0: off)')
   run.add_argument('--epochs', type=int)
   run.add_argument('--image-size', type=int)
   run.add_argument('--min-balanced-accuracy', type=float,

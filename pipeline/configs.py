@@ -135,9 +135,56 @@ TFLITE_FORMATS: Tuple[str, ...] = ('float16', 'int8')
 # models/ from the compiling machine into the pipeline root.
 PROJECT_DIR_IN_IMAGE = '/pipeline'
 INSTALLED_TRAINER_RUN_FN = 'models.trainer.run_fn'
+INSTALLED_TUNER_FN = 'models.trainer.tuner_fn'
 # Remote file systems the components can read and write (TensorFlow's GCS
 # support is built in; see README.md for S3 / MinIO).
 REMOTE_URI_SCHEMES = ('gs://', 's3://')
+
+# Patient metadata the ``mixed_input`` model reads (models/registry.py):
+# one-hot vocabularies, each with one extra bucket for any other value
+# (including 'unknown'), and the age scale (HAM10000 ages are 0-85; a
+# missing age is a separate indicator input, never a silent zero).
+SEX_VOCABULARY: Tuple[str, ...] = ('female', 'male')
+LOCALIZATION_VOCABULARY: Tuple[str, ...] = (
+    # HAM10000
+    'abdomen', 'acral', 'back', 'chest', 'ear', 'face', 'foot', 'genital',
+    'hand', 'lower extremity', 'neck', 'scalp', 'trunk', 'upper extremity',
+    # ISIC 2019 anatom_site_general
+    'anterior torso', 'head/neck', 'lateral torso', 'oral/genital',
+    'palms/soles', 'posterior torso')
+AGE_SCALE = 100.0
+
+# Trainer choices (models/registry.py holds the models themselves).
+IMBALANCE_METHODS = ('class_weights', 'balanced_sampling', 'focal_loss', 'none')
+
+# The documented configuration for real data (README.md, "Training on real
+# data"; BENCHMARKS.md, "Real-data quality"): Settings(**REAL_DATA_PRESET) or
+# `skinlesion run --preset real`.  The demo keeps the class defaults.
+# Measured best on HAM10000 (BENCHMARKS.md): mixed_input over MobileNetV2
+# (alpha 0.35) from ImageNet weights.  It has no TFLite export: for apps,
+# override the model with mobilenet_v2 (same backbone and training).
+REAL_DATA_PRESET: Dict[str, object] = {
+    'model': 'mixed_input',
+    'backbone': 'mobilenet_v2',
+    'alpha': 0.35,
+    'image_size': 128,
+    'batch_size': 32,
+    'epochs': 4,
+    'learning_rate': 1e-3,
+    'fine_tune_epochs': 12,
+    'fine_tune_layers': 40,
+    'fine_tune_learning_rate': 3e-4,
+    'dropout': 0.3,
+    'imbalance': 'class_weights',
+    'augment_flip': 'horizontal_and_vertical',
+    'augment_rotation': 10.0,
+    'augment_zoom': 0.05,
+    'augment_translation': 0.02,
+    'augment_brightness': 0.1,
+    'augment_contrast': 0.1,
+    'early_stopping_patience': 4,
+    'max_train_minutes': 16.0,
+}
 
 MODEL_AUTHOR = 'skin-lesion-tfx'
 MODEL_LICENSE = 'Apache-2.0 (code); model weights inherit the training data licence'
@@ -170,16 +217,63 @@ class Settings:
   # the age distribution.
   max_categorical_drift: float = 0.15
   max_age_drift: float = 0.15
-  # Trainer.
+  # Trainer.  model: a models/registry.py name (cnn_baseline, mobilenet_v2,
+  # efficientnet_b0..b4, inception_v3, resnet50, mixed_input).
   model: str = 'cnn_baseline'
+  # Backbone weights of the transfer-learning models: 'imagenet' (from
+  # Keras' cache, ~/.keras/models; never downloaded), 'none' (random), or
+  # the path of a no-top .h5 weights file of that backbone.
+  weights: str = 'imagenet'
+  alpha: float = 0.35         # MobileNetV2 width multiplier
+  # mixed_input: the image backbone (any registry backbone or cnn_baseline).
+  backbone: str = 'mobilenet_v2'
   image_size: int = 64
   batch_size: int = 32
+  # Phase 1: the whole model (cnn_baseline) or the head over a frozen
+  # backbone, at learning_rate.
   epochs: int = 30
   learning_rate: float = 2e-3
+  # Phase 2 (backbone models only): fine-tune the top fine_tune_layers
+  # layers of the backbone (BatchNorm layers stay frozen) at
+  # fine_tune_learning_rate for fine_tune_epochs (0: no phase 2).
+  fine_tune_epochs: int = 5
+  fine_tune_layers: int = 30
+  fine_tune_learning_rate: float = 1e-4
+  dropout: float = 0.3        # before the classification layer
   width: float = 0.5          # filter multiplier of the CNN baseline
-  class_weights: bool = True
+  # Imbalance: one of IMBALANCE_METHODS.  class_weights: R5's weights in
+  # the loss; balanced_sampling: every class equally often in each batch
+  # (tf.data); focal_loss: (1 - p)^focal_gamma-weighted cross-entropy.
+  imbalance: str = 'class_weights'
+  focal_gamma: float = 2.0
+  # Augmentation (Keras preprocessing layers in the model, training only):
+  # flip mode ('horizontal', 'vertical', 'horizontal_and_vertical' or ''),
+  # rotation in degrees, zoom / brightness / contrast factors (0: off).
+  augment_flip: str = 'horizontal_and_vertical'
+  augment_rotation: float = 0.0
+  augment_zoom: float = 0.0
+  augment_brightness: float = 0.0
+  augment_contrast: float = 0.0
+  augment_translation: float = 0.0   # shift, fraction of the size
   early_stopping_patience: int = 8
   seed: int = 42
+  steps_per_epoch: int = 0    # 0: one pass over the train split
+  # Wall-time budget of training (both phases; each phase stops at the end
+  # of the first epoch past its share); 0: none.
+  max_train_minutes: float = 0.0
+  # tf.data: keep decoded, resized images in memory after the first epoch.
+  cache_images: bool = True
+  # GPU: mixed precision (bfloat16 on compute capability >= 8, float16 on
+  # older GPUs; the output layer stays float32); never on CPU.
+  mixed_precision: bool = True
+  jit_compile: bool = False   # XLA
+  # Debugging: Keras eager execution (no graph tracing; slow per step).
+  run_eagerly: bool = False
+  # Tuner (KerasTuner in TFX's Tuner component; off at 0 trials): random
+  # search over learning rate, dropout and fine-tuned layers, each trial
+  # trained for tuner_epochs per phase; the Trainer uses the best values.
+  tuner_trials: int = 0
+  tuner_epochs: int = 2
   # Blessing: balanced accuracy (mean per-class recall) of the candidate on
   # the test split must reach this value ...
   min_balanced_accuracy: float = 0.35
@@ -253,9 +347,31 @@ class Settings:
         'epochs': self.epochs,
         'learning_rate': self.learning_rate,
         'width': self.width,
-        'class_weights': self.class_weights,
+        'weights': self.weights,
+        'alpha': self.alpha,
+        'backbone': self.backbone,
+        'fine_tune_epochs': self.fine_tune_epochs,
+        'fine_tune_layers': self.fine_tune_layers,
+        'fine_tune_learning_rate': self.fine_tune_learning_rate,
+        'dropout': self.dropout,
+        'imbalance': self.imbalance,
+        'focal_gamma': self.focal_gamma,
+        'augment_flip': self.augment_flip,
+        'augment_rotation': self.augment_rotation,
+        'augment_zoom': self.augment_zoom,
+        'augment_brightness': self.augment_brightness,
+        'augment_contrast': self.augment_contrast,
+        'augment_translation': self.augment_translation,
         'early_stopping_patience': self.early_stopping_patience,
         'seed': self.seed,
+        'steps_per_epoch': self.steps_per_epoch,
+        'max_train_minutes': self.max_train_minutes,
+        'cache_images': self.cache_images,
+        'mixed_precision': self.mixed_precision,
+        'jit_compile': self.jit_compile,
+        'run_eagerly': self.run_eagerly,
+        'tuner_epochs': self.tuner_epochs,
+        'tuner_trials': self.tuner_trials,
     }
 
   def __post_init__(self):
@@ -274,6 +390,9 @@ class Settings:
     if missing or min(self.split_buckets.values()) < 1:
       raise ValueError(f'split_buckets needs positive buckets for train, eval '
                        f'and test: {self.split_buckets}')
+    if self.imbalance not in IMBALANCE_METHODS:
+      raise ValueError(f'imbalance must be one of {IMBALANCE_METHODS}, got '
+                       f'{self.imbalance!r}')
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
     self.validate_gates()

@@ -306,12 +306,30 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
   # image the project is installed, so run_fn is imported from there.
   code = ({'run_fn': settings.trainer_run_fn} if settings.trainer_run_fn
           else {'module_file': TRAINER_MODULE_FILE})
+  # Tuning (off by default): KerasTuner in TFX's Tuner component, same
+  # module (models/trainer.py: tuner_fn); the Trainer takes its best
+  # hyperparameters.
+  tuner = None
+  if settings.tuner_trials > 0:
+    tuner_code = ({'tuner_fn': settings.trainer_run_fn.rsplit('.', 1)[0]
+                   + '.tuner_fn'} if settings.trainer_run_fn
+                  else {'module_file': TRAINER_MODULE_FILE})
+    tuner = tfx.components.Tuner(
+        examples=example_gen.outputs['examples'],
+        schema=schema_gen.outputs['schema'],
+        train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
+        eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
+        custom_config=settings.trainer_config(),
+        **tuner_code)
+    tuner.add_upstream_node(gate)
   trainer = tfx.components.Trainer(
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
       eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
       custom_config=settings.trainer_config(),
+      hyperparameters=(tuner.outputs['best_hyperparameters'] if tuner
+                       else None),
       **code)
   # Training waits for the gate; a failing gate stops the run.  (The schema
   # comes from ImportSchemaGen, not the gate, so the Trainer's cache survives
@@ -405,8 +423,9 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       split=configs.TEST_SPLIT,
       gradcam_per_class=settings.report_gradcam_per_class)
 
-  components += [trainer, model_resolver, evaluator, gap_gate, exporter,
-                 pusher, reporter]
+  components += ([tuner] if tuner else []) + [
+      trainer, model_resolver, evaluator, gap_gate, exporter, pusher,
+      reporter]
   return _pipeline(settings, components, orchestrator)
 
 

@@ -354,3 +354,34 @@ def test_a_push_failing_anywhere_leaves_the_previous_version_intact(
   assert sorted(os.listdir(base)) == sorted([_version(mobile_a),
                                              _version(mobile_b)])
   _intact(base, _version(mobile_b))
+
+
+def test_a_model_with_metadata_inputs_is_pushed_without_tflite(inputs,
+                                                                tmp_path):
+  from models import export  # pylint: disable=g-import-not-at-top
+  from models import registry  # pylint: disable=g-import-not-at-top
+  _, examples = inputs
+  # mixed_input (untrained: the exporter's decision does not depend on it).
+  model = standard_artifacts.Model()
+  model.uri = str(tmp_path / 'model')
+  export.export_serving_model(
+      registry.build('mixed_input', num_classes=len(configs.LABELS),
+                     image_size=TINY_IMAGE_SIZE, backbone='cnn_baseline',
+                     width=0.25),
+      os.path.join(model.uri, 'Format-Serving'), TINY_IMAGE_SIZE,
+      with_metadata=True)
+  blessing = _blessing(True)
+  mobile = _export(mobile_exporter.Executor, model, examples, blessing,
+                   str(tmp_path / 'mobile'))
+  assert json.loads(mobile.get_string_custom_property('passed_formats')) == []
+  assert os.listdir(mobile.uri) == [mobile_exporter.REPORT_FILE]
+  verdicts = json.loads(mobile.get_string_custom_property('verdicts'))
+  assert set(verdicts) == set(configs.TFLITE_FORMATS)
+  assert all('metadata inputs' in v['reasons'][0] for v in verdicts.values())
+  base = str(tmp_path / 'serving')
+  pushed = _push(model, blessing, mobile, str(tmp_path / 'pushed'), base)
+  assert pushed.get_int_custom_property('pushed') == 1
+  (version,) = os.listdir(base)
+  files = os.listdir(os.path.join(base, version))
+  assert 'saved_model.pb' in files
+  assert not [f for f in files if f.endswith('.tflite')]

@@ -37,3 +37,19 @@ def test_gate_flags_reach_the_settings():
   settings = cli._settings_from(args)  # pylint: disable=protected-access
   assert (settings.min_melanoma_recall, settings.max_subgroup_gap) == (0.7,
                                                                        0.1)
+
+
+def test_run_preset_real_is_below_variables_and_flags(tmp_path, monkeypatch):
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('SKINLESION_FINE_TUNE_LAYERS', '7')
+  args = cli.build_parser().parse_args(
+      ['run', '--data', str(tmp_path), '--preset', 'real',
+       '--weights', '/w.h5', '--imbalance', 'focal_loss'])
+  settings = cli._settings_from(args)  # pylint: disable=protected-access
+  assert settings.model == configs.REAL_DATA_PRESET['model']
+  assert settings.image_size == configs.REAL_DATA_PRESET['image_size']
+  assert settings.fine_tune_layers == 7          # the variable wins
+  assert (settings.weights, settings.imbalance) == ('/w.h5', 'focal_loss')
+  plain = cli._settings_from(cli.build_parser().parse_args(  # pylint: disable=protected-access
+      ['run', '--data', str(tmp_path)]))
+  assert plain.model == 'cnn_baseline'           # the demo's default

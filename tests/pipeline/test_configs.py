@@ -18,7 +18,7 @@ def test_defaults_are_the_single_label_list():
 def test_environment_round_trip(tmp_path):
   settings = configs.Settings(
       data_root=str(tmp_path), home=str(tmp_path / 'h'), epochs=3,
-      learning_rate=0.01, class_weights=False, labels=('a', 'b'),
+      learning_rate=0.01, imbalance='focal_loss', labels=('a', 'b'),
       beam_pipeline_args=['--x=1', '--y=2'])
   again = configs.Settings.from_env(settings.to_env())
   assert again == settings

@@ -255,3 +255,14 @@ def test_tfx_cli_compiles_the_runner_file(tmp_path, monkeypatch):
     job = json.load(f)
   assert job['runtimeConfig']['gcsOutputDirectory'] == PIPELINE_ROOT
   assert COMPONENTS <= set(_tasks(job))
+
+
+def test_tuner_compiles_and_feeds_the_trainer(tmp_path):
+  path = str(tmp_path / 'pipeline.json')
+  kubeflow_runner.compile_pipeline(
+      configs.Settings.from_env({**ENV, 'SKINLESION_TUNER_TRIALS': '2'}), path)
+  with open(path) as f:
+    job = json.load(f)
+  tasks = _tasks(job)
+  assert 'Tuner' in tasks
+  assert 'Tuner' in tasks['Trainer'].get('dependentTasks', [])

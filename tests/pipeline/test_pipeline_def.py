@@ -165,3 +165,21 @@ def test_subgroup_gap_gate_settings_flow_into_its_component(tmp_path):
               'melanoma_recall', configs.LABELS.index('mel'), 0.12, 17, 0)
   with pytest.raises(ValueError, match='subgroup_gap_metric'):
     _pipeline(tmp_path, subgroup_gap_metric='accuracy')
+
+
+def test_tuner_is_off_by_default_and_feeds_the_trainer_when_on(tmp_path):
+  _, p = _pipeline(tmp_path)
+  assert 'Tuner' not in {c.id for c in p.components}
+  _, p = _pipeline(tmp_path, tuner_trials=3)
+  by_id = {c.id: c for c in p.components}
+  assert 'AnomaliesGate' in {n.id for n in by_id['Tuner'].upstream_nodes}
+  assert 'Tuner' in {n.id for n in by_id['Trainer'].upstream_nodes}
+  assert (by_id['Trainer'].inputs['hyperparameters'].producer_component_id
+          == 'Tuner')
+  assert json.loads(by_id['Tuner'].exec_properties['custom_config'])[
+      'tuner_trials'] == 3
+  # In the container image both entry points are imported, not packaged.
+  _, p = _pipeline(tmp_path, tuner_trials=1,
+                   trainer_run_fn=configs.INSTALLED_TRAINER_RUN_FN)
+  tuner = {c.id: c for c in p.components}['Tuner']
+  assert tuner.exec_properties['tuner_fn'] == configs.INSTALLED_TUNER_FN

@@ -1,0 +1,111 @@
+"""Real-data quality: train registry models on HAM10000, score the test split.
+
+Uses the project's own ingestion output (``skinlesion ingest``: lesion-
+disjoint train / eval / test splits by lesion_id hash) and the Trainer's
+``run_fn`` itself (the same code the pipeline runs), then scores the exported
+``serving_default`` signature on the untouched test split: balanced accuracy,
+accuracy, macro F1, per-class recall (melanoma first) and wall time.
+
+  skinlesion ingest --data ../shared/data/ham10000 --out /tmp/ham_home
+  nice -n 10 .venv/bin/python benchmarks/real_data_quality.py \
+      --examples /tmp/ham_home/pipelines/skin-lesion-tfx/ImageExampleGen/examples/1 \
+      --out benchmarks/results/real_data_quality.json \
+      --run cnn_baseline:'{"width": 1.0}' \
+      --run mobilenet_v2:'{"weights": "../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"}'
+
+Each ``--run MODEL:JSON`` starts from ``configs.REAL_DATA_PRESET`` and the
+JSON overrides; results are appended to ``--out`` after every model, so a
+partial run keeps what finished.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
+
+from models import features  # pylint: disable=g-import-not-at-top
+from models import preprocessing  # pylint: disable=g-import-not-at-top
+from models import trainer  # pylint: disable=g-import-not-at-top
+from pipeline import configs  # pylint: disable=g-import-not-at-top
+
+
+def score(serving_dir: str, test_files, labels) -> dict:
+  model = tf.saved_model.load(serving_dir)
+  serve = model.signatures[features.EXAMPLE_SIGNATURE]
+  spec = {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+  y_true, y_pred = [], []
+  for batch in preprocessing.read_examples(test_files).batch(64):
+    probs = serve(examples=batch)[features.PREDICTION_KEY].numpy()
+    y_pred.extend(probs.argmax(axis=1))
+    y_true.extend(tf.io.parse_example(batch, spec)[features.LABEL_KEY].numpy())
+  y_true, y_pred = np.array(y_true), np.array(y_pred)
+  recall = skm.recall_score(y_true, y_pred, labels=range(len(labels)),
+                            average=None, zero_division=0)
+  order = sorted(range(len(labels)),
+                 key=lambda i: (labels[i] != configs.MELANOMA_LABEL, i))
+  return {
+      'test_examples': int(len(y_true)),
+      'balanced_accuracy': float(skm.balanced_accuracy_score(y_true, y_pred)),
+      'accuracy': float(skm.accuracy_score(y_true, y_pred)),
+      'macro_f1': float(skm.f1_score(y_true, y_pred, average='macro')),
+      'recall': {labels[i]: float(recall[i]) for i in order},
+      'confusion': skm.confusion_matrix(
+          y_true, y_pred, labels=range(len(labels))).tolist(),
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--examples', required=True,
+                      help='an ImageExampleGen Examples artifact folder')
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--run', action='append', required=True,
+                      help='MODEL:JSON overrides of REAL_DATA_PRESET')
+  parser.add_argument('--work', default='')
+  args = parser.parse_args()
+  split = lambda name: [os.path.join(args.examples, f'Split-{name}', '*')]
+  labels = preprocessing.read_labels(split('train'))
+  results = []
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      results = json.load(f)
+  work = args.work or tempfile.mkdtemp(prefix='real_data_quality_')
+  for run in args.run:
+    name, _, overrides = run.partition(':')
+    settings = dict(configs.REAL_DATA_PRESET)
+    settings.update({'model': name, **json.loads(overrides or '{}')})
+    cfg = configs.Settings(**settings).trainer_config()
+    out = os.path.join(work, f'{name}-{int(time.time())}')
+    fn_args = FnArgs(train_files=split('train'), eval_files=split('eval'),
+                     serving_model_dir=os.path.join(out, 'serving'),
+                     model_run_dir=os.path.join(out, 'run'), custom_config=cfg)
+    start = time.time()
+    trainer.run_fn(fn_args)
+    train_s = time.time() - start
+    with open(os.path.join(out, 'run', trainer.HISTORY_FILE)) as f:
+      history = json.load(f)
+    result = {'model': name, 'overrides': json.loads(overrides or '{}'),
+              'config': cfg, 'train_wall_s': round(train_s, 1),
+              'epochs_run': len(history['history']['loss']),
+              'phases': history['phases'],
+              'train_counts': history['train_counts'],
+              **score(fn_args.serving_model_dir, split('test'), labels)}
+    print(json.dumps({k: v for k, v in result.items()
+                      if k not in ('config', 'confusion', 'phases')}),
+          flush=True)
+    results.append(result)
+    with open(args.out, 'w') as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()
