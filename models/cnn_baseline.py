@@ -23,7 +23,7 @@ FEATURE_MAP = 'feature_map'
 
 
 def conv_features(x, width: float = 1.0, synchronized_batch_norm: bool = False):
-  """R5's three conv blocks on x; returns the last spatial feature map."""
+  """R5's three conv blocks on x (the last ReLU output is ``feature_map``)."""
   for block, (filters, rate) in enumerate(zip(BLOCK_FILTERS, BLOCK_DROPOUT)):
     filters = max(8, int(round(filters * width)))
     for conv in range(2):
@@ -35,13 +35,13 @@ def conv_features(x, width: float = 1.0, synchronized_batch_norm: bool = False):
       x = keras.layers.ReLU(name=f'block{block + 1}_relu{conv + 1}')(x)
     if block == len(BLOCK_FILTERS) - 1:
       # The last convolution's output: what Grad-CAM explains
-      # (models/explain.py).
-      x = keras.layers.Identity(name='feature_map')(x)
+      # (models/explain.py), before the last max-pooling: twice the
+      # resolution of the map global pooling reads.  Every registry model has
+      # a layer of this name (the Grad-CAM contract).
+      x = keras.layers.Identity(name=FEATURE_MAP)(x)
     x = keras.layers.MaxPooling2D(2, name=f'block{block + 1}_pool')(x)
     x = keras.layers.Dropout(rate, name=f'block{block + 1}_dropout')(x)
-  # The map global pooling reads: the Grad-CAM contract (every registry
-  # model has a layer of this name).
-  return keras.layers.Identity(name=FEATURE_MAP)(x)
+  return x
 
 
 def build(num_classes: int, image_size: int, width: float = 1.0,

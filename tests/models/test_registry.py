@@ -17,6 +17,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from mobile_export import tflite
 from models import augmentation
+from models import explain
 from models import features
 from models import losses
 from models import preprocessing
@@ -104,12 +105,15 @@ def test_model_trains_exports_and_converts(name, size, extra, tiny_tfrecords,
   assert name in history['model_summary']
 
   loaded = tf.saved_model.load(fn_args.serving_model_dir)
+  with_metadata = registry.uses_metadata(name)
+  # Grad-CAM's signature is left out for a model with metadata inputs.
   assert set(loaded.signatures) == {features.EXAMPLE_SIGNATURE,
-                                    features.IMAGE_SIGNATURE}
+                                    features.IMAGE_SIGNATURE} | (
+                                        set() if with_metadata else
+                                        {explain.GRADCAM_SIGNATURE})
   serialized = _eval_examples(tiny_tfrecords)
   by_example = loaded.signatures[features.EXAMPLE_SIGNATURE](
       examples=tf.constant(serialized))[features.PREDICTION_KEY].numpy()
-  with_metadata = registry.uses_metadata(name)
   by_image = loaded.signatures[features.IMAGE_SIGNATURE](
       **_image_inputs(serialized, size, with_metadata))[
           features.PREDICTION_KEY].numpy()
@@ -123,6 +127,12 @@ def test_model_trains_exports_and_converts(name, size, extra, tiny_tfrecords,
                        match='metadata inputs.*docs/android.md'):
       tflite.convert(fn_args.serving_model_dir, tflite.FLOAT16)
     return
+  gradcam = loaded.signatures[explain.GRADCAM_SIGNATURE](
+      **_image_inputs(serialized, size, False))
+  np.testing.assert_allclose(gradcam[features.PREDICTION_KEY].numpy(),
+                             by_image, atol=1e-5)
+  heatmap = gradcam[explain.HEATMAP_KEY].numpy()
+  assert heatmap.shape[0] == 4 and heatmap.min() >= 0 and heatmap.max() <= 1
   buffer = tflite.convert(fn_args.serving_model_dir, tflite.FLOAT16)
   images = _image_inputs(serialized, size, False)['images'].numpy()
   lite = tflite.predict(buffer, (images * 255).round().astype(np.uint8))
@@ -136,8 +146,14 @@ def test_every_model_has_the_grad_cam_feature_map():
                                               if k != 'run_eagerly'})
     feature_map = model.get_layer(registry.FEATURE_MAP).output
     assert len(feature_map.shape) == 4, name  # [N, h, w, channels]
-    # The map feeds the global pooling that feeds the head.
-    assert model.get_layer('gap').input is feature_map, name
+    if name == 'cnn_baseline':
+      # Before the last block's max-pooling and dropout (twice the
+      # resolution; test_explain checks its Grad-CAM).
+      pool = model.get_layer('block3_pool')
+      assert pool.input is feature_map
+    else:
+      # The backbone's map feeds the global pooling that feeds the head.
+      assert model.get_layer('gap').input is feature_map, name
     assert model.get_layer(registry.OUTPUT_LAYER).dtype_policy.name == \
         'float32'
 
