@@ -47,6 +47,7 @@ INGESTION = ('ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
 def _settings(archive, home, **overrides):
   values = dict(data_root=archive, home=home, image_size=32, epochs=1,
                 width=0.25, batch_size=16, min_balanced_accuracy=0.0,
+                min_melanoma_recall=0.0, max_subgroup_gap=1.0,
                 max_balanced_accuracy_drop=1.0, tflite_min_top1_agreement=0.0,
                 tflite_max_balanced_accuracy_drop=1.0,
                 split_buckets={'train': 2, 'eval': 1, 'test': 1},
