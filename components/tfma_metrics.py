@@ -34,6 +34,8 @@ import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.metrics import metric_util
 
+from models import calibration
+
 BALANCED_ACCURACY_NAME = 'balanced_accuracy'
 CLASS_RECALL_NAME = 'class_recall'
 CLASS_PRECISION_NAME = 'class_precision'
@@ -339,34 +341,6 @@ def _calibration_computations(
   return computations
 
 
-def reliability(confidence: np.ndarray, correct: np.ndarray,
-                weights: np.ndarray, bins: int):
-  """(ECE, count, mean confidence, accuracy per bin) of top-1 predictions.
-
-  The same binning as the combiner: bin i holds confidences in
-  [i / bins, (i + 1) / bins), the last bin includes 1.0.
-  """
-  index = np.minimum((np.asarray(confidence) * bins).astype(int), bins - 1)
-  totals = np.zeros((bins, 3))
-  np.add.at(totals, index, np.stack(
-      [weights, weights * confidence, weights * correct], axis=1))
-  return _reliability_from_totals(totals)
-
-
-def _reliability_from_totals(totals: np.ndarray):
-  count = totals[:, 0]
-  with np.errstate(invalid='ignore', divide='ignore'):
-    confidence = np.where(count > 0, totals[:, 1] / count, np.nan)
-    accuracy = np.where(count > 0, totals[:, 2] / count, np.nan)
-  total = count.sum()
-  if total <= 0:
-    ece = float('nan')
-  else:
-    gaps = np.where(count > 0, np.abs(accuracy - confidence), 0.0)
-    ece = float(np.sum(count / total * gaps))
-  return ece, count, confidence, accuracy
-
-
 class _CalibrationCombiner(beam.CombineFn):
   """Accumulates per bin: [weight, weighted confidence, weighted hits]."""
 
@@ -402,6 +376,7 @@ class _CalibrationCombiner(beam.CombineFn):
     return merged
 
   def extract_output(self, accumulator: np.ndarray):
-    ece, count, confidence, accuracy = _reliability_from_totals(accumulator)
+    ece, count, confidence, accuracy = calibration.reliability_from_totals(
+        accumulator)
     values = (ece, count, confidence, accuracy)
     return {key: value for key, value in zip(self._keys, values)}

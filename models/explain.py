@@ -17,7 +17,10 @@ prediction from the SavedModel alone.
 from typing import Optional, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from models import calibration
 
 FEATURE_MAP_LAYER = 'feature_map'
 GRADCAM_SIGNATURE = 'serving_gradcam'   # float32 images -> probabilities, heatmap
@@ -46,11 +49,13 @@ def gradcam_model(model: keras.Model) -> keras.Model:
                       model.outputs[0]])
 
 
-def gradcam(grad_model: keras.Model, images: tf.Tensor
-            ) -> Tuple[tf.Tensor, tf.Tensor]:
+def gradcam(grad_model: keras.Model, images: tf.Tensor,
+            temperature: float = 1.0) -> Tuple[tf.Tensor, tf.Tensor]:
   """(probabilities [N, classes], heatmap [N, h, w] in [0, 1]).
 
-  ``grad_model`` is ``gradcam_model(model)``.  Examples do not interact at
+  ``grad_model`` is ``gradcam_model(model)``; the probabilities (and the
+  score whose gradient is taken) are temperature scaled as the exported
+  signatures' (``models/calibration.py``).  Examples do not interact at
   inference (no training-mode batch statistics), so one gradient of the
   batch's summed top-class probabilities gives every image's own gradient.
   """
@@ -58,7 +63,7 @@ def gradcam(grad_model: keras.Model, images: tf.Tensor
   with tf.GradientTape() as tape:
     feature_map, probabilities = grad_model(images, training=False)
     feature_map = tf.cast(feature_map, tf.float32)
-    probabilities = tf.cast(probabilities, tf.float32)
+    probabilities = calibration.apply_temperature(probabilities, temperature)
     top = tf.argmax(probabilities, axis=-1)
     score = tf.gather(probabilities, top, batch_dims=1)
   grads = tape.gradient(score, feature_map)
@@ -67,3 +72,25 @@ def gradcam(grad_model: keras.Model, images: tf.Tensor
   peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
   heatmap = tf.math.divide_no_nan(cam, peak)
   return probabilities, heatmap
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray,
+            image_weight: float = 0.55) -> np.ndarray:
+  """The heatmap, upsampled (bilinear) and coloured (jet), over the image.
+
+  Args:
+    image: float [H, W, 3] in [0, 1].
+    heatmap: float [h, w] in [0, 1] (``gradcam``'s, at the feature map's
+      resolution).
+    image_weight: the image's share of each pixel; the rest is the colour.
+
+  Returns:
+    float [H, W, 3] in [0, 1]: red where the evidence for the class is
+    strongest, blue where there is none.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  image = np.asarray(image, np.float32)
+  heat = tf.image.resize(np.asarray(heatmap, np.float32)[..., None],
+                         image.shape[:2], method='bilinear').numpy()[..., 0]
+  colour = matplotlib.colormaps['jet'](np.clip(heat, 0, 1))[..., :3]
+  return np.clip(image_weight * image + (1 - image_weight) * colour, 0, 1)

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from models import calibration
 from models import export
 from models import features
 from models import losses
@@ -381,6 +382,34 @@ def apply_hyperparameters(cfg: Dict, hyperparameters) -> Dict:
   return out
 
 
+def fit_calibration(model: keras.Model, cfg: Dict, eval_ds
+                    ) -> Tuple[float, Dict]:
+  """(temperature, report) for the exported signatures.
+
+  ``cfg['calibration']``: 'temperature' fits T on the eval split's
+  predictions (models/calibration.py); 'none' keeps the softmax (T = 1).
+  """
+  method = cfg.get('calibration', 'temperature')
+  if method == 'none':
+    return 1.0, {'method': 'none', 'temperature': 1.0}
+  if method != 'temperature':
+    raise ValueError(f'unknown calibration method {method!r} (see '
+                     'configs.CALIBRATION_METHODS)')
+  probabilities, labels = [], []
+  for x, y in eval_ds:
+    probabilities.append(
+        tf.cast(model(x, training=False), tf.float32).numpy())
+    labels.append(np.asarray(y))
+  temperature, report = calibration.fit_temperature(
+      np.concatenate(probabilities), np.concatenate(labels))
+  report['fitted_on'] = 'eval split'
+  logging.info('Temperature scaling on %d eval examples: T = %.4f, NLL '
+               '%.4f -> %.4f, ECE %.4f -> %.4f', report['examples'],
+               temperature, report['nll_before'], report['nll_after'],
+               report['ece_before'], report['ece_after'])
+  return temperature, report
+
+
 def run_fn(fn_args: FnArgs) -> None:
   """Trains, exports the serving model and writes the training history."""
   tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
@@ -447,16 +476,20 @@ def run_fn(fn_args: FnArgs) -> None:
                                strategy, callbacks, class_weight=weights,
                                steps_per_epoch=steps_per_epoch)
 
+  temperature, calibration_report = fit_calibration(model, cfg, eval_ds)
   # Every worker saves (saving can involve collective ops); only the chief's
   # copy is the Trainer's model, the others go to a scratch folder.
   if chief:
     export.export_serving_model(model, fn_args.serving_model_dir, image_size,
-                                with_metadata=with_metadata)
+                                with_metadata=with_metadata,
+                                temperature=temperature)
+    calibration.write(fn_args.serving_model_dir, calibration_report)
   else:
     scratch = tempfile.mkdtemp(prefix='skinlesion_worker_export_')
     try:
       export.export_serving_model(model, scratch, image_size,
-                                  with_metadata=with_metadata)
+                                  with_metadata=with_metadata,
+                                  temperature=temperature)
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
     logging.info('Non-chief %s %d: export written to scratch %s, removed',
@@ -474,6 +507,7 @@ def run_fn(fn_args: FnArgs) -> None:
                'class_weights': ({labels[i]: w for i, w in weights.items()}
                                  if weights else None),
                'imbalance': cfg.get('imbalance'),
+               'calibration': calibration_report,
                'dtype_policy': policy,
                'distribution': {'strategy': type(strategy).__name__,
                                 'workers': workers,

@@ -106,6 +106,11 @@ DEFAULT_LABEL_MAPS: Dict[str, Dict[str, str]] = {
 
 # Ingestion limits.
 MAX_IMAGE_PIXELS = 50_000_000   # Larger images are quarantined (bombs).
+# `skinlesion serve` (pipeline/serve.py): localhost only unless told, on
+# Streamlit's port (R2's app), uploads up to this size.
+SERVE_HOST = '127.0.0.1'
+SERVE_PORT = 8501
+SERVE_MAX_UPLOAD_MB = 10.0
 
 # The curated schema (kept in the repository, not re-inferred per run).  Its
 # label domain must match the label list; see pipeline.check_schema_labels.
@@ -156,6 +161,7 @@ AGE_SCALE = 100.0
 
 # Trainer choices (models/registry.py holds the models themselves).
 IMBALANCE_METHODS = ('class_weights', 'balanced_sampling', 'focal_loss', 'none')
+CALIBRATION_METHODS = ('temperature', 'none')  # models/calibration.py
 
 # The documented configuration for real data (README.md, "Training on real
 # data"; BENCHMARKS.md, "Real-data quality"): Settings(**REAL_DATA_PRESET) or
@@ -246,6 +252,10 @@ class Settings:
   # (tf.data); focal_loss: (1 - p)^focal_gamma-weighted cross-entropy.
   imbalance: str = 'class_weights'
   focal_gamma: float = 2.0
+  # Probability calibration: 'temperature' fits one temperature on the eval
+  # split after training and applies it in every exported signature
+  # (models/calibration.py); 'none' keeps the network's softmax.
+  calibration: str = 'temperature'
   # Augmentation (Keras preprocessing layers in the model, training only):
   # flip mode ('horizontal', 'vertical', 'horizontal_and_vertical' or ''),
   # rotation in degrees, zoom / brightness / contrast factors (0: off).
@@ -355,6 +365,7 @@ class Settings:
         'fine_tune_learning_rate': self.fine_tune_learning_rate,
         'dropout': self.dropout,
         'imbalance': self.imbalance,
+        'calibration': self.calibration,
         'focal_gamma': self.focal_gamma,
         'augment_flip': self.augment_flip,
         'augment_rotation': self.augment_rotation,
@@ -390,6 +401,9 @@ class Settings:
     if missing or min(self.split_buckets.values()) < 1:
       raise ValueError(f'split_buckets needs positive buckets for train, eval '
                        f'and test: {self.split_buckets}')
+    if self.calibration not in CALIBRATION_METHODS:
+      raise ValueError(f'calibration must be one of {CALIBRATION_METHODS}, '
+                       f'got {self.calibration!r}')
     if self.imbalance not in IMBALANCE_METHODS:
       raise ValueError(f'imbalance must be one of {IMBALANCE_METHODS}, got '
                        f'{self.imbalance!r}')

@@ -136,7 +136,8 @@ def test_parity_gate_refuses_a_broken_int8_and_the_push_goes_on_without_it(
   assert os.listdir(base) == [version]
   assert sorted(os.listdir(destination)) == sorted(
       ['saved_model.pb', 'variables', 'assets', 'fingerprint.pb',
-       'model_float16.tflite', 'labels.txt', 'manifest.json'])
+       'calibration.json', 'model_float16.tflite', 'labels.txt',
+       'manifest.json'])
   with open(os.path.join(destination, 'labels.txt')) as f:
     assert f.read().split() == list(configs.LABELS)
 

@@ -134,13 +134,16 @@ def test_both_workers_finish_in_lockstep(two_workers):
   assert chief['history'] == other['history']
   assert (chief['distribution']['weights_sha256']
           == other['distribution']['weights_sha256'])
+  # Each fitted the same temperature on the same eval split.
+  assert chief['calibration'] == other['calibration']
 
 
 def test_only_the_chief_writes_the_model(two_workers):
   fn_args, results = two_workers
   serving = fn_args['serving_model_dir']
-  assert sorted(os.listdir(serving)) == ['assets', 'fingerprint.pb',
-                                         'saved_model.pb', 'variables']
+  assert sorted(os.listdir(serving)) == ['assets', 'calibration.json',
+                                         'fingerprint.pb', 'saved_model.pb',
+                                         'variables']
   worker_log = results[1][1]
   scratch = [line.rsplit(' ', 2)[-2].rstrip(',') for line in
              worker_log.splitlines() if 'export written to scratch' in line]

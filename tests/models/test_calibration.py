@@ -1,0 +1,147 @@
+"""Temperature scaling: the fit, its TensorFlow form, and the export."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import calibration
+from models import explain
+from models import export
+from models import features
+from models import trainer
+
+
+def _overconfident(n=3000, classes=7, sharpen=2.5, seed=0):
+  """Labels drawn from softmax(z); probabilities softmax(sharpen * z)."""
+  rng = np.random.default_rng(seed)
+  z = rng.normal(size=(n, classes)) * 2
+  truth = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+  labels = np.array([rng.choice(classes, p=p) for p in truth])
+  p = np.exp(sharpen * z)
+  return p / p.sum(1, keepdims=True), labels
+
+
+def test_fit_recovers_the_temperature_and_lowers_nll_and_ece():
+  probabilities, labels = _overconfident(sharpen=2.5)
+  temperature, report = calibration.fit_temperature(probabilities, labels)
+  assert temperature == pytest.approx(2.5, rel=0.1)
+  assert report['applied'] and report['fitted_temperature'] == temperature
+  assert report['nll_after'] < report['nll_before']
+  assert report['ece_after'] < 0.5 * report['ece_before']
+  scaled = calibration.scale(probabilities, temperature)
+  np.testing.assert_array_equal(scaled.argmax(1), probabilities.argmax(1))
+
+
+def test_a_calibrated_model_keeps_temperature_one():
+  probabilities, labels = _overconfident(sharpen=1.0, seed=3)
+  temperature, report = calibration.fit_temperature(probabilities, labels)
+  assert temperature == pytest.approx(1.0, abs=0.1)
+  assert report['nll_after'] <= report['nll_before']
+
+
+def test_a_fit_that_raises_the_ece_is_not_applied():
+  # The top-1 probability equals its accuracy (ECE 0), but when it is wrong
+  # the true class got almost nothing: the NLL optimum softens everything
+  # and pulls the top-1 probability below its accuracy.
+  probabilities = np.tile([0.7, 0.2999, 0.0001], (1000, 1))
+  labels = np.where(np.arange(1000) % 10 < 7, 0, 2)
+  temperature, report = calibration.fit_temperature(probabilities, labels)
+  assert report['fitted_temperature'] > 1.5
+  assert report['nll_after'] < report['nll_before']
+  assert report['ece_after'] > report['ece_before'] + 0.05
+  assert temperature == 1.0 and not report['applied']
+  assert report['reason'].startswith('not applied: T = ')
+  assert 'raised the ECE' in report['reason']
+
+
+def test_tensorflow_and_numpy_forms_agree():
+  probabilities, _ = _overconfident(n=50)
+  for temperature in (0.5, 1.0, 3.0):
+    np.testing.assert_allclose(
+        calibration.apply_temperature(
+            tf.constant(probabilities, tf.float32), temperature).numpy(),
+        calibration.scale(probabilities, temperature), atol=1e-6)
+
+
+def test_ece_matches_a_direct_computation():
+  probabilities, labels = _overconfident(n=400, seed=5)
+  confidence = probabilities.max(1)
+  correct = probabilities.argmax(1) == labels
+  bins = np.minimum((confidence * 10).astype(int), 9)
+  expected = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean())
+                 * (bins == b).mean() for b in range(10) if (bins == b).any())
+  assert calibration.expected_calibration_error(
+      probabilities, labels) == pytest.approx(expected, abs=1e-12)
+
+
+def test_errors():
+  with pytest.raises(ValueError, match='do not match'):
+    calibration.fit_temperature(np.ones((3, 2)) / 2, np.zeros(4))
+  with pytest.raises(ValueError, match='no example'):
+    calibration.fit_temperature(np.ones((0, 2)), np.zeros(0))
+
+
+def _tiny_model(size=16, classes=4):
+  inputs = keras.Input((size, size, 3))
+  x = keras.layers.Conv2D(4, 3, padding='same', activation='relu')(inputs)
+  x = keras.layers.Identity(name=explain.FEATURE_MAP_LAYER)(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  outputs = keras.layers.Dense(classes, activation='softmax')(x)
+  return keras.Model(inputs, outputs)
+
+
+def test_every_exported_signature_applies_the_temperature(tmp_path):
+  keras.utils.set_random_seed(0)
+  model = _tiny_model()
+  model.layers[-1].set_weights([w * 8 for w in model.layers[-1].get_weights()])
+  images = np.random.default_rng(0).random((5, 16, 16, 3)).astype(np.float32)
+  raw = model(images).numpy()
+  export.export_serving_model(model, str(tmp_path), 16, temperature=2.0)
+  loaded = tf.saved_model.load(str(tmp_path))
+  expected = calibration.scale(raw, 2.0)
+  served = loaded.signatures[features.IMAGE_SIGNATURE](
+      images=tf.constant(images))[features.PREDICTION_KEY].numpy()
+  np.testing.assert_allclose(served, expected, atol=1e-5)
+  gradcam = loaded.signatures[explain.GRADCAM_SIGNATURE](
+      images=tf.constant(images))
+  np.testing.assert_allclose(gradcam[features.PREDICTION_KEY].numpy(),
+                             expected, atol=1e-5)
+  assert not np.allclose(served, raw, atol=1e-3)
+
+
+def test_fit_calibration_setting(tmp_path):
+  model = _tiny_model()
+  images = np.random.default_rng(1).random((12, 16, 16, 3)).astype(np.float32)
+  labels = np.arange(12) % 4
+  dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(5)
+  temperature, report = trainer.fit_calibration(
+      model, {'calibration': 'temperature'}, dataset)
+  assert report['examples'] == 12 and report['temperature'] == temperature
+  assert report['fitted_on'] == 'eval split'
+  assert trainer.fit_calibration(model, {'calibration': 'none'}, dataset) == (
+      1.0, {'method': 'none', 'temperature': 1.0})
+  with pytest.raises(ValueError, match='unknown calibration'):
+    trainer.fit_calibration(model, {'calibration': 'platt'}, dataset)
+
+
+def test_the_trainer_records_its_fit(trained_model):
+  """The session's trained model: calibration.json beside the SavedModel,
+  the same record in history.json."""
+  path = os.path.join(trained_model.serving_model_dir,
+                      calibration.CALIBRATION_FILE)
+  with open(path) as f:
+    fit = json.load(f)
+  assert fit['method'] == 'temperature' and fit['fitted_on'] == 'eval split'
+  assert fit['examples'] > 0 and fit['nll_after'] <= fit['nll_before']
+  assert fit['temperature'] == (fit['fitted_temperature'] if fit['applied']
+                                else 1.0)
+  with open(os.path.join(trained_model.model_run_dir,
+                         trainer.HISTORY_FILE)) as f:
+    assert json.load(f)['calibration'] == fit
+  assert calibration.read(trained_model.serving_model_dir) == fit
+  assert calibration.read(str(os.path.dirname(path) + '/nowhere')) == {
+      'method': 'none', 'temperature': 1.0}
