@@ -11,7 +11,10 @@ into the TFLite metadata) with:
   out; ``manifest.json`` says why);
 * ``labels.txt``, the one label list, in output order;
 * ``manifest.json``: software versions, sha256 and size of every other file,
-  test-split metrics, input specs, parity results, lineage.
+  test-split metrics, input specs, parity results, lineage, and the
+  blessing: every gate with its value and bound (the Evaluator's TFMA
+  thresholds, when its ``evaluation`` is wired, and the subgroup gaps) and
+  the probability calibration (``models/calibration.py``).
 
 The directory is written under a temporary name and renamed into place
 (``mobile_export/release.py``), so a reader never sees half a version.  The
@@ -59,6 +62,9 @@ class MobilePusherSpec(component_spec.ComponentSpec):
       # The SubgroupGapGate's blessing (components/subgroup_gap_gate.py).
       'subgroup_blessing': component_spec.ChannelParameter(
           type=standard_artifacts.ModelBlessing, optional=True),
+      # The Evaluator's evaluation: its gates' values go into the manifest.
+      'evaluation': component_spec.ChannelParameter(
+          type=standard_artifacts.ModelEvaluation, optional=True),
   }
   OUTPUTS = {
       'pushed_model': component_spec.ChannelParameter(
@@ -113,6 +119,39 @@ def _manifest_sections(report: Dict[str, Any], pushed: List[str]):
 
 
 NOT_PUSHED_REASON = 'not_pushed_reason'
+
+
+def blessing_section(input_dict: Dict[str, List[types.Artifact]],
+                     labels: List[str], model_path: str) -> Dict[str, Any]:
+  """The manifest's ``blessing``: why this version was allowed out.
+
+  The Evaluator's gates with their values (``run_report.blessing_summary``,
+  the run report's own table), the overall test-split metrics, the
+  subgroup-gap gates, and the calibration recorded beside the SavedModel.
+  """
+  from components import run_report  # pylint: disable=g-import-not-at-top
+  from models import calibration  # pylint: disable=g-import-not-at-top
+  gap_blessings = input_dict.get('subgroup_blessing') or []
+  gap = run_report.read_gap_report(gap_blessings[0] if gap_blessings
+                                   else None)
+  section: Dict[str, Any] = {'evaluator_blessed': True,
+                             'subgroup_blessed': (None if gap is None
+                                                  else bool(gap['blessed']))}
+  evaluations = input_dict.get('evaluation') or []
+  if evaluations:
+    evaluation = run_report.read_evaluation(evaluations[0].uri)
+    summary = run_report.blessing_summary(True, evaluation, gap, labels)
+    section['gates'] = summary['gates']
+    section['compared_with_baseline'] = summary['has_baseline']
+    section['test_metrics'] = {
+        k: v for k, v in sorted(evaluation.overall.items())
+        if '(change vs baseline)' not in k and v is not None}
+  section['subgroup_gaps'] = [
+      {k: g.get(k) for k in ('slice_family', 'metric', 'value', 'bound',
+                             'passed', 'note')}
+      for g in (gap or {}).get('gates', [])]
+  section['calibration'] = calibration.read(model_path)
+  return section
 
 
 def pushed_as(base_directory: str, model_uri: str) -> Optional[str]:
@@ -203,6 +242,7 @@ class Executor(pusher_executor.Executor):
           model_name=report['model_name'], model_version=version,
           labels=labels, files=release.file_inventory(staging),
           metrics=metrics, inputs=inputs, parity=parity,
+          blessing=blessing_section(input_dict, labels, model_path),
           lineage={'model_uri': model.uri,
                    'model_artifact_id': model.id,
                    'model_blessing_uri': input_dict['model_blessing'][0].uri,
@@ -239,8 +279,9 @@ class MobilePusher(base_component.BaseComponent):
 
   Inputs: ``model`` (Trainer), ``model_blessing`` (Evaluator),
   ``mobile_models`` (MobileExporter), optionally ``subgroup_blessing``
-  (SubgroupGapGate): pushed only when every blessing is positive.  Output: ``pushed_model``
-  (``PushedModel``).
+  (SubgroupGapGate): pushed only when every blessing is positive;
+  optionally ``evaluation`` (Evaluator), whose gate values the manifest
+  records.  Output: ``pushed_model`` (``PushedModel``).
   """
 
   SPEC_CLASS = MobilePusherSpec
@@ -249,11 +290,12 @@ class MobilePusher(base_component.BaseComponent):
   def __init__(self, model: types.BaseChannel,
                model_blessing: types.BaseChannel,
                mobile_models: types.BaseChannel, base_directory: str,
-               subgroup_blessing: Optional[types.BaseChannel] = None):
+               subgroup_blessing: Optional[types.BaseChannel] = None,
+               evaluation: Optional[types.BaseChannel] = None):
     spec = MobilePusherSpec(
         model=model, model_blessing=model_blessing,
         mobile_models=mobile_models, base_directory=base_directory,
-        subgroup_blessing=subgroup_blessing,
+        subgroup_blessing=subgroup_blessing, evaluation=evaluation,
         require_subgroup_blessing=int(subgroup_blessing is not None),
         pushed_model=types.Channel(type=standard_artifacts.PushedModel))
     super().__init__(spec=spec)

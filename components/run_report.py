@@ -530,7 +530,6 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray,
   fig, axes = plt.subplots(len(rows), columns,
                            figsize=(max(5.0, 1.8 * columns), 1.9 * len(rows)),
                            squeeze=False)
-  colormap = matplotlib.colormaps['jet']
   for r, c in enumerate(rows):
     picks = ([('correct', i) for i in cells[c]['correct']]
              + [None] * (per_cell - len(cells[c]['correct']))
@@ -549,10 +548,7 @@ def gradcam_grid(images: np.ndarray, heatmaps: np.ndarray,
       kind, index = pick
       j = positions[index]
       image = images[j]
-      heat = tf.image.resize(heatmaps[j][..., None], image.shape[:2],
-                             method='bilinear').numpy()[..., 0]
-      overlay = 0.55 * image + 0.45 * colormap(np.clip(heat, 0, 1))[..., :3]
-      ax.imshow(np.clip(overlay, 0, 1))
+      ax.imshow(explain.overlay(image, heatmaps[j]))
       predicted = int(probabilities[index].argmax())
       ax.set_title(f'{kind}: {labels[predicted]} '
                    f'{probabilities[index, predicted]:.2f}', fontsize=8,
@@ -884,6 +880,12 @@ _REPORT_TEMPLATE = """<!DOCTYPE html>
 image size {{ r.training.config.get('image_size', '?') }},
 batch {{ r.training.config.get('batch_size', '?') }},
 learning rate {{ r.training.config.get('learning_rate', '?') }}.</p>
+{% set cal = r.training.get('calibration') %}
+{% if cal and cal.get('method') == 'temperature' %}<p>Probability calibration: temperature scaling fitted on {{ cal.examples }} eval-split images,
+T = {{ fmt(cal.fitted_temperature) }} (negative log-likelihood {{ fmt(cal.nll_before) }} &rarr; {{ fmt(cal.nll_after) }},
+expected calibration error {{ fmt(cal.ece_before) }} &rarr; {{ fmt(cal.ece_after) }}):
+{% if cal.applied %}applied in every exported signature; the evaluation below measures it on the test split.{% else %}{{ cal.reason }}; the exported probabilities are the network's softmax.{% endif %}</p>
+{% else %}<p>Probability calibration: none (the network's softmax).</p>{% endif %}
 {% for c in training_charts %}<figure><img src="{{ c.src }}" alt="{{ c.title }}"><figcaption>{{ c.title }}</figcaption></figure>{% endfor %}
 <h3>Train examples and class weights</h3>
 <table><tr><th class="l">class</th><th>train examples</th><th>class weight</th></tr>
@@ -1151,9 +1153,25 @@ def _training_part(inputs: ReportInputs):
           history=history, config=record.get('config') or {},
           train_counts=record.get('train_counts') or {},
           class_weights=record.get('class_weights'),
+          calibration=record.get('calibration'),
           epochs=max((len(v) for v in history.values()), default=0))
       charts = training_curves(history)
   return training, charts
+
+
+def calibration_limitation(fit: Optional[Dict[str, Any]]) -> str:
+  """The model card's sentence on what the probabilities are."""
+  if fit and fit.get('method') == 'temperature' and fit.get('applied'):
+    return (f'Probabilities are temperature scaled (T = '
+            f'{fit["temperature"]:.3f}, fitted on the eval split: ECE '
+            f'{fit["ece_before"]:.3f} -> {fit["ece_after"]:.3f} there; the '
+            'test-split ECE is above). Calibrated on this archive\'s case '
+            'mix only: they are not risks for another population or clinic.')
+  tried = (f' (temperature scaling was tried on the eval split and '
+           f'{fit["reason"]})' if fit and fit.get('reason') else '')
+  return ('Probabilities are the network\'s softmax' + tried + '; see the '
+          'test-split ECE and reliability plot. They are not risks; do not '
+          'threshold them as such.')
 
 
 def _evaluation_part(evaluation: Evaluation, labels, predictions, split,
@@ -1211,27 +1229,47 @@ def _evaluation_part(evaluation: Evaluation, labels, predictions, split,
 
 def _blessing_part(inputs: ReportInputs, evaluation: Evaluation,
                    gap: Optional[Dict[str, Any]], labels: Sequence[str]):
+  return blessing_summary(_blessed(inputs.blessing), evaluation, gap, labels)
+
+
+def _overall_value(evaluation: Evaluation, key: str) -> Optional[float]:
+  """The overall slice's value; for a per-class metric (e.g. the melanoma
+  recall, a ClassRecall whose class is in its config) the one class that
+  has it."""
+  if key in evaluation.overall:
+    return evaluation.overall[key]
+  found = [metrics[key] for metrics in evaluation.per_class.get((), {})
+           .values() if key in metrics]
+  return found[0] if len(found) == 1 else None
+
+
+def blessing_summary(blessed: Optional[bool], evaluation: Evaluation,
+                     gap: Optional[Dict[str, Any]], labels: Sequence[str]
+                     ) -> Dict[str, Any]:
   """The decision, each configured threshold with its value, the failures.
 
-  A threshold's value is the overall slice's; a threshold on a per-class
-  metric (its class is in the EvalConfig's binarization, not in the
-  threshold) shows no single value, and its verdict comes from TFMA's
-  validation failures, which are listed with their class and slice.
+  ``blessed`` is the Evaluator's blessing.  A threshold's value is the
+  overall slice's (a per-class metric's: its one class's); its verdict
+  comes from TFMA's validation failures, which are listed with their class
+  and slice.  The run report and the pushed version's manifest
+  (components/mobile_pusher.py) both show this.
   """
-  blessed = _blessed(inputs.blessing)
   failed = {f['metric'] for f in evaluation.failures}
   gates = []
   for t in evaluation.thresholds:
     metric = t['metric']
     snake = re.sub(r'(?<!^)(?=[A-Z])', '_', metric).lower()
-    key = next((k for k in evaluation.overall
+    known = set(evaluation.overall) | {
+        m for metrics in evaluation.per_class.get((), {}).values()
+        for m in metrics}
+    key = next((k for k in sorted(known)
                 if k in (metric, snake) or k.lower() == metric.lower()),
                snake)
     if t['kind'] == 'change':
       key = f'{key} (change vs baseline)'
     gates.append({'metric': key, 'slices': t['slices'],
                   'threshold': t['threshold'],
-                  'value': evaluation.overall.get(key),
+                  'value': _overall_value(evaluation, key),
                   'passed': key not in failed and metric not in failed})
   failures = []
   for f in evaluation.failures:
@@ -1420,8 +1458,7 @@ def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
           'validity (other clinics, devices, populations) is not shown.',
           'Per-slice numbers on small groups are noisy; gaps on groups '
           'below the gate\'s minimum size are not gated.',
-          'Probabilities are not calibrated risks (see the reliability '
-          'plot); do not threshold them as such.',
+          calibration_limitation(r['training'].get('calibration')),
           'Grad-CAM shows where evidence for the predicted class lies, at '
           'the feature map\'s coarse resolution; it is not a segmentation '
           'and does not prove the model uses clinically valid features.',

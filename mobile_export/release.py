@@ -73,6 +73,7 @@ def build_manifest(*, model_name: str, model_version: str,
                    metrics: Mapping[str, Any], inputs: Mapping[str, Any],
                    parity: Mapping[str, Any],
                    lineage: Optional[Mapping[str, Any]] = None,
+                   blessing: Optional[Mapping[str, Any]] = None,
                    versions: Optional[Mapping[str, str]] = None,
                    created: Optional[datetime.datetime] = None
                    ) -> Dict[str, Any]:
@@ -89,6 +90,7 @@ def build_manifest(*, model_name: str, model_version: str,
     parity: thresholds and per-format results, including the formats that
       failed and were left out.
     lineage: where the version came from (artifact URIs and ids).
+    blessing: the gates it passed, with their values, and its calibration.
     versions: software versions (default: ``software_versions()``).
     created: creation time (default: now, UTC).
   """
@@ -104,6 +106,7 @@ def build_manifest(*, model_name: str, model_version: str,
       'inputs': dict(inputs),
       'metrics': dict(metrics),
       'parity': dict(parity),
+      'blessing': dict(blessing or {}),
       'lineage': dict(lineage or {}),
   }
 

@@ -401,6 +401,7 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       model_blessing=evaluator.outputs['blessing'],
       mobile_models=exporter.outputs['mobile_models'],
       subgroup_blessing=gap_gate.outputs['blessing'],
+      evaluation=evaluator.outputs['evaluation'],
       base_directory=settings.serving_model_dir)
 
   # Last: the run report and model card.  It runs whether or not the model

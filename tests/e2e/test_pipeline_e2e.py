@@ -254,6 +254,20 @@ def test_version_directory_is_complete_and_its_manifest_true(first_run):
   assert manifest['metrics']['saved_model']['balanced_accuracy'] == (
       pytest.approx(run.metrics['balanced_accuracy'], abs=1e-6))
   assert manifest['versions']['tensorflow'] == tf.__version__
+  # Why it was allowed out: every gate with its value, the calibration.
+  blessing = manifest['blessing']
+  assert blessing['evaluator_blessed'] and blessing['subgroup_blessed']
+  gates = {g['metric']: g for g in blessing['gates']}
+  assert gates['balanced_accuracy']['value'] == pytest.approx(
+      run.metrics['balanced_accuracy'], abs=1e-6)
+  assert gates['melanoma_recall']['value'] is not None
+  assert all(g['passed'] for g in blessing['gates'])
+  assert {g['slice_family'] for g in blessing['subgroup_gaps']} == {
+      'sex', 'age_band', 'localization'}
+  assert blessing['test_metrics']['expected_calibration_error'] >= 0
+  with open(os.path.join(run.pushed_model, 'calibration.json')) as f:
+    assert blessing['calibration'] == json.load(f)
+  assert blessing['calibration']['fitted_on'] == 'eval split'
 
 
 @pytest.mark.parametrize('fmt', configs.TFLITE_FORMATS)
