@@ -481,6 +481,12 @@ class ImageCheck:
       data = _read_bytes(record['path'])
     except (OSError, tf.errors.OpError) as e:
       return None, (MISSING_IMAGE, f'cannot read: {e}')
+    return self.check_bytes(data)
+
+  def check_bytes(self, data: bytes
+                  ) -> Tuple[Optional[Tuple[str, bytes, bool]],
+                             Optional[Tuple[str, str]]]:
+    """As __call__, for a file's bytes already in memory (an upload)."""
     if not data:
       return None, (EMPTY, '0-byte file')
     try:

@@ -16,6 +16,9 @@ LOCALIZATION_KEY = 'localization'  # bytes: anatomical site or 'unknown'
 DATASET_KEY = 'dataset'      # bytes: acquisition source
 AGE_BAND_KEY = 'age_band'    # bytes: pipeline/configs.AGE_BAND_NAMES (derived from age)
 
+# What mixed_input reads besides the image (its serving_images inputs too).
+METADATA_KEYS = (AGE_KEY, SEX_KEY, LOCALIZATION_KEY)
+
 STRING_FEATURES = (IMAGE_ID_KEY, LESION_ID_KEY, SEX_KEY, LOCALIZATION_KEY,
                    DATASET_KEY)
 

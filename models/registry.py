@@ -45,7 +45,7 @@ from models import features
 FEATURE_MAP = cnn_baseline.FEATURE_MAP
 BACKBONE_LAYER = 'backbone'
 OUTPUT_LAYER = 'probabilities'
-METADATA_KEYS = (features.AGE_KEY, features.SEX_KEY, features.LOCALIZATION_KEY)
+METADATA_KEYS = features.METADATA_KEYS
 
 
 @keras.saving.register_keras_serializable('skinlesion')

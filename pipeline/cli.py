@@ -124,6 +124,16 @@ def cmd_summary(args) -> int:
   return 0
 
 
+def _refused(command: str, error: Exception) -> int:
+  """Exit status 1, saying why the pushed model could not be used."""
+  from mobile_export import release  # pylint: disable=g-import-not-at-top
+  if isinstance(error, release.VersionIntegrityError):
+    print(f'Refusing the model: {error}', file=sys.stderr)
+  else:
+    print(f'{command}: {error}', file=sys.stderr)
+  return 1
+
+
 def cmd_predict(args) -> int:
   """Exit 0: every image predicted; 2: some images unreadable (listed);
   1: the model was refused (manifest mismatch) or could not be used."""
@@ -132,12 +142,8 @@ def cmd_predict(args) -> int:
   try:
     images = predict.list_images(args.images)
     result = predict.predict(args.model, images, tflite_format=args.tflite)
-  except release.VersionIntegrityError as e:
-    print(f'Refusing the model: {e}', file=sys.stderr)
-    return 1
-  except (FileNotFoundError, ValueError) as e:
-    print(f'predict: {e}', file=sys.stderr)
-    return 1
+  except (release.VersionIntegrityError, FileNotFoundError, ValueError) as e:
+    return _refused('predict', e)
   errors_path = predict.write_csv(result, args.out, args.format)
   model = (f'{args.tflite} .tflite' if args.tflite else 'SavedModel')
   print(f'Wrote {len(result.images)} predictions to {args.out} '
@@ -149,6 +155,45 @@ def cmd_predict(args) -> int:
     for path, reason, detail in result.errors:
       print(f'  {path}: {reason}: {detail}', file=sys.stderr)
     return 2
+  return 0
+
+
+def cmd_serve(args) -> int:
+  """Runs the try-it page until interrupted.  Exit 1: the model was refused
+  (manifest mismatch, missing .tflite) or the port could not be bound."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  from mobile_export import release  # pylint: disable=g-import-not-at-top
+  from pipeline import predict  # pylint: disable=g-import-not-at-top
+  from pipeline import serve  # pylint: disable=g-import-not-at-top
+  std_logging.basicConfig(level=std_logging.INFO,
+                          format='%(asctime)s %(name)s: %(message)s')
+  try:
+    model = predict.PushedModel(args.model, tflite_format=args.tflite)
+  except (release.VersionIntegrityError, FileNotFoundError, ValueError) as e:
+    return _refused('serve', e)
+  if args.max_upload_mb <= 0:
+    print('serve: --max-upload-mb must be positive', file=sys.stderr)
+    return 1
+  app = serve.TryIt(model, max_upload_bytes=int(args.max_upload_mb * 2**20))
+  try:
+    server = serve.make_server(app, args.host, args.port)
+  except OSError as e:
+    print(f'serve: cannot listen on {args.host}:{args.port}: {e}',
+          file=sys.stderr)
+    return 1
+  if args.host not in ('127.0.0.1', 'localhost', '::1'):
+    print(f'WARNING: listening on {args.host}: anyone who can reach this '
+          'machine can upload images and see the model. Uploads are health '
+          'data; prefer localhost and an SSH tunnel.', file=sys.stderr)
+  print(f'Serving model version {model.manifest.get("model_version")} '
+        f'({model.file}, manifest verified) at {serve.url_of(server)} '
+        '(Ctrl-C stops it).', flush=True)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
   return 0
 
 
@@ -249,6 +294,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help='use the pushed .tflite of this format (default '
                     f'{configs.TFLITE_FORMATS[0]}) instead of the SavedModel')
   pred.set_defaults(func=cmd_predict)
+
+  srv = sub.add_parser(
+      'serve', help='a local try-it page: upload a photo, see the top-3 '
+      'classes, Grad-CAM and the model\'s gates')
+  srv.add_argument('--model', required=True,
+                   help='a pushed version directory, or the serving base '
+                   'directory (its latest version)')
+  srv.add_argument('--port', type=int, default=configs.SERVE_PORT,
+                   help=f'default {configs.SERVE_PORT} (0: any free port)')
+  srv.add_argument('--host', default=configs.SERVE_HOST,
+                   help=f'default {configs.SERVE_HOST} (this machine only)')
+  srv.add_argument('--tflite', nargs='?', const=configs.TFLITE_FORMATS[0],
+                   choices=configs.TFLITE_FORMATS,
+                   help='serve the pushed .tflite of this format (default '
+                   f'{configs.TFLITE_FORMATS[0]}; no Grad-CAM) instead of '
+                   'the SavedModel')
+  srv.add_argument('--max-upload-mb', type=float,
+                   default=configs.SERVE_MAX_UPLOAD_MB,
+                   help='largest accepted upload (default '
+                   f'{configs.SERVE_MAX_UPLOAD_MB:g})')
+  srv.set_defaults(func=cmd_serve)
   return parser
 
 

@@ -13,6 +13,12 @@ input type's normalization).  These are the probabilities the Evaluator's
 ``serving_default`` path computes for the same image (identical
 preprocessing).
 
+A model that also reads patient metadata (``mixed_input``) gets none from
+a folder of images: age, sex and localization are fed as missing (NaN,
+'unknown'), as ingestion writes a missing value; its ``serving_default``
+signature takes them from tf.Examples, and ``skinlesion serve`` from its
+form.
+
 Output: CSV, one row per readable image: ``image`` (file name without
 extension, as the ISIC challenge names images) and one probability column
 per class: our label names in the model's output order, or with
@@ -26,7 +32,7 @@ Other files in the folder (LICENSE.txt ...) are ignored.
 import csv
 import dataclasses
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +40,7 @@ import tensorflow as tf
 from components import image_example_gen
 from mobile_export import release
 from mobile_export import tflite
+from models import explain
 from models import features
 from models import preprocessing
 from pipeline import configs
@@ -81,21 +88,58 @@ def _pixels(jpeg: bytes, image_size: int) -> np.ndarray:
   return preprocessing.decode_and_resize(tf.constant(jpeg), image_size).numpy()
 
 
+Metadata = Dict[str, Any]   # {features.AGE_KEY: float, SEX_KEY: str, ...}
+
+
+def metadata_tensors(keys: Sequence[str], metadata: Sequence[Metadata]
+                     ) -> Dict[str, tf.Tensor]:
+  """The serving_images metadata inputs of N images.  Whatever is not given
+  is missing, as ingestion writes it: age NaN, sex / site 'unknown'."""
+  out = {}
+  for key in keys:
+    if key == features.AGE_KEY:
+      out[key] = tf.constant(
+          [float('nan') if m.get(key) is None else float(m[key])
+           for m in metadata], tf.float32)
+    else:
+      out[key] = tf.constant([str(m.get(key) or features.UNKNOWN)
+                              for m in metadata], tf.string)
+  return out
+
+
 class _SavedModelPredictor:
 
   def __init__(self, version_dir: str):
-    self._fn = tf.saved_model.load(version_dir).signatures[
-        features.IMAGE_SIGNATURE]
-    spec = self._fn.structured_input_signature[1]['images']
-    self.image_size = int(spec.shape[1])
+    loaded = tf.saved_model.load(version_dir)
+    self._fn = loaded.signatures[features.IMAGE_SIGNATURE]
+    self._gradcam = loaded.signatures.get(explain.GRADCAM_SIGNATURE)
+    self._loaded = loaded  # Keeps the signatures' variables alive.
+    inputs = self._fn.structured_input_signature[1]
+    self.image_size = int(inputs['images'].shape[1])
+    # mixed_input: age, sex and localization beside the images.
+    self.metadata_keys = tuple(k for k in features.METADATA_KEYS
+                               if k in inputs)
 
-  def __call__(self, pixels: np.ndarray) -> np.ndarray:
+  def __call__(self, pixels: np.ndarray,
+               metadata: Optional[Sequence[Metadata]] = None) -> np.ndarray:
+    metadata = list(metadata or [{}] * len(pixels))
     out = []
     for start in range(0, len(pixels), BATCH_SIZE):
       batch = preprocessing.to_model_input(
           tf.constant(pixels[start:start + BATCH_SIZE]))
-      out.append(self._fn(images=batch)[features.PREDICTION_KEY].numpy())
+      extra = metadata_tensors(self.metadata_keys,
+                               metadata[start:start + BATCH_SIZE])
+      out.append(self._fn(images=batch, **extra)[
+          features.PREDICTION_KEY].numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+  def gradcam(self, pixels: np.ndarray) -> Optional[np.ndarray]:
+    """Heatmaps [N, h, w] of the top class, or None without the signature."""
+    if self._gradcam is None:
+      return None
+    answer = self._gradcam(images=preprocessing.to_model_input(
+        tf.constant(pixels)))
+    return answer[explain.HEATMAP_KEY].numpy()
 
 
 class _TFLitePredictor:
@@ -105,9 +149,69 @@ class _TFLitePredictor:
       self._buffer = f.read()
     interpreter = tf.lite.Interpreter(model_content=self._buffer)
     self.image_size = int(interpreter.get_input_details()[0]['shape'][1])
+    self.metadata_keys = ()  # A pushed .tflite takes the image alone.
 
-  def __call__(self, pixels: np.ndarray) -> np.ndarray:
+  def __call__(self, pixels: np.ndarray, metadata=None) -> np.ndarray:
+    del metadata
     return tflite.predict(self._buffer, pixels)
+
+  def gradcam(self, pixels: np.ndarray) -> None:
+    del pixels  # A .tflite has no gradients.
+    return None
+
+
+class PushedModel:
+  """A pushed version, verified against its manifest and loaded once.
+
+  ``skinlesion predict`` and ``skinlesion serve`` both use it, so a page
+  and a CSV show the same numbers for the same file.
+  """
+
+  def __init__(self, model_dir: str, tflite_format: Optional[str] = None):
+    """See ``predict`` for the arguments and the errors raised."""
+    self.version_dir = release.resolve_version_dir(model_dir)
+    self.manifest = release.verify_version(self.version_dir)
+    self.labels = list(self.manifest['labels'])
+    self.tflite_format = tflite_format
+    if tflite_format is None:
+      self.file = 'SavedModel (serving_images)'
+      self._model = _SavedModelPredictor(self.version_dir)
+    else:
+      name = tflite.file_name(tflite_format)
+      if name not in self.manifest['files']:
+        raise FileNotFoundError(
+            f'{self.version_dir} has no {name} (pushed .tflite files: '
+            f'{[f for f in self.manifest["files"] if f.endswith(".tflite")]})')
+      self.file = name
+      self._model = _TFLitePredictor(os.path.join(self.version_dir, name))
+    self.image_size = self._model.image_size
+    # Besides the image, the model takes these (mixed_input: age, sex,
+    # localization); an image-only model takes none.
+    self.metadata_keys = self._model.metadata_keys
+
+  def pixels(self, jpeg: bytes) -> np.ndarray:
+    """uint8 [S, S, 3]: the pipeline's decode and resize of one JPEG."""
+    return _pixels(jpeg, self.image_size)
+
+  def probabilities(self, pixels: np.ndarray,
+                    metadata: Optional[Sequence[Metadata]] = None
+                    ) -> np.ndarray:
+    """float32 [N, classes] in the labels' order, for uint8 [N, S, S, 3]
+    (and, for a model that takes them, each image's metadata; missing
+    values as ingestion writes them)."""
+    if not len(pixels):
+      return np.zeros((0, len(self.labels)), np.float32)
+    probabilities = self._model(pixels, metadata)
+    if probabilities.shape[1:] != (len(self.labels),):
+      raise ValueError(f'the model outputs {probabilities.shape[1:]} scores '
+                       f'for {len(self.labels)} labels')
+    return probabilities
+
+  def gradcam(self, pixels: np.ndarray) -> Optional[np.ndarray]:
+    """Grad-CAM heatmaps [N, h, w] in [0, 1] of each image's top class
+    (the SavedModel's serving_gradcam); None for a .tflite, or a model
+    exported without that signature."""
+    return self._model.gradcam(pixels)
 
 
 def predict(model_dir: str, image_paths: Sequence[str],
@@ -125,29 +229,15 @@ def predict(model_dir: str, image_paths: Sequence[str],
     release.VersionIntegrityError: the version does not match its manifest.
     FileNotFoundError: no such version, or the .tflite was not pushed.
   """
-  version_dir = release.resolve_version_dir(model_dir)
-  manifest = release.verify_version(version_dir)
-  labels = list(manifest['labels'])
-  if tflite_format is None:
-    model = _SavedModelPredictor(version_dir)
-  else:
-    name = tflite.file_name(tflite_format)
-    if name not in manifest['files']:
-      raise FileNotFoundError(
-          f'{version_dir} has no {name} (pushed .tflite files: '
-          f'{[f for f in manifest["files"] if f.endswith(".tflite")]})')
-    model = _TFLitePredictor(os.path.join(version_dir, name))
+  model = PushedModel(model_dir, tflite_format)
   readable, errors = _jpegs(image_paths)
-  pixels = np.stack([_pixels(jpeg, model.image_size)
-                     for _, jpeg in readable]) if readable else np.zeros(
-                         (0, model.image_size, model.image_size, 3), np.uint8)
-  probabilities = (model(pixels) if readable
-                   else np.zeros((0, len(labels)), np.float32))
-  if probabilities.shape[1:] != (len(labels),):
-    raise ValueError(f'the model outputs {probabilities.shape[1:]} scores for '
-                     f'{len(labels)} labels')
+  pixels = np.stack([model.pixels(jpeg) for _, jpeg in readable]
+                    ) if readable else np.zeros(
+                        (0, model.image_size, model.image_size, 3), np.uint8)
+  probabilities = model.probabilities(pixels)
   names = [os.path.splitext(os.path.basename(p))[0] for p, _ in readable]
-  return Predictions(version_dir, labels, names, probabilities, errors)
+  return Predictions(model.version_dir, model.labels, names, probabilities,
+                     errors)
 
 
 def columns(labels: Sequence[str], fmt: str) -> List[Tuple[str, int]]:

@@ -33,9 +33,9 @@ from pipeline import cli
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 from pipeline import summary
-from tests.pipeline.test_predict import publish
+from tests.conftest import publish
+from tests.conftest import write_split_jpegs
 from tests.pipeline.test_predict import read_csv
-from tests.pipeline.test_predict import write_split_jpegs
 
 EPS = 1e-6
 MEL = configs.LABELS.index(configs.MELANOMA_LABEL)

@@ -14,46 +14,12 @@ import pytest
 import tensorflow as tf
 
 from mobile_export import release
-from mobile_export import tflite
 from models import features
-from models import preprocessing
 from pipeline import cli
 from pipeline import configs
 from pipeline import predict
-
-
-def publish(base, version, serving_model_dir, with_tflite=True):
-  """A version directory as MobilePusher writes it."""
-  def fill(staging):
-    shutil.copytree(serving_model_dir, staging, dirs_exist_ok=True)
-    if with_tflite:
-      with open(os.path.join(staging, tflite.file_name('float16')), 'wb') as f:
-        f.write(tflite.convert_float16(serving_model_dir))
-    with open(os.path.join(staging, tflite.LABELS_FILE), 'w') as f:
-      f.write('\n'.join(configs.LABELS) + '\n')
-    release.write_json(
-        os.path.join(staging, release.MANIFEST_FILE),
-        release.build_manifest(
-            model_name='test', model_version=version, labels=configs.LABELS,
-            files=release.file_inventory(staging), metrics={}, inputs={},
-            parity={}))
-  return release.publish_version(base, version, fill)
-
-
-def write_split_jpegs(tfrecord, directory):
-  """The split's JPEGs as files: [(path, label)], in record order."""
-  os.makedirs(directory, exist_ok=True)
-  out = []
-  for i, record in enumerate(preprocessing.read_examples([tfrecord])):
-    example = tf.train.Example.FromString(record.numpy())
-    image_id = example.features.feature[features.IMAGE_ID_KEY].bytes_list \
-        .value[0].decode()
-    path = os.path.join(directory, f'{i:04d}_{image_id}.jpg')
-    with open(path, 'wb') as f:
-      f.write(example.features.feature[features.IMAGE_KEY].bytes_list.value[0])
-    out.append((path, example.features.feature[features.LABEL_KEY]
-                .int64_list.value[0]))
-  return out
+from tests.conftest import publish
+from tests.conftest import write_split_jpegs
 
 
 def read_csv(path):
