@@ -10,11 +10,10 @@ only the confidence moves.  The models end in a softmax, so the logits are
 recovered as log-probabilities: ``softmax(log(p) / T) = softmax(z / T)``
 for logits z, because log(p) and z differ by a constant per example.
 
-``models/trainer.py`` fits T after training (``fit_temperature``), and
-``models/export.py`` applies it inside every signature
-(``apply_temperature``), so the SavedModel, the .tflite files converted
-from it, TFMA and `skinlesion predict` / `serve` all see the same
-calibrated probabilities.  ``CALIBRATION_FILE`` beside ``saved_model.pb``
+``models/trainer.py`` fits T after training (``fit_temperature``) and folds
+it into the softmax layer (``fold_temperature``) before the export, so the
+SavedModel, the .tflite files converted from it, TFMA and `skinlesion
+predict` / `serve` all see the same calibrated probabilities.  ``CALIBRATION_FILE`` beside ``saved_model.pb``
 records the fit (it travels with the pushed version).
 """
 
@@ -22,6 +21,7 @@ import json
 import os
 from typing import Any, Dict, Tuple
 
+import keras
 import numpy as np
 from scipy import optimize
 import tensorflow as tf
@@ -34,14 +34,26 @@ _MAX_INVERSE = 100.0
 DEFAULT_BINS = 10
 
 
-def apply_temperature(probabilities: tf.Tensor, temperature: float
-                      ) -> tf.Tensor:
-  """softmax(log(p) / T) in TensorFlow (identity when T == 1)."""
-  probabilities = tf.cast(probabilities, tf.float32)
+def fold_temperature(model: keras.Model, temperature: float,
+                     layer_name: str) -> None:
+  """Makes the model answer softmax(z / T): divides the kernel and bias of
+  its softmax layer (``layer_name``, a Dense layer) by T, in place.
+
+  softmax((W x + b) / T) = softmax((W / T) x + b / T): the exported graph
+  keeps its ops, so every signature, Grad-CAM and the .tflite conversions
+  (int8 included: no extra log / divide to quantize) see the calibrated
+  probabilities, and nothing downstream needs to know T.
+  """
   if float(temperature) == 1.0:
-    return probabilities
-  logits = tf.math.log(tf.maximum(probabilities, _MIN_PROBABILITY))
-  return tf.nn.softmax(logits / float(temperature), axis=-1)
+    return
+  layer = model.get_layer(layer_name)
+  if (not isinstance(layer, keras.layers.Dense)
+      or layer.activation is not keras.activations.softmax
+      or not layer.use_bias):
+    raise ValueError(f'cannot fold a temperature into {layer_name!r}: it is '
+                     'not a Dense softmax layer with a bias')
+  kernel, bias = layer.get_weights()
+  layer.set_weights([kernel / temperature, bias / temperature])
 
 
 def _log_scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:

@@ -20,8 +20,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import calibration
-
 FEATURE_MAP_LAYER = 'feature_map'
 GRADCAM_SIGNATURE = 'serving_gradcam'   # float32 images -> probabilities, heatmap
 HEATMAP_KEY = 'heatmap'                 # float32 [N, h, w] in [0, 1]
@@ -49,13 +47,11 @@ def gradcam_model(model: keras.Model) -> keras.Model:
                       model.outputs[0]])
 
 
-def gradcam(grad_model: keras.Model, images: tf.Tensor,
-            temperature: float = 1.0) -> Tuple[tf.Tensor, tf.Tensor]:
+def gradcam(grad_model: keras.Model, images: tf.Tensor
+            ) -> Tuple[tf.Tensor, tf.Tensor]:
   """(probabilities [N, classes], heatmap [N, h, w] in [0, 1]).
 
-  ``grad_model`` is ``gradcam_model(model)``; the probabilities (and the
-  score whose gradient is taken) are temperature scaled as the exported
-  signatures' (``models/calibration.py``).  Examples do not interact at
+  ``grad_model`` is ``gradcam_model(model)``.  Examples do not interact at
   inference (no training-mode batch statistics), so one gradient of the
   batch's summed top-class probabilities gives every image's own gradient.
   """
@@ -63,7 +59,7 @@ def gradcam(grad_model: keras.Model, images: tf.Tensor,
   with tf.GradientTape() as tape:
     feature_map, probabilities = grad_model(images, training=False)
     feature_map = tf.cast(feature_map, tf.float32)
-    probabilities = calibration.apply_temperature(probabilities, temperature)
+    probabilities = tf.cast(probabilities, tf.float32)
     top = tf.argmax(probabilities, axis=-1)
     score = tf.gather(probabilities, top, batch_dims=1)
   grads = tape.gradient(score, feature_map)

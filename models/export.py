@@ -9,8 +9,9 @@ Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
     probabilities; the one the TFLite converter reads.  For ``mixed_input``
     it takes the metadata too: ``age`` float32 [N] (NaN: missing), ``sex``
     and ``localization`` string [N].
-Both return ``{'probabilities': float32 [N, num_classes]}``, temperature
-scaled when the Trainer fitted a temperature (``models/calibration.py``).
+Both return ``{'probabilities': float32 [N, num_classes]}`` (temperature
+scaled when the Trainer applied a fit: it is folded into the softmax layer,
+``models/calibration.py``).
   * ``serving_gradcam``: the same images -> ``probabilities`` and ``heatmap``
     (float32 [N, h, w] in [0, 1], Grad-CAM of the top class at the feature
     map's resolution; ``models/explain.py``), so the SavedModel alone can
@@ -22,7 +23,6 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from models import calibration
 from models import explain
 from models import features
 from models import preprocessing
@@ -35,16 +35,13 @@ METADATA_SIGNATURE_INPUTS = {
 
 
 def export_serving_model(model: keras.Model, export_dir: str,
-                         image_size: int, with_metadata: bool = False,
-                         temperature: float = 1.0) -> None:
-  """Writes the SavedModel; every signature divides the logits by
-  ``temperature`` (models/calibration.py; 1.0: the model's own softmax)."""
+                         image_size: int, with_metadata: bool = False) -> None:
   archive = keras.export.ExportArchive()
   archive.track(model)
 
   def predict(inputs):
-    return {features.PREDICTION_KEY: calibration.apply_temperature(
-        model(inputs, training=False), temperature)}
+    return {features.PREDICTION_KEY: tf.cast(model(inputs, training=False),
+                                             tf.float32)}
 
   spec = preprocessing.image_spec()
   if with_metadata:
@@ -84,8 +81,7 @@ def export_serving_model(model: keras.Model, export_dir: str,
     grad_model = explain.gradcam_model(model)
 
     def serve_gradcam(images):
-      probabilities, heatmap = explain.gradcam(grad_model, images,
-                                               temperature)
+      probabilities, heatmap = explain.gradcam(grad_model, images)
       return {features.PREDICTION_KEY: probabilities,
               explain.HEATMAP_KEY: heatmap}
 

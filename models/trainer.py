@@ -477,19 +477,18 @@ def run_fn(fn_args: FnArgs) -> None:
                                steps_per_epoch=steps_per_epoch)
 
   temperature, calibration_report = fit_calibration(model, cfg, eval_ds)
+  calibration.fold_temperature(model, temperature, registry.OUTPUT_LAYER)
   # Every worker saves (saving can involve collective ops); only the chief's
   # copy is the Trainer's model, the others go to a scratch folder.
   if chief:
     export.export_serving_model(model, fn_args.serving_model_dir, image_size,
-                                with_metadata=with_metadata,
-                                temperature=temperature)
+                                with_metadata=with_metadata)
     calibration.write(fn_args.serving_model_dir, calibration_report)
   else:
     scratch = tempfile.mkdtemp(prefix='skinlesion_worker_export_')
     try:
       export.export_serving_model(model, scratch, image_size,
-                                  with_metadata=with_metadata,
-                                  temperature=temperature)
+                                  with_metadata=with_metadata)
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
     logging.info('Non-chief %s %d: export written to scratch %s, removed',

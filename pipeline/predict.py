@@ -174,7 +174,7 @@ class PushedModel:
     self.labels = list(self.manifest['labels'])
     self.tflite_format = tflite_format
     if tflite_format is None:
-      self.file = 'SavedModel (serving_images)'
+      self.file = 'SavedModel, serving_images signature'
       self._model = _SavedModelPredictor(self.version_dir)
     else:
       name = tflite.file_name(tflite_format)

@@ -334,7 +334,7 @@ td.l, th.l { text-align: left; } .muted { color: #666; font-size: .9em; }
 <td class="l">{{ loop.index }}</td><td class="l">{{ name }} ({{ label }})</td><td>{{ '%.1f'|format(100 * p) }}%</td>
 <td class="l"><span class="bar" style="width: {{ (150 * p)|round|int }}px"></span></td></tr>{% endfor %}
 </table>
-<p class="muted">{{ calibration_text }}</p></div>
+<p class="muted">How far to trust these numbers: see the calibration note under the model below.</p></div>
 </div></section>{% endif %}
 
 <section id="model"><h2>The model: version {{ m.version }}</h2>

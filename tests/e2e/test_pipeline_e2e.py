@@ -408,3 +408,30 @@ def test_predict_isic_csv_from_the_pushed_model(first_run, tmp_path):
   assert len(lines) == len(jpegs) + 1
   assert all(abs(sum(map(float, line.split(',')[1:])) - 1) < 0.02
              for line in lines[1:])
+
+
+def test_try_it_page_on_the_pushed_version(first_run, tmp_path):
+  """`skinlesion serve`'s page for the version this run pushed: the gates
+  and values the manifest recorded, and the top-3 of a test image as
+  `predict` gives them (tests/pipeline/test_serve.py drives the server)."""
+  from pipeline import predict  # pylint: disable=g-import-not-at-top
+  from pipeline import serve  # pylint: disable=g-import-not-at-top
+  settings, run = first_run
+  app = serve.TryIt(predict.PushedModel(settings.serving_model_dir))
+  manifest = release.read_json(run.manifest)
+  jpegs, _ = _test_jpegs(run, str(tmp_path), count=1)
+  with open(jpegs[0], 'rb') as f:
+    analysis = app.analyse(f.read(), '000.jpg')
+  html = serve.render_page(app, analysis).decode()
+  assert f'id="model-version">{manifest["model_version"]}<' in html
+  for gate in manifest['blessing']['gates']:
+    assert f'<td class="l">{gate["metric"]}</td>' in html
+    assert f'{gate["value"]:.4f}' in html
+  assert 'subgroup gap in balanced_accuracy across sex' in html
+  assert 'id="gradcam"' in html and 'not a diagnosis' in html
+  expected = predict.predict(settings.serving_model_dir, jpegs)
+  row = expected.probabilities[0]
+  assert [label for label, _, _ in analysis.top] == [
+      expected.labels[i] for i in np.argsort(-row, kind='stable')[:3]]
+  np.testing.assert_allclose([p for _, _, p in analysis.top],
+                             np.sort(row)[::-1][:3], atol=1e-7)

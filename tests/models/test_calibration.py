@@ -1,4 +1,4 @@
-"""Temperature scaling: the fit, its TensorFlow form, and the export."""
+"""Temperature scaling: the fit, folding it into the model, the export."""
 
 import json
 import os
@@ -58,15 +58,6 @@ def test_a_fit_that_raises_the_ece_is_not_applied():
   assert 'raised the ECE' in report['reason']
 
 
-def test_tensorflow_and_numpy_forms_agree():
-  probabilities, _ = _overconfident(n=50)
-  for temperature in (0.5, 1.0, 3.0):
-    np.testing.assert_allclose(
-        calibration.apply_temperature(
-            tf.constant(probabilities, tf.float32), temperature).numpy(),
-        calibration.scale(probabilities, temperature), atol=1e-6)
-
-
 def test_ece_matches_a_direct_computation():
   probabilities, labels = _overconfident(n=400, seed=5)
   confidence = probabilities.max(1)
@@ -90,19 +81,22 @@ def _tiny_model(size=16, classes=4):
   x = keras.layers.Conv2D(4, 3, padding='same', activation='relu')(inputs)
   x = keras.layers.Identity(name=explain.FEATURE_MAP_LAYER)(x)
   x = keras.layers.GlobalAveragePooling2D()(x)
-  outputs = keras.layers.Dense(classes, activation='softmax')(x)
+  outputs = keras.layers.Dense(classes, activation='softmax',
+                               name='probabilities')(x)
   return keras.Model(inputs, outputs)
 
 
-def test_every_exported_signature_applies_the_temperature(tmp_path):
+def test_the_folded_temperature_reaches_every_exported_signature(tmp_path):
   keras.utils.set_random_seed(0)
   model = _tiny_model()
   model.layers[-1].set_weights([w * 8 for w in model.layers[-1].get_weights()])
   images = np.random.default_rng(0).random((5, 16, 16, 3)).astype(np.float32)
   raw = model(images).numpy()
-  export.export_serving_model(model, str(tmp_path), 16, temperature=2.0)
-  loaded = tf.saved_model.load(str(tmp_path))
+  calibration.fold_temperature(model, 2.0, 'probabilities')
   expected = calibration.scale(raw, 2.0)
+  np.testing.assert_allclose(model(images).numpy(), expected, atol=1e-5)
+  export.export_serving_model(model, str(tmp_path), 16)
+  loaded = tf.saved_model.load(str(tmp_path))
   served = loaded.signatures[features.IMAGE_SIGNATURE](
       images=tf.constant(images))[features.PREDICTION_KEY].numpy()
   np.testing.assert_allclose(served, expected, atol=1e-5)
@@ -111,6 +105,17 @@ def test_every_exported_signature_applies_the_temperature(tmp_path):
   np.testing.assert_allclose(gradcam[features.PREDICTION_KEY].numpy(),
                              expected, atol=1e-5)
   assert not np.allclose(served, raw, atol=1e-3)
+  np.testing.assert_array_equal(served.argmax(1), raw.argmax(1))
+
+
+def test_folding_needs_a_dense_softmax_layer():
+  model = _tiny_model()
+  before = model.layers[-1].get_weights()
+  calibration.fold_temperature(model, 1.0, 'probabilities')  # a no-op
+  for a, b in zip(before, model.layers[-1].get_weights()):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='not a Dense softmax layer'):
+    calibration.fold_temperature(model, 2.0, explain.FEATURE_MAP_LAYER)
 
 
 def test_fit_calibration_setting(tmp_path):
