@@ -31,7 +31,6 @@ CALIBRATION_FILE = 'calibration.json'
 _MIN_PROBABILITY = 1e-12
 # The fitted temperature is kept inside [1 / _MAX_INVERSE, _MAX_INVERSE].
 _MAX_INVERSE = 100.0
-DEFAULT_BINS = 10
 
 
 def fold_temperature(model: keras.Model, temperature: float,
@@ -110,7 +109,7 @@ def reliability_from_totals(totals: np.ndarray):
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
-                               bins: int = DEFAULT_BINS) -> float:
+                               bins: int) -> float:
   probabilities = np.asarray(probabilities)
   correct = probabilities.argmax(-1) == np.asarray(labels)
   return reliability(probabilities.max(-1), correct,
@@ -118,8 +117,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray,
-                    bins: int = DEFAULT_BINS
-                    ) -> Tuple[float, Dict[str, Any]]:
+                    bins: int) -> Tuple[float, Dict[str, Any]]:
   """(T to apply, report): temperature scaling fitted on these examples.
 
   The fitted T minimizes the negative log-likelihood of the labels (the NLL
@@ -127,7 +125,9 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray,
   1 / T finds the global minimum).  It is applied (returned) only when it
   lowers both the NLL and the top-1 expected calibration error on these
   examples; otherwise T = 1 and the report says why (``applied``,
-  ``reason``).  The report holds both measures before and at the fitted T.
+  ``reason``).  The report holds both measures before and at the fitted T;
+  the ECE uses ``bins`` equal-width bins (the Evaluator's
+  configs.CALIBRATION_BINS, passed by the Trainer).
   """
   probabilities = np.asarray(probabilities, np.float64)
   labels = np.asarray(labels, int)

