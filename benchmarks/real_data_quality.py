@@ -4,7 +4,8 @@ Uses the project's own ingestion output (``skinlesion ingest``: lesion-
 disjoint train / eval / test splits by lesion_id hash) and the Trainer's
 ``run_fn`` itself (the same code the pipeline runs), then scores the exported
 ``serving_default`` signature on the untouched test split: balanced accuracy,
-accuracy, macro F1, per-class recall (melanoma first) and wall time.
+accuracy, macro F1, per-class recall (melanoma first), wall time, and the
+test-split ECE / NLL with the Trainer's temperature scaling and without it.
 
   skinlesion ingest --data ../shared/data/ham10000 --out /tmp/ham_home
   nice -n 10 .venv/bin/python benchmarks/real_data_quality.py \
@@ -32,6 +33,7 @@ from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
 
+from models import calibration  # pylint: disable=g-import-not-at-top
 from models import features  # pylint: disable=g-import-not-at-top
 from models import preprocessing  # pylint: disable=g-import-not-at-top
 from models import trainer  # pylint: disable=g-import-not-at-top
@@ -42,12 +44,19 @@ def score(serving_dir: str, test_files, labels) -> dict:
   model = tf.saved_model.load(serving_dir)
   serve = model.signatures[features.EXAMPLE_SIGNATURE]
   spec = {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
-  y_true, y_pred = [], []
+  y_true, probabilities = [], []
   for batch in preprocessing.read_examples(test_files).batch(64):
-    probs = serve(examples=batch)[features.PREDICTION_KEY].numpy()
-    y_pred.extend(probs.argmax(axis=1))
+    probabilities.append(serve(examples=batch)[features.PREDICTION_KEY].numpy())
     y_true.extend(tf.io.parse_example(batch, spec)[features.LABEL_KEY].numpy())
-  y_true, y_pred = np.array(y_true), np.array(y_pred)
+  probabilities = np.concatenate(probabilities)
+  y_true, y_pred = np.array(y_true), probabilities.argmax(axis=1)
+  # Calibration on the test split, with the Trainer's temperature (folded
+  # into the model when applied) and without it: softmax(log p * T) undoes
+  # the fold exactly.
+  fit = calibration.read(serving_dir)
+  temperature = float(fit.get('temperature', 1.0))
+  uncalibrated = calibration.scale(probabilities, 1.0 / temperature)
+  bins = configs.CALIBRATION_BINS
   recall = skm.recall_score(y_true, y_pred, labels=range(len(labels)),
                             average=None, zero_division=0)
   order = sorted(range(len(labels)),
@@ -60,6 +69,15 @@ def score(serving_dir: str, test_files, labels) -> dict:
       'recall': {labels[i]: float(recall[i]) for i in order},
       'confusion': skm.confusion_matrix(
           y_true, y_pred, labels=range(len(labels))).tolist(),
+      'calibration_fit': fit,
+      'test_ece': calibration.expected_calibration_error(
+          probabilities, y_true, bins),
+      'test_ece_without_temperature': calibration.expected_calibration_error(
+          uncalibrated, y_true, bins),
+      'test_nll': float(skm.log_loss(y_true, probabilities,
+                                     labels=range(len(labels)))),
+      'test_nll_without_temperature': float(skm.log_loss(
+          y_true, uncalibrated, labels=range(len(labels)))),
   }
 
 
