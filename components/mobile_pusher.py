@@ -1,7 +1,7 @@
 """MobilePusher: one atomic version directory for servers and apps.
 
 Replaces the standard Pusher.  Only when the model is blessed (by the
-Evaluator and, when wired, by the SubgroupGapGate), it writes
+Evaluator and, when wired, by the IntervalGate), it writes
 ``<base_directory>/<model_version>/`` (the version ``MobileExporter`` wrote
 into the TFLite metadata) with:
 
@@ -13,8 +13,9 @@ into the TFLite metadata) with:
 * ``manifest.json``: software versions, sha256 and size of every other file,
   test-split metrics, input specs, parity results, lineage, and the
   blessing: every gate with its value and bound (the Evaluator's TFMA
-  thresholds, when its ``evaluation`` is wired, and the subgroup gaps) and
-  the probability calibration (``models/calibration.py``).
+  thresholds, when its ``evaluation`` is wired, and the IntervalGate's
+  subgroup and regression gates), the test-split metrics with their 95%
+  intervals (``intervals.json``), and the probability calibration (``models/calibration.py``).
 
 The directory is written under a temporary name and renamed into place
 (``mobile_export/release.py``), so a reader never sees half a version.  The
@@ -39,6 +40,7 @@ from tfx.types import component_spec
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
+from components import interval_gate
 from components import mobile_exporter
 from mobile_export import release
 from mobile_export import tflite
@@ -48,9 +50,9 @@ from models import features
 class MobilePusherSpec(component_spec.ComponentSpec):
   PARAMETERS = {
       'base_directory': component_spec.ExecutionParameter(type=str),
-      # 1 when a subgroup_blessing channel is wired: then a missing
+      # 1 when a gate_blessing channel is wired: then a missing
       # blessing artifact blocks the push like a negative one.
-      'require_subgroup_blessing': component_spec.ExecutionParameter(
+      'require_gate_blessing': component_spec.ExecutionParameter(
           type=int, optional=True),
   }
   INPUTS = {
@@ -59,8 +61,8 @@ class MobilePusherSpec(component_spec.ComponentSpec):
           type=standard_artifacts.ModelBlessing),
       'mobile_models': component_spec.ChannelParameter(
           type=mobile_exporter.MobileModels),
-      # The SubgroupGapGate's blessing (components/subgroup_gap_gate.py).
-      'subgroup_blessing': component_spec.ChannelParameter(
+      # The IntervalGate's blessing (components/interval_gate.py).
+      'gate_blessing': component_spec.ChannelParameter(
           type=standard_artifacts.ModelBlessing, optional=True),
       # The Evaluator's evaluation: its gates' values go into the manifest.
       'evaluation': component_spec.ChannelParameter(
@@ -127,16 +129,17 @@ def blessing_section(input_dict: Dict[str, List[types.Artifact]],
 
   The Evaluator's gates with their values (``run_report.blessing_summary``,
   the run report's own table), the overall test-split metrics, the
-  subgroup-gap gates, and the calibration recorded beside the SavedModel.
+  IntervalGate's gates and 95% intervals, and the calibration recorded beside the SavedModel.
   """
   from components import run_report  # pylint: disable=g-import-not-at-top
   from models import calibration  # pylint: disable=g-import-not-at-top
-  gap_blessings = input_dict.get('subgroup_blessing') or []
-  gap = run_report.read_gap_report(gap_blessings[0] if gap_blessings
-                                   else None)
+  gate_blessings = input_dict.get('gate_blessing') or []
+  gate_blessing = gate_blessings[0] if gate_blessings else None
+  gap = run_report.read_gate_report(gate_blessing)
   section: Dict[str, Any] = {'evaluator_blessed': True,
-                             'subgroup_blessed': (None if gap is None
-                                                  else bool(gap['blessed']))}
+                             'interval_gate_blessed': (
+                                 None if gap is None
+                                 else bool(gap['blessed']))}
   evaluations = input_dict.get('evaluation') or []
   if evaluations:
     evaluation = run_report.read_evaluation(evaluations[0].uri)
@@ -146,10 +149,19 @@ def blessing_section(input_dict: Dict[str, List[types.Artifact]],
     section['test_metrics'] = {
         k: v for k, v in sorted(evaluation.overall.items())
         if '(change vs baseline)' not in k and v is not None}
-  section['subgroup_gaps'] = [
-      {k: g.get(k) for k in ('slice_family', 'metric', 'value', 'bound',
-                             'passed', 'note')}
+  section['interval_gates'] = [
+      {k: g.get(k) for k in ('gate', 'slice_family', 'metric', 'difference',
+                             'failed_groups', 'bound', 'confidence', 'passed',
+                             'note') if k in g}
       for g in (gap or {}).get('gates', [])]
+  found = (interval_gate.read_intervals(gate_blessing.uri)
+           if gate_blessing is not None else None)
+  if found:
+    # 95% intervals, {"value", "lower", "upper"} (bootstrap over lesions).
+    section['test_intervals'] = dict(
+        found['overall']['metrics'], method=found['method'],
+        confidence=found['confidence'], examples=found['overall']['examples'],
+        lesions=found['overall']['lesions'])
   section['calibration'] = calibration.read(model_path)
   return section
 
@@ -166,19 +178,20 @@ def pushed_as(base_directory: str, model_uri: str) -> Optional[str]:
   return version if lineage.get('model_uri') == model_uri else None
 
 
-def subgroup_blessed(input_dict: Dict[str, List[types.Artifact]],
+def gate_blessed(input_dict: Dict[str, List[types.Artifact]],
                      exec_properties: Dict[str, Any]) -> bool:
-  """False when the subgroup-gap blessing is negative, or required and absent."""
-  blessings = input_dict.get('subgroup_blessing') or []
+  """False when the IntervalGate's blessing is negative, or required and
+  absent."""
+  blessings = input_dict.get('gate_blessing') or []
   if not blessings:
-    if exec_properties.get('require_subgroup_blessing'):
-      logging.warning('No subgroup-gap blessing although one is required: '
+    if exec_properties.get('require_gate_blessing'):
+      logging.warning('No IntervalGate blessing although one is required: '
                       'not pushed.')
       return False
     return True
   blessing = artifact_utils.get_single_instance(blessings)
   if not blessing.get_int_custom_property('blessed'):
-    logging.info('The subgroup-gap gate did not bless the model (%s): not '
+    logging.info('The IntervalGate did not bless the model (%s): not '
                  'pushed.', blessing.uri)
     return False
   return True
@@ -201,8 +214,8 @@ class Executor(pusher_executor.Executor):
     if not self.CheckBlessing(input_dict):
       self._not_pushed(model_push, 'model not blessed')
       return
-    if not subgroup_blessed(input_dict, exec_properties):
-      self._not_pushed(model_push, 'subgroup-gap gate did not bless the model')
+    if not gate_blessed(input_dict, exec_properties):
+      self._not_pushed(model_push, 'the interval gate did not bless the model')
       return
     base_directory = exec_properties['base_directory']
     model = input_dict['model'][0]
@@ -246,9 +259,9 @@ class Executor(pusher_executor.Executor):
           lineage={'model_uri': model.uri,
                    'model_artifact_id': model.id,
                    'model_blessing_uri': input_dict['model_blessing'][0].uri,
-                   'subgroup_blessing_uri': (
-                       input_dict['subgroup_blessing'][0].uri
-                       if input_dict.get('subgroup_blessing') else None),
+                   'gate_blessing_uri': (
+                       input_dict['gate_blessing'][0].uri
+                       if input_dict.get('gate_blessing') else None),
                    'mobile_models_uri': mobile.uri})
       release.write_json(os.path.join(staging, release.MANIFEST_FILE),
                          manifest)
@@ -278,8 +291,8 @@ class MobilePusher(base_component.BaseComponent):
   """Pushes SavedModel, passing .tflite files, labels and manifest atomically.
 
   Inputs: ``model`` (Trainer), ``model_blessing`` (Evaluator),
-  ``mobile_models`` (MobileExporter), optionally ``subgroup_blessing``
-  (SubgroupGapGate): pushed only when every blessing is positive;
+  ``mobile_models`` (MobileExporter), optionally ``gate_blessing``
+  (IntervalGate): pushed only when every blessing is positive;
   optionally ``evaluation`` (Evaluator), whose gate values the manifest
   records.  Output: ``pushed_model`` (``PushedModel``).
   """
@@ -290,12 +303,12 @@ class MobilePusher(base_component.BaseComponent):
   def __init__(self, model: types.BaseChannel,
                model_blessing: types.BaseChannel,
                mobile_models: types.BaseChannel, base_directory: str,
-               subgroup_blessing: Optional[types.BaseChannel] = None,
+               gate_blessing: Optional[types.BaseChannel] = None,
                evaluation: Optional[types.BaseChannel] = None):
     spec = MobilePusherSpec(
         model=model, model_blessing=model_blessing,
         mobile_models=mobile_models, base_directory=base_directory,
-        subgroup_blessing=subgroup_blessing, evaluation=evaluation,
-        require_subgroup_blessing=int(subgroup_blessing is not None),
+        gate_blessing=gate_blessing, evaluation=evaluation,
+        require_gate_blessing=int(gate_blessing is not None),
         pushed_model=types.Channel(type=standard_artifacts.PushedModel))
     super().__init__(spec=spec)

@@ -24,10 +24,12 @@ Where the numbers come from:
   split TFMA evaluated (``serving_default``), and the report says which;
 * Grad-CAM: the SavedModel's own ``serving_gradcam`` signature
   (``models/explain.py``), on test images, correct and wrong per class;
+* 95% intervals (overall, per class, per group) and the subgroup and
+  regression gates: the IntervalGate's ``ModelBlessing``, whose URI holds
+  ``intervals.json`` and ``gate_report.json`` (components/interval_gate.py);
+  report.json gives each interval as ``{"value", "lower", "upper"}``;
 * blessing: the Evaluator's ``ModelBlessing`` and TFMA validation result,
-  and, when given, the subgroup-gap gate's ``ModelBlessing`` whose URI holds
-  ``gap_report.json`` (``{"gates": [{"gate", "metric", "slice_family",
-  "groups": {group: value}, "value", "bound", "passed"}], "blessed"}``).
+  and the IntervalGate's.
 
 It runs whether or not the model was blessed or pushed, and says which: the
 pusher's and exporter's outputs are optional inputs (a run whose pusher was
@@ -62,6 +64,9 @@ from tfx.types import standard_artifacts  # pylint: disable=wrong-import-positio
 
 from components.data_report import DataCharts  # pylint: disable=wrong-import-position
 from components.mobile_exporter import MobileModels  # pylint: disable=wrong-import-position
+from components import intervals as intervals_lib  # pylint: disable=wrong-import-position
+from components import interval_gate  # pylint: disable=wrong-import-position
+from components import predictions as predictions_lib  # pylint: disable=wrong-import-position
 from models import explain  # pylint: disable=wrong-import-position
 from models import features  # pylint: disable=wrong-import-position
 from models import preprocessing  # pylint: disable=wrong-import-position
@@ -70,7 +75,6 @@ REPORT_FILE = 'report.html'
 MODEL_CARD_MD = 'model_card.md'
 MODEL_CARD_HTML = 'model_card.html'
 DATA_FILE = 'report.json'
-GAP_REPORT_FILE = 'gap_report.json'   # In the gap gate's ModelBlessing URI.
 SECTIONS = ('data', 'training', 'evaluation', 'slices', 'explanations',
             'blessing', 'pushed')
 MELANOMA_LABEL = 'mel'
@@ -349,37 +353,9 @@ def read_thresholds(evaluation_uri: str) -> List[Dict[str, Any]]:
   return out
 
 
-@dataclasses.dataclass
-class Predictions:
-  """The SavedModel's answers on one split."""
-  labels: np.ndarray          # int [N]
-  probabilities: np.ndarray   # float [N, classes]
-  image_ids: List[str]
-  jpegs: List[bytes]
-
-
-def predict_split(loaded, split_files: Sequence[str],
-                  batch_size: int = 64) -> Predictions:
-  """serving_default (serialized tf.Examples) on every example of a split.
-
-  ``loaded``: the SavedModel, as ``tf.saved_model.load`` returns it.
-  """
-  serve = loaded.signatures[features.EXAMPLE_SIGNATURE]
-  labels, probabilities, ids, jpegs = [], [], [], []
-  for batch in preprocessing.read_examples(split_files).batch(batch_size):
-    probabilities.append(
-        serve(examples=batch)[features.PREDICTION_KEY].numpy())
-    for serialized in batch.numpy():
-      example = tf.train.Example.FromString(serialized)
-      feature = example.features.feature
-      labels.append(feature[features.LABEL_KEY].int64_list.value[0])
-      ids.append(feature[features.IMAGE_ID_KEY].bytes_list.value[0].decode()
-                 if feature[features.IMAGE_ID_KEY].bytes_list.value else '')
-      jpegs.append(feature[features.IMAGE_KEY].bytes_list.value[0])
-  if not labels:
-    raise ValueError(f'no examples in {list(split_files)}')
-  return Predictions(np.array(labels), np.concatenate(probabilities), ids,
-                     jpegs)
+# The SavedModel's answers on the test split (components/predictions.py).
+Predictions = predictions_lib.Predictions
+predict_split = predictions_lib.predict_split
 
 
 def pick_gradcam_examples(labels: np.ndarray, probabilities: np.ndarray,
@@ -656,14 +632,20 @@ def _family_of_gate(name: str) -> frozenset:
 
 
 def slice_tables(evaluation: Evaluation, labels: Sequence[str],
-                 gates: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """One table per slice family: groups, counts, metrics, gaps, gate marks.
+                 gates: Sequence[Dict[str, Any]],
+                 intervals: Optional[Dict[str, Any]] = None
+                 ) -> List[Dict[str, Any]]:
+  """One table per slice family: groups, counts, metrics, spread, gate marks.
 
   Columns: every scalar metric the slices have, plus each class's recall
-  when per-class recall is present (melanoma first).  The gap of a metric is
-  max - min over the family's groups.  A gate that failed on a family marks
-  its metric column and the groups it names.
+  when per-class recall is present (melanoma first), plus the group's
+  balanced accuracy with its 95% interval (``intervals``: intervals.json)
+  for single-feature families.  The spread of a metric is max - min over
+  the family's groups (descriptive; no gate uses it).  A gate that failed
+  on a family marks the groups it names.
   """
+  by_group = {(e['feature'], e['group']): e['metrics']
+              for e in (intervals or {}).get('slices', [])}
   mel = labels.index(MELANOMA_LABEL) if MELANOMA_LABEL in labels else None
   families: Dict[Tuple[str, ...], List[Tuple]] = {}
   for key in evaluation.metrics:
@@ -695,8 +677,11 @@ def slice_tables(evaluation: Evaluation, labels: Sequence[str],
       if recall_name:
         values.append(evaluation.per_class.get(k, {}).get(mel, {}).get(
             recall_name))
+      found = by_group.get(k[0]) if len(k) == 1 else None
       rows.append({'group': group, 'values': values, 'raw': k,
-                   'failed': False})
+                   'failed': False,
+                   'interval': (intervals_lib.text(found['balanced_accuracy'])
+                                if found else None)})
     gaps = []
     for i, name in enumerate(columns_shown):
       present = [r['values'][i] for r in rows if r['values'][i] is not None]
@@ -704,11 +689,9 @@ def slice_tables(evaluation: Evaluation, labels: Sequence[str],
                   if len(present) > 1 and name != 'example_count' else None)
     family_gates = [g for g in gates if _family_of_gate(
         g.get('slice_family', '')) == _family(columns)]
-    failed_metrics = {g.get('metric') for g in family_gates
-                      if not g.get('passed', True)}
     for row in rows:
-      named = {str(n) for g in family_gates if not g.get('passed', True)
-               for n in (g.get('groups') or {})}
+      named = {str(n) for g in family_gates for n in g.get('failed_groups')
+               or []}
       if row['group'] in named or any(v in named for _, v in row['raw']):
         row['failed'] = True
     for failure in evaluation.failures:
@@ -718,8 +701,8 @@ def slice_tables(evaluation: Evaluation, labels: Sequence[str],
     tables.append({
         'family': ' x '.join(columns),
         'columns': columns_shown,
-        'failed_columns': [any(f and f in c for f in failed_metrics)
-                           for c in columns_shown],
+        'failed_columns': [False] * len(columns_shown),
+        'has_intervals': any(r['interval'] for r in rows),
         'rows': rows, 'gaps': gaps, 'gates': family_gates,
         'failed': any(not g.get('passed', True) for g in family_gates)
                   or any(r['failed'] for r in rows)})
@@ -765,16 +748,37 @@ def per_class_table(evaluation: Evaluation, labels: Sequence[str],
   return columns, rows
 
 
-def read_gap_report(gap_blessing: Optional[types.Artifact]
-                    ) -> Optional[Dict[str, Any]]:
-  if gap_blessing is None:
+def read_gate_report(gate_blessing: Optional[types.Artifact]
+                     ) -> Optional[Dict[str, Any]]:
+  """The IntervalGate's gate_report.json (None when no gate is wired)."""
+  if gate_blessing is None:
     return None
-  report = _read_json(os.path.join(gap_blessing.uri, GAP_REPORT_FILE))
+  name = interval_gate.GATE_REPORT_FILE
+  report = _read_json(os.path.join(gate_blessing.uri, name))
   if report is None:
-    report = {'gates': [], 'blessed': _blessed(gap_blessing),
-              'note': f'{GAP_REPORT_FILE} missing in {gap_blessing.uri}'}
-  report.setdefault('blessed', _blessed(gap_blessing))
+    report = {'gates': [], 'blessed': _blessed(gate_blessing),
+              'note': f'{name} missing in {gate_blessing.uri}'}
+  report.setdefault('blessed', _blessed(gate_blessing))
   return report
+
+
+def interval_rows(intervals: Optional[Dict[str, Any]], labels: Sequence[str]):
+  """(headline rows, per-class rows) of intervals.json, formatted
+  ``0.612 [0.571, 0.650]``; melanoma first among the classes."""
+  if not intervals:
+    return [], []
+  metrics = intervals['overall']['metrics']
+  headline = [(title, intervals_lib.text(metrics[key]))
+              for key, title in interval_gate.HEADLINE_METRICS
+              if key in metrics]
+  order = list(labels)
+  if MELANOMA_LABEL in order:
+    order.remove(MELANOMA_LABEL)
+    order.insert(0, MELANOMA_LABEL)
+  per_class = [(name, intervals_lib.text(metrics.get(f'recall/{name}')),
+                intervals_lib.text(metrics.get(f'precision/{name}')))
+               for name in order]
+  return headline, per_class
 
 
 def _blessed(blessing: types.Artifact) -> Optional[bool]:
@@ -905,20 +909,29 @@ expected calibration error {{ fmt(cal.ece_before) }} &rarr; {{ fmt(cal.ece_after
 <table><tr><th class="l">class</th>{% for c in r.evaluation.class_columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in r.evaluation.class_rows %}<tr><td class="l">{{ row.label }}</td>{% for v in row['values'] %}<td>{{ fmt(v) }}</td>{% endfor %}</tr>{% endfor %}
 </table>
+{% if r.evaluation.interval_rows %}<h3 id="intervals">95% intervals</h3>
+<p class="muted">{{ r.evaluation.intervals_method }} (IntervalGate). Read a value with its interval: two models whose intervals overlap widely may not differ.</p>
+<table class="intervals"><tr><th class="l">metric</th><th>value [95% interval]</th></tr>
+{% for name, text in r.evaluation.interval_rows %}<tr><td class="l">{{ name }}</td><td>{{ text }}</td></tr>{% endfor %}
+</table>
+<table class="intervals"><tr><th class="l">class</th><th>recall [95% interval]</th><th>precision [95% interval]</th></tr>
+{% for name, recall, precision in r.evaluation.class_interval_rows %}<tr><td class="l">{{ name }}</td><td>{{ recall }}</td><td>{{ precision }}</td></tr>{% endfor %}
+</table>{% else %}<p class="muted">No intervals: no IntervalGate in this pipeline.</p>{% endif %}
 {% for c in eval_charts %}<figure><img src="{{ c.src }}" alt="{{ c.title }}"><figcaption>{{ c.title }}</figcaption></figure>{% endfor %}
 {% for note in r.evaluation.notes %}<p class="muted">{{ note }}</p>{% endfor %}
 </section>
 
 <section id="slices"><h2>Slices and fairness</h2>
-<p class="muted">Each table: one slice family of the EvalConfig; gap = max - min over its groups
-(small groups vary by chance: read counts first). Red: a gate failed on this group or metric.</p>
+<p class="muted">Each table: one slice family of the EvalConfig, with each group's balanced accuracy and its 95% interval;
+spread = max - min over its groups (descriptive only: small groups vary by chance and groups differ in class mix).
+The subgroup gate compares each group with the rest (Blessing decision). Red: a gate failed on this group.</p>
 {% for t in slices %}
 <h3>{{ t.family }}{% if t.failed %} <span class="badge bad">gate failed</span>{% endif %}</h3>
-<table><tr><th class="l">group</th>{% for c in t.columns %}<th{% if t.failed_columns[loop.index0] %} class="failed"{% endif %}>{{ c }}</th>{% endfor %}</tr>
-{% for row in t.rows %}<tr{% if row.failed %} class="failed"{% endif %}><td class="l">{{ row.group }}</td>{% for v in row['values'] %}<td>{{ fmt(v) }}</td>{% endfor %}</tr>{% endfor %}
-<tr class="gap"><td class="l">gap</td>{% for g in t.gaps %}<td{% if t.failed_columns[loop.index0] %} class="failed"{% endif %}>{{ fmt(g) }}</td>{% endfor %}</tr>
+<table><tr><th class="l">group</th>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}{% if t.has_intervals %}<th>balanced accuracy [95% interval]</th>{% endif %}</tr>
+{% for row in t.rows %}<tr{% if row.failed %} class="failed"{% endif %}><td class="l">{{ row.group }}</td>{% for v in row['values'] %}<td>{{ fmt(v) }}</td>{% endfor %}{% if t.has_intervals %}<td>{{ row.interval or '' }}</td>{% endif %}</tr>{% endfor %}
+<tr class="gap"><td class="l">spread</td>{% for g in t.gaps %}<td>{{ fmt(g) }}</td>{% endfor %}{% if t.has_intervals %}<td></td>{% endif %}</tr>
 </table>
-{% for g in t.gates %}<p class="{{ 'muted' if g.passed else 'bad' }}">Gate {{ g.gate }}: {{ g.metric }} gap {{ fmt(g.value) }} (bound {{ fmt(g.bound) }}): {{ 'passed' if g.passed else 'FAILED' }}</p>{% endfor %}
+{% for g in t.gates %}<p class="{{ 'muted' if g.passed else 'bad' }}">Subgroup gate: {{ 'passed' if g.passed else 'FAILED' }} ({{ g.note }})</p>{% endfor %}
 {% else %}<p>The evaluation has no slices besides the overall one.</p>{% endfor %}
 </section>
 
@@ -938,13 +951,16 @@ SavedModel's own <code>serving_gradcam</code> signature.</p>
 <td class="l">{{ g.threshold }}</td><td>{{ fmt(g.value) }}</td><td class="l">{{ 'passed' if g.passed else 'FAILED' }}</td></tr>{% endfor %}
 </table>
 {% for f in r.blessing.failures %}<p class="bad">FAILED: {{ f }}</p>{% endfor %}
-{% if r.blessing.gap %}<h3>Subgroup-gap gate</h3>
-<p>{{ 'passed' if r.blessing.gap.blessed else 'FAILED' }}{% if r.blessing.gap.get('note') %} ({{ r.blessing.gap.get('note') }}){% endif %}</p>
-<table><tr><th class="l">gate</th><th class="l">metric</th><th class="l">slice family</th><th class="l">groups</th><th>gap</th><th>bound</th><th class="l">verdict</th></tr>
-{% for g in r.blessing.gap.gates %}<tr{% if not g.passed %} class="failed"{% endif %}><td class="l">{{ g.gate }}</td><td class="l">{{ g.metric }}</td><td class="l">{{ g.slice_family }}</td>
-<td class="l">{% for k, v in (g.groups or {}).items() %}{{ k }} {{ fmt(v) }}{% if not loop.last %}; {% endif %}{% endfor %}</td>
-<td>{{ fmt(g.value) }}</td><td>{{ fmt(g.bound) }}</td><td class="l">{{ 'passed' if g.passed else 'FAILED' }}</td></tr>{% endfor %}
-</table>{% else %}<p class="muted">No subgroup-gap gate in this pipeline.</p>{% endif %}
+{% if r.blessing.gap %}<h3 id="interval-gates">Subgroup and regression gates (IntervalGate)</h3>
+<p>{{ 'passed' if r.blessing.gap.blessed else 'FAILED' }}{% if r.blessing.gap.get('note') %} ({{ r.blessing.gap.get('note') }}){% endif %}.
+Subgroup rule: a group fails only when the whole interval of (group - rest) lies below minus the bound, on the mean recall over the classes with enough images in both (intervals widened for the number of groups compared).
+Regression rule: refused only when the whole interval of the paired difference (candidate - latest blessed model, same images) lies below minus the bound.</p>
+<table><tr><th class="l">gate</th><th class="l">slice family</th><th class="l">group: value vs rest, difference [interval]</th><th class="l">not measured</th><th>bound</th><th class="l">verdict</th></tr>
+{% for g in r.blessing.gap.gates %}<tr{% if not g.passed %} class="failed"{% endif %}><td class="l">{{ g.gate }}</td><td class="l">{{ g.get('slice_family') or g.metric }}</td>
+<td class="l">{% if g.get('groups') %}{% for k, v in g.groups.items() %}{{ k }}: {{ fmt(v.value) }} vs {{ fmt(v.rest) }}, {{ itext(v.difference) }}{% if not v.passed %} FAILED{% endif %}{% if not loop.last %}<br>{% endif %}{% endfor %}{% elif g.get('difference') %}{{ itext(g.difference) }}{% else %}{{ g.note }}{% endif %}</td>
+<td class="l">{% for k, v in (g.get('excluded') or {}).items() %}{{ k }} ({{ v.examples }}: {{ v.reason }}){% if not loop.last %}; {% endif %}{% endfor %}</td>
+<td>-{{ fmt(g.bound) }}</td><td class="l">{{ 'passed' if g.passed else 'FAILED' }}</td></tr>{% endfor %}
+</table>{% else %}<p class="muted">No IntervalGate in this pipeline.</p>{% endif %}
 </section>
 
 <section id="pushed"><h2>Pushed artifacts</h2>
@@ -1005,7 +1021,7 @@ Known biases:
 | group | {% for col in t.columns %}{{ col }} | {% endfor %}
 |---|{% for col in t.columns %}---:|{% endfor %}
 {% for row in t.rows %}| {{ row.group }}{% if row.failed %} ⚠{% endif %} | {% for v in row['values'] %}{{ v }} | {% endfor %}
-{% endfor %}| gap | {% for g in t.gaps %}{{ g }} | {% endfor %}
+{% endfor %}| spread | {% for g in t.gaps %}{{ g }} | {% endfor %}
 {% else %}
 No slices were evaluated.
 {% endfor %}
@@ -1038,7 +1054,7 @@ _CARD_HTML_TEMPLATE = """<!DOCTYPE html>
 {% for t in c.slices %}<h4>{{ t.family }}</h4>
 <table><tr><th class="l">group</th>{% for col in t.columns %}<th>{{ col }}</th>{% endfor %}</tr>
 {% for row in t.rows %}<tr{% if row.failed %} class="failed"{% endif %}><td class="l">{{ row.group }}</td>{% for v in row['values'] %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}
-<tr class="gap"><td class="l">gap</td>{% for g in t.gaps %}<td>{{ g }}</td>{% endfor %}</tr></table>
+<tr class="gap"><td class="l">spread</td>{% for g in t.gaps %}<td>{{ g }}</td>{% endfor %}</tr></table>
 {% else %}<p>No slices were evaluated.</p>{% endfor %}</section>
 <section id="limitations"><h2>Limitations</h2><ul>{% for line in c.limitations %}<li>{{ line }}</li>{% endfor %}</ul></section>
 <section id="gating"><h2>How it was gated</h2><ul>{% for line in c.gating %}<li>{{ line }}</li>{% endfor %}</ul></section>
@@ -1067,6 +1083,7 @@ def _environment() -> jinja2.Environment:
   env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
                            trim_blocks=True, lstrip_blocks=True)
   env.globals['fmt'] = fmt
+  env.globals['itext'] = intervals_lib.text
   return env
 
 
@@ -1087,7 +1104,7 @@ class ReportInputs:
   model_run: Optional[types.Artifact] = None
   mobile_models: Optional[types.Artifact] = None
   pushed_model: Optional[types.Artifact] = None
-  gap_blessing: Optional[types.Artifact] = None
+  gate_blessing: Optional[types.Artifact] = None
 
 
 def _clean(value):
@@ -1288,9 +1305,8 @@ def blessing_summary(blessed: Optional[bool], evaluation: Evaluation,
                    + (f' ({len(failures)} threshold(s) failed)'
                       if failures else ''))
   if gap is not None and not gap.get('blessed'):
-    failed_gaps = [g for g in gap.get('gates', []) if not g.get('passed')]
-    reasons.append(f'the subgroup-gap gate failed ({len(failed_gaps)} '
-                   'gap(s) over their bound)')
+    reasons += interval_gate.failures(gap) or ['the interval gate did not '
+                                               'bless the model']
   summary = ('All gates passed' if final else 'Not blessed: ' +
              '; '.join(reasons) if reasons else 'Not blessed')
   summary += ('; compared with the latest blessed model.' if has_baseline
@@ -1356,11 +1372,19 @@ def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
       for col, v in zip(cols, row['values']):
         if 'recall' in col and '(change' not in col:
           mel_recall = v
-  headline = [('Melanoma recall (sensitivity)', fmt(mel_recall)),
-              ('Balanced accuracy (mean per-class recall)',
-               fmt(overall.get('balanced_accuracy')))]
+  headline = list(r['evaluation'].get('interval_rows') or [])
+  if headline:  # With 95% intervals (IntervalGate); TFMA's others after.
+    shown = {'balanced_accuracy', 'accuracy', 'macro_f1', 'macro_auc',
+             'expected_calibration_error'}
+    headline.append(('(how the intervals were computed)',
+                     r['evaluation']['intervals_method']))
+  else:
+    shown = {'balanced_accuracy'}
+    headline = [('Melanoma recall (sensitivity)', fmt(mel_recall)),
+                ('Balanced accuracy (mean per-class recall)',
+                 fmt(overall.get('balanced_accuracy')))]
   for name, value in r['evaluation']['overall']:
-    if (name not in ('balanced_accuracy', 'example_count')
+    if (name not in shown and name != 'example_count'
         and '(change' not in name):
       headline.append((name, fmt(value)))
   if r['evaluation'].get('top1_ece') is not None:
@@ -1403,25 +1427,34 @@ def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
             for g in r['blessing']['gates']]
   gap = r['blessing']['gap']
   if gap:
-    gating += [f'subgroup gap {g.get("metric")} over {g.get("slice_family")}: '
-               f'{fmt(g.get("value"))} (bound {fmt(g.get("bound"))}), '
-               f'{"passed" if g.get("passed") else "FAILED"}'
-               for g in gap.get('gates', [])]
+    gating += [f'{g["gate"]} gate'
+               + (f' over {g["slice_family"]}' if g.get('slice_family')
+                  else '')
+               + f': {"passed" if g.get("passed") else "FAILED"} '
+               f'({g.get("note")})' for g in gap.get('gates', [])]
   else:
-    gating.append('No subgroup-gap gate ran in this pipeline.')
+    gating.append('No IntervalGate (subgroup and regression gates) ran in '
+                  'this pipeline.')
   mobile = r['pushed'].get('mobile') or {}
   gating += [f'TFLite {f}: parity with the SavedModel '
              f'{"passed" if v.get("passed") else "FAILED (not pushed)"}'
              for f, v in mobile.items()]
   gating.append('Decision: ' + r['blessing']['summary'])
   slices = [{'family': t['family'], 'failed': t['failed'],
-             'columns': t['columns'],
+             'columns': t['columns'] + (
+                 ['balanced accuracy [95% interval]'] if t['has_intervals']
+                 else []),
              'rows': [{'group': row['group'], 'failed': row['failed'],
-                       'values': [fmt(v) for v in row['values']]}
+                       'values': [fmt(v) for v in row['values']]
+                                 + ([row['interval'] or '']
+                                    if t['has_intervals'] else [])}
                       for row in t['rows']],
-             'gaps': [fmt(g) for g in t['gaps']]}
+             'gaps': [fmt(g) for g in t['gaps']]
+                     + ([''] if t['has_intervals'] else [])}
             for t in r['slices']]
   config = r['training']['config']
+  class_intervals = {name: (recall, precision) for name, recall, precision
+                     in r['evaluation'].get('class_interval_rows') or []}
   return {
       'name': pipeline_name,
       'version': r['pushed']['version'] or 'not pushed',
@@ -1448,15 +1481,20 @@ def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
       'data_lines': data_lines, 'splits': splits, 'class_rows': class_rows,
       'biases': biases, 'headline': headline,
       'test_examples': fmt(overall.get('example_count')),
-      'class_metric_columns': r['evaluation']['class_columns'],
+      'class_metric_columns': r['evaluation']['class_columns'] + (
+          ['recall [95% interval]', 'precision [95% interval]']
+          if class_intervals else []),
       'class_metric_rows': [{'label': row['label'],
-                             'values': [fmt(v) for v in row['values']]}
+                             'values': [fmt(v) for v in row['values']]
+                                       + list(class_intervals.get(
+                                           row['label'], ()))}
                             for row in r['evaluation']['class_rows']],
       'slices': slices,
       'limitations': [
           'Evaluated on a held-out split of the same archive: external '
           'validity (other clinics, devices, populations) is not shown.',
-          'Per-slice numbers on small groups are noisy; gaps on groups '
+          'Per-slice numbers on small groups are noisy (read their 95% '
+          'intervals); spreads on groups '
           'below the gate\'s minimum size are not gated.',
           calibration_limitation(r['training'].get('calibration')),
           'Grad-CAM shows where evidence for the predicted class lies, at '
@@ -1490,8 +1528,18 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
     logging.warning(prediction_note)
   eval_part, eval_charts = _evaluation_part(evaluation, labels, predictions,
                                             split, prediction_note)
-  gap = read_gap_report(inputs.gap_blessing)
-  slices = slice_tables(evaluation, labels, (gap or {}).get('gates', []))
+  gap = read_gate_report(inputs.gate_blessing)
+  found = (interval_gate.read_intervals(inputs.gate_blessing.uri)
+           if inputs.gate_blessing is not None else None)
+  eval_part['interval_rows'], eval_part['class_interval_rows'] = (
+      interval_rows(found, labels))
+  eval_part['intervals_method'] = (
+      f'{found["confidence"]:.0%} intervals, {found["method"]}, '
+      f'{found["draws"]} draws, seed {found["seed"]}; '
+      f'{found["overall"]["examples"]} images of '
+      f'{found["overall"]["lesions"]} lesions' if found else None)
+  slices = slice_tables(evaluation, labels, (gap or {}).get('gates', []),
+                        found)
 
   gradcam, explanations = None, {'note': 'no predictions', 'cells': {}}
   if predictions is not None:
@@ -1526,6 +1574,8 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
       'labels': list(labels),
       'data': data, 'training': training, 'evaluation': eval_part,
       'slices': slices, 'explanations': explanations,
+      # {"value", "lower", "upper"} per metric, overall and per group.
+      'intervals': found,
       'blessing': _blessing_part(inputs, evaluation, gap, labels),
       'pushed': _pushed_part(inputs),
   }
@@ -1569,7 +1619,7 @@ def RunReporter(
     model_run: InputArtifact[standard_artifacts.ModelRun] = None,
     mobile_models: InputArtifact[MobileModels] = None,
     pushed_model: InputArtifact[standard_artifacts.PushedModel] = None,
-    gap_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
+    gate_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
     pipeline_name: Parameter[str] = 'skin-lesion-tfx',
     split: Parameter[str] = 'test',
     gradcam_per_class: Parameter[int] = 2) -> None:
@@ -1583,7 +1633,7 @@ def RunReporter(
                    blessing=blessing, model=model, statistics=statistics,
                    anomalies=anomalies, charts=charts, model_run=model_run,
                    mobile_models=mobile_models, pushed_model=pushed_model,
-                   gap_blessing=gap_blessing),
+                   gate_blessing=gate_blessing),
       report.uri, pipeline_name=pipeline_name, split=split,
       gradcam_per_class=gradcam_per_class)
   report.set_int_custom_property('blessed',

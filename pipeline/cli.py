@@ -261,12 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--min-balanced-accuracy', type=float,
                    help='blessing: lower bound on test balanced accuracy')
   run.add_argument('--max-balanced-accuracy-drop', type=float,
-                   help='blessing: allowed drop vs the latest blessed model')
+                   help='regression gate: refused when the 95%% interval of '
+                   'the paired balanced-accuracy difference vs the latest '
+                   'blessed model lies wholly below minus this')
   run.add_argument('--min-melanoma-recall', type=float,
                    help='blessing: lower bound on test melanoma recall')
   run.add_argument('--max-subgroup-gap', type=float,
-                   help='blessing: upper bound on the balanced-accuracy gap '
-                   'between sex / age band / site groups')
+                   help='subgroup gate: a sex / age band / site group fails '
+                   'when the interval of (group - rest) mean per-class '
+                   'recall lies wholly below minus this')
   run.add_argument('--no-cache', action='store_true',
                    help='re-run every component')
   run.add_argument('--beam-workers', type=int, metavar='N',

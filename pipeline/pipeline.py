@@ -2,9 +2,11 @@
 
 ImageExampleGen -> StatisticsGen (curated schema from ImportSchemaGen) ->
 ExampleValidator -> AnomaliesGate (schema anomalies, drift vs the previous
-validated span) -> Trainer -> Evaluator (TFMA thresholds, vs the latest
-other model the Evaluator blessed) -> SubgroupGapGate (metric gaps between
-sex / age band / site groups) -> MobileExporter (.tflite formats, parity
+validated span) -> Trainer -> Evaluator (TFMA metrics per slice and value
+thresholds, vs the latest other model the Evaluator blessed) -> IntervalGate
+(95% intervals by a bootstrap over lesions; subgroup gate: each sex / age
+band / site group vs the rest; regression gate: paired difference vs the
+latest blessed model) -> MobileExporter (.tflite formats, parity
 gate) -> MobilePusher (one atomic version directory: SavedModel, passing
 .tflite files, labels, manifest; only when both blessings are positive) ->
 RunReporter (report.html and the model card, blessed or not).
@@ -26,10 +28,10 @@ from components import anomalies_gate
 from components import baseline_model
 from components import data_report as data_report_lib
 from components import image_example_gen
+from components import interval_gate
 from components import mobile_exporter
 from components import mobile_pusher
 from components import run_report
-from components import subgroup_gap_gate
 from components import tfma_metrics
 from models import features
 from pipeline import configs
@@ -134,10 +136,11 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
   metric is computed on every slice of configs.EVAL_SLICES.
 
   Blessing thresholds, on the overall slice only (small slices would fail
-  any bound by chance; the subgroup-gap gate judges slices): balanced
-  accuracy >= min_balanced_accuracy and not more than
-  max_balanced_accuracy_drop below the latest blessed model's; melanoma
-  top-1 recall >= min_melanoma_recall.
+  any bound by chance; the IntervalGate judges slices on intervals): balanced
+  accuracy >= min_balanced_accuracy and melanoma top-1 recall >=
+  min_melanoma_recall.  The regression against the latest blessed model is
+  the IntervalGate's paired, lesion-bootstrapped difference, not a TFMA
+  change threshold (a raw difference); TFMA still reports the diff.
   """
   n_classes = len(settings.labels)
   class_ids = list(range(n_classes))
@@ -145,10 +148,7 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
   overall = [tfma.SlicingSpec()]
   balanced_accuracy_gate = tfma.MetricThreshold(
       value_threshold=tfma.GenericValueThreshold(
-          lower_bound={'value': settings.min_balanced_accuracy}),
-      change_threshold=tfma.GenericChangeThreshold(
-          direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-          absolute={'value': -settings.max_balanced_accuracy_drop}))
+          lower_bound={'value': settings.min_balanced_accuracy}))
   melanoma_gate = tfma.MetricThreshold(
       value_threshold=tfma.GenericValueThreshold(
           lower_bound={'value': settings.min_melanoma_recall}))
@@ -211,12 +211,11 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
       ])
 
 
-def subgroup_gap_metric(settings: configs.Settings):
-  """(TFMA metric name, class id or -1) the subgroup-gap gate compares."""
-  settings.validate_gates()
-  if settings.subgroup_gap_metric == 'melanoma_recall':
-    return MELANOMA_RECALL, melanoma_class_id(settings)
-  return BALANCED_ACCURACY, subgroup_gap_gate.NO_CLASS
+def interval_slice_features() -> List[str]:
+  """The features whose groups get intervals: EVAL_SLICES' single-feature
+  slices but the label's (per-class metrics cover those)."""
+  return [keys[0] for keys in configs.EVAL_SLICES
+          if len(keys) == 1 and keys[0] != features.LABEL_KEY]
 
 
 def check_schema_labels(settings: configs.Settings) -> None:
@@ -341,7 +340,7 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       trainer.with_platform_config(resources)
 
   # The regression baseline: the latest model the Evaluator blessed (only
-  # the Evaluator's blessings: the SubgroupGapGate writes ModelBlessings too)
+  # the Evaluator's blessings: the IntervalGate writes ModelBlessings too)
   # other than the candidate (on a rerun the cached Trainer's model is the
   # one the first run blessed; it must not be its own baseline).  KubeflowV2DagRunner compiles only TFX's
   # built-in strategies: there the MobilePusher's lineage check keeps a
@@ -368,15 +367,29 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       eval_config=build_eval_config(settings),
       example_splits=[configs.TEST_SPLIT])
 
-  gap_metric, gap_class_id = subgroup_gap_metric(settings)
-  gap_gate = subgroup_gap_gate.SubgroupGapGate(
-      evaluation=evaluator.outputs['evaluation'],
+  settings.validate_gates()
+  if settings.subgroup_gap_metric == interval_gate.MELANOMA_RECALL:
+    melanoma_class_id(settings)  # A clear error when there is no melanoma.
+  model_gates = interval_gate.IntervalGate(
+      examples=example_gen.outputs['examples'],
       model=trainer.outputs['model'],
+      baseline_model=model_resolver.outputs['model'],
+      split=configs.TEST_SPLIT,
+      labels=json.dumps(list(settings.labels)),
+      melanoma_label=(configs.MELANOMA_LABEL
+                      if configs.MELANOMA_LABEL in settings.labels else ''),
+      slice_features=json.dumps(interval_slice_features()),
       slice_families=json.dumps(list(configs.SUBGROUP_GAP_FAMILIES)),
-      metric=gap_metric, class_id=gap_class_id,
+      metric=settings.subgroup_gap_metric,
       max_gap=settings.max_subgroup_gap,
       min_examples=settings.min_subgroup_examples,
-      exclude_unknown=int(settings.subgroup_gap_exclude_unknown))
+      min_class_examples=settings.min_subgroup_class_examples,
+      exclude_unknown=int(settings.subgroup_gap_exclude_unknown),
+      max_balanced_accuracy_drop=settings.max_balanced_accuracy_drop,
+      confidence=settings.interval_confidence,
+      draws=settings.bootstrap_draws,
+      seed=settings.seed,
+      calibration_bins=configs.CALIBRATION_BINS)
 
   exporter = mobile_exporter.MobileExporter(
       model=trainer.outputs['model'],
@@ -400,7 +413,7 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       model=trainer.outputs['model'],
       model_blessing=evaluator.outputs['blessing'],
       mobile_models=exporter.outputs['mobile_models'],
-      subgroup_blessing=gap_gate.outputs['blessing'],
+      gate_blessing=model_gates.outputs['blessing'],
       evaluation=evaluator.outputs['evaluation'],
       base_directory=settings.serving_model_dir)
 
@@ -419,13 +432,13 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       model_run=trainer.outputs['model_run'],
       mobile_models=exporter.outputs['mobile_models'],
       pushed_model=pusher.outputs['pushed_model'],
-      gap_blessing=gap_gate.outputs['blessing'],
+      gate_blessing=model_gates.outputs['blessing'],
       pipeline_name=settings.pipeline_name,
       split=configs.TEST_SPLIT,
       gradcam_per_class=settings.report_gradcam_per_class)
 
   components += ([tuner] if tuner else []) + [
-      trainer, model_resolver, evaluator, gap_gate, exporter, pusher,
+      trainer, model_resolver, evaluator, model_gates, exporter, pusher,
       reporter]
   return _pipeline(settings, components, orchestrator)
 

@@ -59,6 +59,8 @@ from PIL import Image
 import tensorflow as tf
 
 from components import image_example_gen
+from components import interval_gate
+from components import intervals as intervals_lib
 from components import run_report
 from models import explain
 from models import features
@@ -370,13 +372,17 @@ def model_facts(model: predict.PushedModel) -> Dict[str, Any]:
   gates = [{'name': g.get('metric'), 'bound': g.get('threshold'),
             'value': fmt(g.get('value')), 'passed': g.get('passed', True)}
            for g in blessing.get('gates') or []]
-  gates += [{'name': f'subgroup gap in {g.get("metric")} across '
-                     f'{g.get("slice_family")}',
-             'bound': f'<= {fmt(g.get("bound"))}',
-             'value': ('not measurable' if g.get('value') is None
-                       else fmt(g.get('value'))),
-             'passed': g.get('passed', True)}
-            for g in blessing.get('subgroup_gaps') or []]
+  for g in blessing.get('interval_gates') or []:
+    if g.get('gate') == interval_gate.SUBGROUP_GATE:
+      name = f'subgroup gate across {g.get("slice_family")}'
+      value = g.get('note') or 'not measurable'
+    else:
+      name = 'regression gate vs the latest blessed model'
+      value = (intervals_lib.text(g['difference']) if g.get('difference')
+               else 'no baseline')
+    gates.append({'name': name,
+                  'bound': f'interval not wholly below -{fmt(g.get("bound"))}',
+                  'value': value, 'passed': g.get('passed', True)})
   metrics = manifest.get('metrics') or {}
   saved = metrics.get('saved_model') or {}
   served = (metrics.get(model.tflite_format) if model.tflite_format
@@ -385,7 +391,9 @@ def model_facts(model: predict.PushedModel) -> Dict[str, Any]:
   for key in ('accuracy', 'balanced_accuracy'):
     if key in served:
       tests.setdefault(key, served[key])
-  shown = [(k, fmt(v)) for k, v in sorted(
+  ranges = blessing.get('test_intervals') or {}
+  shown = [(k, intervals_lib.text(ranges[k]) if isinstance(ranges.get(k), dict)
+            else fmt(v)) for k, v in sorted(
       tests.items(), key=lambda kv: (kv[0] != 'balanced_accuracy', kv[0]))
            if k != 'example_count']
   recall = served.get('per_class_recall') or {}

@@ -1,9 +1,10 @@
 """What a run did, read back from ML Metadata: the end-of-run summary.
 
 For the latest run of a pipeline: each component's status and wall time, the
-blessing decision with the gated metric values, each failed gate (TFMA
-threshold: metric, value, bound, by how much; subgroup gap: family, groups,
-gap, bound),
+blessing decision with the gated metric values and the headline metrics'
+95% intervals (``0.612 [0.571, 0.650]``, IntervalGate), each failed gate
+(TFMA threshold: metric, value, bound, by how much; subgroup and regression
+gates: the group, the difference's interval, the bound),
 the mobile export's parity verdict per .tflite format (and why a file was
 kept out of the push), what was pushed where, and where the run report and
 model card are.
@@ -20,7 +21,8 @@ from ml_metadata.proto import metadata_store_pb2
 import tensorflow_model_analysis as tfma
 
 from components import image_example_gen
-from components import subgroup_gap_gate
+from components import interval_gate
+from components import intervals as intervals_lib
 from components import tfma_metrics
 from pipeline import configs
 
@@ -44,11 +46,13 @@ class RunSummary:
   per_class_recall: Dict[str, float] = dataclasses.field(default_factory=dict)
   failed_thresholds: List[str] = dataclasses.field(default_factory=list)
   has_baseline: bool = False
-  # The Evaluator's (TFMA thresholds) and the SubgroupGapGate's verdicts;
+  # The Evaluator's (TFMA thresholds) and the IntervalGate's verdicts;
   # ``blessed`` is True only when every gate that ran blessed the model.
   evaluator_blessed: Optional[bool] = None
-  gap_blessed: Optional[bool] = None
-  gap_report: Optional[Dict] = None
+  gate_blessed: Optional[bool] = None
+  gate_report: Optional[Dict] = None
+  # intervals.json (IntervalGate): 95% intervals of the headline metrics.
+  intervals: Optional[Dict] = None
   pushed_model: Optional[str] = None
   # Paths of the pushed .tflite files (empty when none was pushed).
   pushed_tflite: List[str] = dataclasses.field(default_factory=list)
@@ -101,14 +105,24 @@ class RunSummary:
             'passed' if self.evaluator_blessed else 'FAILED'))
       for failure in self.failed_thresholds:
         lines.append(f'  FAILED: {failure}')
-      if self.gap_report is not None:
-        lines.append('  Subgroup gaps (SubgroupGapGate): ' + (
-            'passed' if self.gap_blessed else 'FAILED'))
-        for gate in self.gap_report['gates']:
-          lines.append(f'    {gate["slice_family"]:<14}'
+      if self.intervals is not None:
+        overall = self.intervals['overall']
+        lines.append(f'  95% intervals (bootstrap over lesions; '
+                     f'{overall["examples"]} test images, '
+                     f'{overall["lesions"]} lesions):')
+        for key, _ in interval_gate.HEADLINE_METRICS:
+          if key in overall['metrics']:
+            lines.append(f'    {key:<30}'
+                         f'{intervals_lib.text(overall["metrics"][key])}')
+      if self.gate_report is not None:
+        lines.append('  Subgroup and regression gates (IntervalGate): ' + (
+            'passed' if self.gate_blessed else 'FAILED'))
+        for gate in self.gate_report['gates']:
+          name = gate.get('slice_family') or gate['gate']
+          lines.append(f'    {name:<14}'
                        f'{"passed" if gate["passed"] else "FAILED"}: '
                        f'{gate["note"]}')
-        for failure in subgroup_gap_gate.failures(self.gap_report):
+        for failure in interval_gate.failures(self.gate_report):
           lines.append(f'  FAILED: {failure}')
     lines.append('')
     lines.extend(format_mobile_verdicts(self.mobile_verdicts,
@@ -351,14 +365,15 @@ def latest_run(settings: configs.Settings) -> RunSummary:
     if 'blessing' in outputs and outputs['blessing']:
       blessing = outputs['blessing'][0]
       report_path = os.path.join(blessing.uri,
-                                 subgroup_gap_gate.GAP_REPORT_FILE)
-      if tf.io.gfile.exists(report_path):  # The SubgroupGapGate's.
-        summary.gap_blessed = bool(_prop(blessing, 'blessed'))
-        summary.gap_report = subgroup_gap_gate.read_report(blessing.uri)
+                                 interval_gate.GATE_REPORT_FILE)
+      if tf.io.gfile.exists(report_path):  # The IntervalGate's.
+        summary.gate_blessed = bool(_prop(blessing, 'blessed'))
+        summary.gate_report = interval_gate.read_report(blessing.uri)
+        summary.intervals = interval_gate.read_intervals(blessing.uri)
       else:  # The Evaluator's.
         summary.evaluator_blessed = bool(_prop(blessing, 'blessed'))
       summary.blessed = (summary.evaluator_blessed is not False
-                         and summary.gap_blessed is not False)
+                         and summary.gate_blessed is not False)
     if 'evaluation' in outputs and outputs['evaluation']:
       (summary.metrics, summary.per_class_recall, summary.failed_thresholds,
        summary.has_baseline) = read_evaluation(

@@ -222,15 +222,17 @@ def severe_console_entries(driver):
   return [e for e in driver.get_log('browser') if e['level'] == 'SEVERE']
 
 
-def open_in_headless_chromium(html_path, section_ids, screenshot_path):
+def open_in_headless_chromium(html_path, section_ids, screenshot_path,
+                              expect_text=None):
   """Opens a static HTML file in headless Chromium and checks it renders.
 
   Every ``<section id=...>`` of ``section_ids`` must be present, displayed,
   non-empty; every <img> must have loaded (naturalWidth > 0); the browser
   console must have no SEVERE entry.  Network access is disabled through
   the DevTools protocol (the page must not need it).  Saves a full-page
-  screenshot to ``screenshot_path``.  Skips when Chromium or its driver is
-  missing.  Returns {section id: number of images in it}.
+  screenshot to ``screenshot_path``.  ``expect_text``: {section id: [texts
+  the rendered (visible) section must show]}.  Skips when Chromium or its
+  driver is missing.  Returns {section id: number of images in it}.
   """
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   with headless_chromium(offline=True) as driver:
@@ -249,6 +251,8 @@ def open_in_headless_chromium(html_path, section_ids, screenshot_path):
           'i => i.complete && i.naturalWidth > 0)', section)
       assert all(loaded), f'{section_id}: images not loaded: {loaded}'
       images[section_id] = len(loaded)
+      for text in (expect_text or {}).get(section_id, ()):
+        assert text in section.text, (section_id, text)
     save_full_page_screenshot(driver, screenshot_path)
     severe = severe_console_entries(driver)
     assert not severe, severe

@@ -5,7 +5,8 @@ executor with the pipeline's EvalConfig, on the tiny archive's held-out
 TFRecords (with itself as the baseline, so the regression gate has a diff to
 judge).  Each gate is then re-judged on that output with its bound set just
 above and just below the measured value: TFMA thresholds by TFMA's own
-validator, the subgroup gap by the SubgroupGapGate executor, and the
+validator, the subgroup and regression gates by the IntervalGate executor
+(whose point values must equal TFMA's on the same images), and the
 MobilePusher refuses what a gate refused.  The metrics are also recomputed
 with scikit-learn from the CSV of `skinlesion predict` on the same images.
 """
@@ -27,7 +28,7 @@ from tfx.utils import proto_utils
 
 from components import mobile_exporter
 from components import mobile_pusher
-from components import subgroup_gap_gate
+from components import interval_gate
 from components import tfma_metrics
 from pipeline import cli
 from pipeline import configs
@@ -55,12 +56,7 @@ def evaluated(trained_model, tiny_tfrecords, tmp_path_factory):
   baseline = standard_artifacts.Model()
   baseline.uri = model.uri
   baseline.id = 7
-  examples = standard_artifacts.Examples()
-  examples.uri = str(root / 'examples')
-  examples.split_names = json.dumps(['test'])
-  os.makedirs(os.path.join(examples.uri, 'Split-test'))
-  shutil.copy(tiny_tfrecords[1],
-              os.path.join(examples.uri, 'Split-test', 'data.gz'))
+  examples = _test_examples(str(root / 'examples'), tiny_tfrecords[1])
   evaluation = standard_artifacts.ModelEvaluation()
   evaluation.uri = str(root / 'evaluation')
   blessing = standard_artifacts.ModelBlessing()
@@ -72,6 +68,16 @@ def evaluated(trained_model, tiny_tfrecords, tmp_path_factory):
       {'eval_config': proto_utils.proto_to_json(config),
        'example_splits': json.dumps(['test'])})
   return evaluation, blessing, model
+
+
+def _test_examples(uri, test_tfrecord):
+  examples = standard_artifacts.Examples()
+  examples.uri = uri
+  examples.split_names = json.dumps(['test'])
+  os.makedirs(os.path.join(examples.uri, 'Split-test'), exist_ok=True)
+  shutil.copy(test_tfrecord,
+              os.path.join(examples.uri, 'Split-test', 'data.gz'))
+  return examples
 
 
 def _overall_metrics(evaluation_uri):
@@ -113,11 +119,11 @@ def _push_refused(blessing, subgroup_blessing, tmp_path):
   inputs = {'model': [model], 'model_blessing': [blessing],
             'mobile_models': [mobile]}
   if subgroup_blessing is not None:
-    inputs['subgroup_blessing'] = [subgroup_blessing]
+    inputs['gate_blessing'] = [subgroup_blessing]
   mobile_pusher.Executor().Do(
       inputs, {'pushed_model': [pushed]},
       {'base_directory': str(tmp_path / 'serving'),
-       'require_subgroup_blessing': 1})
+       'require_gate_blessing': 1})
   refused = pushed.get_int_custom_property('pushed') == 0
   assert refused == (not os.path.exists(tmp_path / 'serving'))
   return refused
@@ -223,8 +229,7 @@ def test_tfma_equals_sklearn_on_the_predictions_of_skinlesion_predict(
         f'{skm.balanced_accuracy_score(y_true, y_pred):.4f} (scikit-learn)')
 
 
-@pytest.mark.parametrize('gate', ['balanced_accuracy', 'melanoma_recall',
-                                  'regression'])
+@pytest.mark.parametrize('gate', ['balanced_accuracy', 'melanoma_recall'])
 def test_each_tfma_gate_blocks_just_above_and_passes_just_below(
     evaluated, gate, tmp_path):
   evaluation, _, _ = evaluated
@@ -233,14 +238,10 @@ def test_each_tfma_gate_blocks_just_above_and_passes_just_below(
     measured = _value(metrics, 'balanced_accuracy')
     above = dict(min_balanced_accuracy=measured + EPS)
     below = dict(min_balanced_accuracy=measured - EPS)
-  elif gate == 'melanoma_recall':
+  else:
     measured = _value(metrics, 'melanoma_recall', MEL)
     above = dict(min_melanoma_recall=measured + EPS)
     below = dict(min_melanoma_recall=measured - EPS)
-  else:  # Candidate minus baseline (itself): the change the gate bounds.
-    measured = _value(metrics, 'balanced_accuracy', diff=True)
-    above = dict(max_balanced_accuracy_drop=-(measured + EPS))
-    below = dict(max_balanced_accuracy_drop=-(measured - EPS))
   assert not math.isnan(measured)
   assert _validate(metrics, **below).validation_ok
   result = _validate(metrics, **above)
@@ -256,59 +257,105 @@ def test_each_tfma_gate_blocks_just_above_and_passes_just_below(
                        tmp_path)
 
 
-def _run_gap_gate(evaluated, tmp_path, **params):
-  evaluation, _, model = evaluated
+def _run_interval_gate(evaluated, tiny_tfrecords, tmp_path, baseline=True,
+                       **params):
+  _, _, model = evaluated
+  examples = _test_examples(str(tmp_path / 'examples'), tiny_tfrecords[1])
   blessing = standard_artifacts.ModelBlessing()
-  blessing.uri = str(tmp_path / 'gap_blessing')
-  properties = dict(slice_families=json.dumps(['sex']),
-                    metric='balanced_accuracy',
-                    class_id=subgroup_gap_gate.NO_CLASS, max_gap=0.25,
-                    min_examples=1, exclude_unknown=1)
+  blessing.uri = str(tmp_path / 'gate_blessing')
+  properties = dict(
+      split='test', labels=json.dumps(list(configs.LABELS)),
+      melanoma_label=configs.MELANOMA_LABEL,
+      slice_features=json.dumps(pipeline_lib.interval_slice_features()),
+      slice_families=json.dumps(['sex']), metric='balanced_accuracy',
+      max_gap=0.1, min_examples=1, min_class_examples=1, exclude_unknown=1,
+      max_balanced_accuracy_drop=0.02, confidence=0.95, draws=300, seed=0,
+      calibration_bins=configs.CALIBRATION_BINS)
   properties.update(params)
-  executor = subgroup_gap_gate.SubgroupGapGate.EXECUTOR_SPEC.executor_class()
-  executor.Do({'evaluation': [evaluation], 'model': [model]},
-              {'blessing': [blessing]}, properties)
-  return blessing, subgroup_gap_gate.read_report(blessing.uri)
+  inputs = {'examples': [examples], 'model': [model]}
+  if baseline:  # The model itself: a paired difference of exactly 0.
+    inputs['baseline_model'] = [model]
+  executor = interval_gate.IntervalGate.EXECUTOR_SPEC.executor_class()
+  executor.Do(inputs, {'blessing': [blessing]}, properties)
+  return blessing, interval_gate.read_report(blessing.uri)
 
 
-@pytest.mark.parametrize('metric,class_id', [
-    ('balanced_accuracy', subgroup_gap_gate.NO_CLASS),
-    (pipeline_lib.MELANOMA_RECALL, MEL)])
-def test_gap_gate_blocks_just_above_and_passes_just_below(
-    evaluated, tmp_path, metric, class_id):
-  evaluation, evaluator_blessing, model = evaluated
-  report = subgroup_gap_gate.evaluate_gaps(
-      subgroup_gap_gate.read_slice_metrics(evaluation.uri), ['sex'], metric,
-      None if class_id < 0 else class_id, max_gap=1.0, min_examples=1)
-  (gate,) = report['gates']
-  measured = gate['value']
-  assert measured is not None and len(gate['groups']) >= 2, gate
-  passing, report = _run_gap_gate(evaluated, tmp_path / 'pass', metric=metric,
-                                  class_id=class_id, max_gap=measured + EPS)
-  assert passing.get_int_custom_property('blessed') == 1
+def test_interval_gate_point_values_equal_tfmas(evaluated, tiny_tfrecords,
+                                                tmp_path):
+  evaluation, _, _ = evaluated
+  blessing, report = _run_interval_gate(evaluated, tiny_tfrecords, tmp_path)
+  found = interval_gate.read_intervals(blessing.uri)
+  overall = found['overall']['metrics']
+  metrics = _overall_metrics(evaluation.uri)
+  assert found['overall']['examples'] == _value(metrics, 'example_count')
+  for name in ('balanced_accuracy', 'accuracy', 'macro_f1',
+               'expected_calibration_error'):
+    assert overall[name]['value'] == pytest.approx(
+        _value(metrics, name), abs=1e-6), name
+    assert overall[name]['lower'] <= overall[name]['value'] <= (
+        overall[name]['upper']), name
+  assert overall['melanoma_recall']['value'] == pytest.approx(
+      _value(metrics, 'melanoma_recall', MEL), abs=1e-9)
+  for c, name in enumerate(configs.LABELS):
+    if overall[f'recall/{name}']['value'] is not None:
+      assert overall[f'recall/{name}']['value'] == pytest.approx(
+          _value(metrics, 'class_recall', c), abs=1e-9), name
+  # Per group of every slice feature, and the groups add up.
+  sexes = [e for e in found['slices'] if e['feature'] == 'sex']
+  assert sum(e['examples'] for e in sexes) == found['overall']['examples']
+  assert report['examples'] == found['overall']['examples']
+  with np.load(os.path.join(blessing.uri, interval_gate.PREDICTIONS_FILE)) as p:
+    assert p['probabilities'].shape == (report['examples'],
+                                        len(configs.LABELS))
+    assert len(p['lesion_ids']) == report['examples']
+
+
+@pytest.mark.parametrize('which', ['subgroup', 'regression'])
+def test_interval_gates_block_just_above_and_pass_just_below(
+    evaluated, tiny_tfrecords, tmp_path, which):
+  _, evaluator_blessing, model = evaluated
+  if which == 'subgroup':
+    _, report = _run_interval_gate(evaluated, tiny_tfrecords, tmp_path / 'm',
+                                   max_gap=1.0)
+    (gate,) = [g for g in report['gates'] if g['gate'] == 'subgroup']
+    assert len(gate['groups']) >= 2, gate
+    # A group fails when its difference's upper end is below -max_gap.
+    upper = min(g['difference']['upper'] for g in gate['groups'].values())
+    below, above = dict(max_gap=-upper + EPS), dict(max_gap=-upper - EPS)
+  else:  # The candidate against itself: the paired difference is [0, 0].
+    _, report = _run_interval_gate(evaluated, tiny_tfrecords, tmp_path / 'm')
+    (gate,) = [g for g in report['gates'] if g['gate'] == 'regression']
+    assert gate['difference'] == {'value': 0.0, 'lower': 0.0, 'upper': 0.0}
+    below = dict(max_balanced_accuracy_drop=EPS)
+    above = dict(max_balanced_accuracy_drop=-EPS)
+  passing, report = _run_interval_gate(evaluated, tiny_tfrecords,
+                                       tmp_path / 'pass', **below)
+  assert passing.get_int_custom_property('blessed') == 1, report
   assert report['blessed'] is True
-  failing, report = _run_gap_gate(evaluated, tmp_path / 'fail', metric=metric,
-                                  class_id=class_id, max_gap=measured - EPS)
+  failing, report = _run_interval_gate(evaluated, tiny_tfrecords,
+                                       tmp_path / 'fail', **above)
   assert failing.get_int_custom_property('blessed') == 0
   assert failing.get_int_custom_property('current_model_id') == model.id
-  (gate,) = report['gates']
-  # The contract with the run report.
-  assert {'gate', 'metric', 'slice_family', 'groups', 'value', 'bound',
-          'passed'} <= set(gate)
-  assert (gate['gate'], gate['slice_family'], gate['passed']) == (
-      'subgroup_gap', 'sex', False)
-  assert gate['value'] == pytest.approx(measured)
-  assert gate['bound'] == pytest.approx(measured - EPS)
-  values = [g['value'] for g in gate['groups'].values()]
-  assert max(values) - min(values) == pytest.approx(measured)
-  assert report['blessed'] is False
-  (line,) = subgroup_gap_gate.failures(report)
-  assert '[sex]' in line and 'by 0.0000' in line
+  (gate,) = [g for g in report['gates'] if g['gate'] == which]
+  assert gate['passed'] is False and report['blessed'] is False
+  (line,) = interval_gate.failures(report)
+  assert line.startswith(f'{which} gate'), line
+  if which == 'subgroup':
+    assert gate['failed_groups'] and gate['failed_groups'][0] in line
   assert _push_refused(evaluator_blessing, failing, tmp_path / 'p1')
   # Both blessings positive: the pusher goes on to the mobile export (which
   # this test does not provide; test_mobile_components.py pushes for real).
   with pytest.raises(RuntimeError, match='MobileExporter did not export'):
     _push_refused(evaluator_blessing, passing, tmp_path / 'p2')
+
+
+def test_no_baseline_passes_the_regression_gate(evaluated, tiny_tfrecords,
+                                                tmp_path):
+  _, report = _run_interval_gate(evaluated, tiny_tfrecords, tmp_path,
+                                 baseline=False)
+  (gate,) = [g for g in report['gates'] if g['gate'] == 'regression']
+  assert gate['passed'] and gate['difference'] is None
+  assert 'no blessed baseline' in gate['note']
 
 
 def test_pusher_refuses_without_the_required_gap_blessing(evaluated,

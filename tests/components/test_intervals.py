@@ -84,3 +84,80 @@ def test_a_class_absent_from_the_data_gives_no_interval():
 def test_groups_must_match_the_examples():
   with pytest.raises(ValueError, match='groups has shape'):
     intervals.bootstrap(intervals.accuracy, [0, 1], [0, 1], ['a'])
+
+
+def _probabilities(rng, n, n_classes):
+  logits = rng.normal(size=(n, n_classes))
+  e = np.exp(logits)
+  return e / e.sum(axis=1, keepdims=True)
+
+
+def test_probability_metrics_equal_scikit_learn_with_unit_weights():
+  rng = np.random.default_rng(7)
+  y = rng.integers(0, 4, 300)
+  prob = _probabilities(rng, 300, 4)
+  prob[y == 1, 1] += 0.5  # some signal, so AUCs are not all 0.5
+  prob = prob / prob.sum(axis=1, keepdims=True)
+  pred = prob.argmax(1)
+  ones = np.ones((1, 300))
+  assert intervals.macro_f1(y, prob, ones)[0] == pytest.approx(
+      skm.f1_score(y, pred, average='macro'), abs=1e-12)
+  assert intervals.class_precision(1)(y, prob, ones)[0] == pytest.approx(
+      skm.precision_score(y, pred, labels=[1], average=None)[0], abs=1e-12)
+  assert intervals.macro_auc(y, prob, ones)[0] == pytest.approx(
+      skm.roc_auc_score(y, prob, multi_class='ovr', average='macro'),
+      abs=1e-12)
+  # Ties count half, as in scikit-learn.
+  tied = np.round(prob, 1)
+  assert intervals.class_auc(2)(y, tied, ones)[0] == pytest.approx(
+      skm.roc_auc_score(y == 2, tied[:, 2]), abs=1e-12)
+  # ECE: equal-width bins of the top-1 confidence.
+  confidence, correct = prob.max(1), (pred == y).astype(float)
+  index = np.minimum((confidence * 10).astype(int), 9)
+  expected = sum(abs((correct - confidence)[index == b].sum())
+                 for b in range(10)) / 300
+  assert intervals.expected_calibration_error(10)(y, prob, ones)[0] == (
+      pytest.approx(expected, abs=1e-12))
+
+
+def test_weights_count_like_repeated_examples():
+  rng = np.random.default_rng(8)
+  y = rng.integers(0, 3, 50)
+  prob = _probabilities(rng, 50, 3)
+  counts = rng.integers(0, 3, 50)
+  repeated = np.repeat(np.arange(50), counts)
+  for name, metric in intervals.headline_metrics(['a', 'b', 'c'], 'b').items():
+    weighted = metric(y, prob, counts[None, :].astype(float))[0]
+    expanded = metric(y[repeated], prob[repeated],
+                      np.ones((1, len(repeated))))[0]
+    assert weighted == pytest.approx(expanded, abs=1e-12), name
+
+
+def test_bootstrap_many_shares_draws_and_names_every_metric():
+  rng = np.random.default_rng(9)
+  y = np.repeat(rng.integers(0, 3, 60), 2)
+  prob = _probabilities(rng, 120, 3)
+  groups = np.repeat(np.arange(60), 2)
+  metrics = intervals.headline_metrics(['a', 'b', 'c'], 'c')
+  out = intervals.bootstrap_many(metrics, y, prob, groups, draws=200, seed=1)
+  assert set(out) == {'balanced_accuracy', 'accuracy', 'macro_f1',
+                      'macro_auc', 'expected_calibration_error',
+                      'melanoma_recall', 'recall/a', 'recall/b', 'recall/c',
+                      'precision/a', 'precision/b', 'precision/c'}
+  assert out['melanoma_recall'] == out['recall/c']
+  one = intervals.bootstrap(metrics['accuracy'], y, prob, groups, draws=200,
+                            seed=1)
+  assert out['accuracy'] == one
+  for interval in out.values():
+    assert interval.lower <= interval.value <= interval.upper
+
+
+def test_on_subset_scores_one_group_inside_a_whole_set_draw():
+  rng = np.random.default_rng(10)
+  y, p = rng.integers(0, 3, 100), rng.integers(0, 3, 100)
+  mask = rng.random(100) < 0.4
+  ones = np.ones((1, 100))
+  assert intervals.on_subset(intervals.accuracy, mask)(y, p, ones)[0] == (
+      pytest.approx(skm.accuracy_score(y[mask], p[mask]), abs=1e-12))
+  with pytest.raises(ValueError, match='no examples'):
+    intervals.bootstrap(intervals.accuracy, [], [], None)

@@ -1,11 +1,12 @@
 """The run report and model card (components/run_report.py).
 
-Unit tests on crafted inputs (slice tables and gate marks, the gap gate's
-report, TFMA plot protos, reliability and Grad-CAM picks), then one report
-built for real: the session's trained model, a real TFMA evaluation of it on
-the tiny eval split, a crafted gap-gate report that fails, no pusher.  That
-report is opened in headless Chromium, which must render every section with
-its images and log no console error; a screenshot is kept.
+Unit tests on crafted inputs (slice tables and gate marks, the interval
+gate's report, TFMA plot protos, reliability and Grad-CAM picks), then one
+report built for real: the session's trained model, a real TFMA evaluation
+of it on the tiny eval split, a real IntervalGate run with a bound set so
+that its subgroup gate fails, no pusher.  That report is opened in headless
+Chromium, which must render every section with its images and intervals and
+log no console error; a screenshot is kept.
 """
 
 import json
@@ -17,6 +18,8 @@ from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tfx.types import standard_artifacts
 
 from components import image_example_gen
+from components import interval_gate
+from components import intervals
 from components import mobile_exporter
 from components import run_report
 from models import explain
@@ -58,12 +61,24 @@ def _evaluation(**overrides):
   return run_report.Evaluation(**values)
 
 
-GAP_FAILED = {'gate': 'sex_gap', 'metric': 'balanced_accuracy',
-              'slice_family': 'sex', 'groups': {'female': 0.62, 'male': 0.41},
-              'value': 0.21, 'bound': 0.1, 'passed': False}
+GAP_FAILED = {
+    'gate': 'subgroup', 'metric': 'mean recall over the classes with enough '
+    'images', 'slice_family': 'sex',
+    'groups': {'female': {'value': 0.62, 'rest': 0.41, 'passed': True,
+                          'difference': {'value': 0.21, 'lower': 0.1,
+                                         'upper': 0.3}},
+               'male': {'value': 0.41, 'rest': 0.62, 'passed': False,
+                        'difference': {'value': -0.21, 'lower': -0.3,
+                                       'upper': -0.11}}},
+    'excluded': {'unknown': {'examples': 2, 'reason': 'unknown is not a '
+                             'group'}},
+    'failed_groups': ['male'], 'bound': 0.1, 'confidence': 0.975,
+    'passed': False,
+    'note': 'male: 0.410 vs rest 0.620, difference -0.210 [-0.300, -0.110] '
+            'lies below -0.100'}
 
 
-def test_slice_tables_compute_gaps_and_mark_a_failed_gap_gate():
+def test_slice_tables_compute_spreads_and_mark_the_failed_group():
   tables = {t['family']: t for t in run_report.slice_tables(
       _evaluation(), LABELS, [GAP_FAILED])}
   assert set(tables) == {'sex', 'label'}
@@ -78,9 +93,8 @@ def test_slice_tables_compute_gaps_and_mark_a_failed_gap_gate():
   assert sex['gaps'][1] == pytest.approx(0.2)
   assert sex['gaps'][2] == pytest.approx(0.21)
   assert sex['gaps'][3] == pytest.approx(0.3)
-  assert sex['failed'] and sex['failed_columns'] == [False, False, True,
-                                                     False]
-  assert rows['female']['failed'] and rows['male']['failed']
+  assert sex['failed'] and not any(sex['failed_columns'])
+  assert rows['male']['failed'] and not rows['female']['failed']
   assert not rows['unknown']['failed']
   # The label family: the group is the class name, no gate.
   assert [r['group'] for r in tables['label']['rows']] == ['mel']
@@ -88,7 +102,7 @@ def test_slice_tables_compute_gaps_and_mark_a_failed_gap_gate():
 
 
 def test_a_passed_gate_marks_nothing_and_other_families_are_untouched():
-  passed = dict(GAP_FAILED, passed=True)
+  passed = dict(GAP_FAILED, passed=True, failed_groups=[])
   tables = {t['family']: t for t in run_report.slice_tables(
       _evaluation(), LABELS, [passed, dict(GAP_FAILED,
                                            slice_family='age_band')])}
@@ -121,20 +135,35 @@ def _blessing(tmp_path, name, blessed=None, report=None):
   if blessed is not None:
     artifact.set_int_custom_property('blessed', int(blessed))
   if report is not None:
-    with open(os.path.join(artifact.uri, run_report.GAP_REPORT_FILE),
+    with open(os.path.join(artifact.uri, interval_gate.GATE_REPORT_FILE),
               'w') as f:
       json.dump(report, f)
   return artifact
 
 
-def test_gap_report_contract(tmp_path):
+def test_gate_report_contract(tmp_path):
   report = {'gates': [GAP_FAILED], 'blessed': False}
-  assert run_report.read_gap_report(
+  assert run_report.read_gate_report(
       _blessing(tmp_path, 'a', False, report)) == report
-  assert run_report.read_gap_report(None) is None
-  missing = run_report.read_gap_report(_blessing(tmp_path, 'b', True))
+  assert run_report.read_gate_report(None) is None
+  missing = run_report.read_gate_report(_blessing(tmp_path, 'b', True))
   assert missing['blessed'] is True and missing['gates'] == []
-  assert run_report.GAP_REPORT_FILE in missing['note']
+  assert interval_gate.GATE_REPORT_FILE in missing['note']
+
+
+def test_interval_rows_format_and_order():
+  found = {'overall': {'metrics': {
+      'balanced_accuracy': {'value': 0.612, 'lower': 0.571, 'upper': 0.65},
+      'melanoma_recall': {'value': 0.5, 'lower': None, 'upper': None},
+      **{f'{kind}/{n}': {'value': 0.25, 'lower': 0.125, 'upper': 0.5}
+         for kind in ('recall', 'precision') for n in LABELS}}}}
+  headline, per_class = run_report.interval_rows(found, LABELS)
+  assert headline == [('Melanoma recall (sensitivity)', '0.500 [n/a]'),
+                      ('Balanced accuracy (mean per-class recall)',
+                       '0.612 [0.571, 0.650]')]
+  assert per_class[0] == ('mel', '0.250 [0.125, 0.500]',
+                          '0.250 [0.125, 0.500]')
+  assert run_report.interval_rows(None, LABELS) == ([], [])
 
 
 def test_blessing_lists_each_threshold_its_value_and_the_failures(tmp_path):
@@ -181,7 +210,7 @@ def test_blessing_lists_each_threshold_its_value_and_the_failures(tmp_path):
                               model=None),
       _evaluation(), gap, LABELS)
   assert part['evaluator_blessed'] is True and part['blessed'] is False
-  assert 'subgroup-gap gate failed (1 gap(s)' in part['summary']
+  assert 'subgroup gate [sex]: male: 0.410 vs rest 0.620' in part['summary']
 
 
 def test_confusion_matrix_and_roc_from_tfma_protos():
@@ -302,11 +331,20 @@ def built_report(trained_model, tiny_tfrecords, tmp_path_factory):
   examples_uri = os.path.dirname(os.path.dirname(tiny_tfrecords[0]))
   examples = _artifact(standard_artifacts.Examples, examples_uri)
   examples.split_names = '["train", "eval"]'
-  gap = _blessing(root, 'gap', False, {'gates': [
-      dict(GAP_FAILED, groups={'female': 0.5, 'male': 0.2}, value=0.3),
-      {'gate': 'label', 'metric': 'accuracy', 'slice_family': 'label',
-       'groups': {}, 'value': 0.1, 'bound': 1.0, 'passed': True}],
-      'blessed': False})
+  # The real IntervalGate, its bound set so that every sex group fails
+  # (a difference's upper end is always below 1).
+  gap = _artifact(standard_artifacts.ModelBlessing, str(root / 'gap'))
+  interval_gate.IntervalGate.EXECUTOR_SPEC.executor_class().Do(
+      {'examples': [examples],
+       'model': [_artifact(standard_artifacts.Model, model_uri)]},
+      {'blessing': [gap]},
+      dict(split='eval', labels=json.dumps(LABELS), melanoma_label='mel',
+           slice_features=json.dumps(pipeline_lib.interval_slice_features()),
+           slice_families=json.dumps(['sex']), metric='balanced_accuracy',
+           max_gap=-1.0, min_examples=1, min_class_examples=1,
+           exclude_unknown=1, max_balanced_accuracy_drop=0.02,
+           confidence=0.95, draws=300, seed=0,
+           calibration_bins=configs.CALIBRATION_BINS))
   inputs = run_report.ReportInputs(
       examples=examples,
       evaluation=_artifact(standard_artifacts.ModelEvaluation,
@@ -315,7 +353,7 @@ def built_report(trained_model, tiny_tfrecords, tmp_path_factory):
       model=_artifact(standard_artifacts.Model, model_uri),
       model_run=_artifact(standard_artifacts.ModelRun,
                           trained_model.model_run_dir),
-      gap_blessing=gap)
+      gate_blessing=gap)
   out = str(root / 'out')
   numbers = run_report.build_report(inputs, out, 'tiny', split='eval',
                                     gradcam_per_class=1)
@@ -335,7 +373,15 @@ def test_built_report_numbers(built_report):
   # Gates: the Evaluator blessed, the gap gate did not: not blessed.
   assert numbers['blessing']['evaluator_blessed'] is True
   assert numbers['blessing']['blessed'] is False
-  assert 'subgroup-gap gate failed' in numbers['blessing']['summary']
+  assert 'subgroup gate [sex]' in numbers['blessing']['summary']
+  # The IntervalGate's intervals: {"value", "lower", "upper"}, with the
+  # same point value as TFMA's on the same images.
+  ba = numbers['intervals']['overall']['metrics']['balanced_accuracy']
+  assert set(ba) == {'value', 'lower', 'upper'}
+  assert ba['lower'] <= ba['value'] <= ba['upper']
+  assert ba['value'] == pytest.approx(overall['balanced_accuracy'], abs=1e-6)
+  assert numbers['evaluation']['interval_rows'][1] == [
+      'Balanced accuracy (mean per-class recall)', intervals.text(ba)]
   assert numbers['pushed']['pushed'] is False
   assert 'did not run' in numbers['pushed']['reason']
   # Grad-CAM came from the SavedModel's own signature, with the same
@@ -365,10 +411,13 @@ def test_model_card_says_what_it_must(built_report):
   # Melanoma recall is the first metric, then balanced accuracy.
   metrics = card.split('## Metrics')[1]
   assert metrics.index('Melanoma recall') < metrics.index('Balanced accuracy')
-  balanced = dict(numbers['evaluation']['overall'])['balanced_accuracy']
-  assert f'{balanced:.4f}' in metrics
-  assert 'subgroup gap balanced_accuracy over sex: 0.3000 (bound 0.1000), ' \
-         'FAILED' in card
+  ba = numbers['intervals']['overall']['metrics']['balanced_accuracy']
+  assert ('**Balanced accuracy (mean per-class recall)**: '
+          f'{intervals.text(ba)}') in metrics
+  assert 'bootstrap over lesions' in metrics
+  assert 'recall [95% interval]' in metrics
+  assert 'subgroup gate over sex: FAILED (' in card
+  assert 'regression gate: passed (no blessed baseline' in card
   with open(os.path.join(out, run_report.MODEL_CARD_HTML)) as f:
     page = f.read()
   assert 'not a diagnosis' in page and '<section id="gating">' in page
@@ -388,10 +437,17 @@ def test_report_is_self_contained(built_report):
 
 
 def test_report_renders_in_headless_chromium(built_report, tmp_path):
-  out, _ = built_report
+  out, numbers = built_report
+  ba = numbers['intervals']['overall']['metrics']['balanced_accuracy']
+  female = next(e['metrics']['balanced_accuracy']
+                for e in numbers['intervals']['slices']
+                if (e['feature'], e['group']) == ('sex', 'female'))
   images = open_in_headless_chromium(
       os.path.join(out, run_report.REPORT_FILE), run_report.SECTIONS,
-      tmp_path / 'report.png')
+      tmp_path / 'report.png', expect_text={
+          'evaluation': ['95% intervals', intervals.text(ba)],
+          'slices': [intervals.text(female)],
+          'blessing': ['Subgroup and regression gates', 'FAILED']})
   # Training curves, evaluation charts and the Grad-CAM grid are images.
   assert images['training'] == 2
   assert images['evaluation'] >= 3

@@ -25,6 +25,7 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components import image_example_gen
+from components import intervals as intervals_lib
 from components import run_report
 from mobile_export import release
 from mobile_export import tflite
@@ -52,7 +53,7 @@ def _settings(archive, home, **overrides):
   values = dict(data_root=archive, home=home, image_size=IMAGE_SIZE, epochs=10,
                 width=0.25, batch_size=16, min_balanced_accuracy=0.0,
                 min_melanoma_recall=0.0, max_subgroup_gap=1.0,
-                min_subgroup_examples=1,
+                min_subgroup_examples=1, min_subgroup_class_examples=1,
                 max_balanced_accuracy_drop=1.0, tflite_min_top1_agreement=0.85,
                 tflite_max_balanced_accuracy_drop=0.1,
                 # Toy data: small splits, a class may miss one by chance.
@@ -100,22 +101,37 @@ def test_every_component_ran_and_model_was_blessed(first_run):
   states = {c.node_id: c.state for c in run.components}
   for node in ('ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
                'ExampleValidator', 'AnomaliesGate', 'DataReport', 'Trainer',
-               'Evaluator', 'SubgroupGapGate', 'MobileExporter',
+               'Evaluator', 'IntervalGate', 'MobileExporter',
                'MobilePusher', 'RunReporter'):
     assert states.get(node) == 'COMPLETE', (node, states)
   assert run.blessed is True
-  assert run.evaluator_blessed is True and run.gap_blessed is True
+  assert run.evaluator_blessed is True and run.gate_blessed is True
   assert 0.0 <= run.metrics['balanced_accuracy'] <= 1.0
   for name in ('macro_f1', 'macro_auc', 'expected_calibration_error',
                'accuracy'):
     assert 0.0 <= run.metrics[name] <= 1.0, name
   assert set(run.per_class_recall) <= set(configs.LABELS)
-  # The gap gate measured sex, age band and site on the test split.
-  gates = {g['slice_family']: g for g in run.gap_report['gates']}
-  assert set(gates) == set(configs.SUBGROUP_GAP_FAMILIES)
-  assert gates['sex']['value'] is not None and gates['sex']['passed']
+  # The subgroup gate compared sex, age band and site groups with the rest
+  # on the test split; the regression gate had no baseline (a first run).
+  gates = {g.get('slice_family', g['gate']): g
+           for g in run.gate_report['gates']}
+  assert set(gates) == set(configs.SUBGROUP_GAP_FAMILIES) | {'regression'}
+  assert gates['sex']['groups'] and gates['sex']['passed']
+  for group in gates['sex']['groups'].values():
+    difference = group['difference']
+    assert difference['lower'] <= difference['value'] <= difference['upper']
   assert set(gates['age_band']['groups']) | set(
       gates['age_band']['excluded']) <= set(configs.AGE_BAND_NAMES)
+  assert gates['regression']['difference'] is None
+  # Every headline metric with its interval; the point values are TFMA's.
+  overall = run.intervals['overall']['metrics']
+  for name in ('balanced_accuracy', 'accuracy', 'macro_f1',
+               'expected_calibration_error'):
+    assert overall[name]['value'] == pytest.approx(run.metrics[name],
+                                                   abs=1e-6), name
+    assert overall[name]['lower'] <= overall[name]['value'] <= (
+        overall[name]['upper'])
+  assert 'balanced_accuracy' in run.format() and '[' in run.format()
 
 
 def test_record_counts_equal_input_counts(first_run, tiny_archive):
@@ -256,14 +272,19 @@ def test_version_directory_is_complete_and_its_manifest_true(first_run):
   assert manifest['versions']['tensorflow'] == tf.__version__
   # Why it was allowed out: every gate with its value, the calibration.
   blessing = manifest['blessing']
-  assert blessing['evaluator_blessed'] and blessing['subgroup_blessed']
+  assert blessing['evaluator_blessed'] and blessing['interval_gate_blessed']
   gates = {g['metric']: g for g in blessing['gates']}
   assert gates['balanced_accuracy']['value'] == pytest.approx(
       run.metrics['balanced_accuracy'], abs=1e-6)
   assert gates['melanoma_recall']['value'] is not None
   assert all(g['passed'] for g in blessing['gates'])
-  assert {g['slice_family'] for g in blessing['subgroup_gaps']} == {
-      'sex', 'age_band', 'localization'}
+  assert {g.get('slice_family') for g in blessing['interval_gates']} == {
+      'sex', 'age_band', 'localization', None}
+  ba = blessing['test_intervals']['balanced_accuracy']
+  assert ba['value'] == pytest.approx(run.metrics['balanced_accuracy'],
+                                      abs=1e-6)
+  assert ba['lower'] <= ba['value'] <= ba['upper']
+  assert 'lesions' in blessing['test_intervals']['method']
   assert blessing['test_metrics']['expected_calibration_error'] >= 0
   with open(os.path.join(run.pushed_model, 'calibration.json')) as f:
     assert blessing['calibration'] == json.load(f)
@@ -337,8 +358,12 @@ def test_run_produced_the_report_and_model_card(first_run):
 
 def test_report_renders_in_headless_chromium(first_run, tmp_path):
   _, run = first_run
-  images = open_in_headless_chromium(run.report, run_report.SECTIONS,
-                                     tmp_path / 'e2e_report.png')
+  ba = run.intervals['overall']['metrics']['balanced_accuracy']
+  images = open_in_headless_chromium(
+      run.report, run_report.SECTIONS, tmp_path / 'e2e_report.png',
+      expect_text={'evaluation': ['95% intervals',
+                                  intervals_lib.text(ba)],
+                   'blessing': ['Subgroup and regression gates']})
   assert images['data'] == 4  # The DataReport's charts.
   assert images['training'] == 2 and images['explanations'] == 1
   assert images['evaluation'] >= 3
@@ -348,8 +373,7 @@ def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
   settings, run = first_run
   versions_before = sorted(os.listdir(settings.serving_model_dir))
   strict = _settings(settings.data_root, settings.home,
-                     min_balanced_accuracy=1.01, min_melanoma_recall=1.01,
-                     max_subgroup_gap=0.0)
+                     min_balanced_accuracy=1.01, min_melanoma_recall=1.01)
   env = dict(os.environ, **strict.to_env(), HOME=str(tmp_path))
   tfx_cli = os.path.join(os.path.dirname(sys.executable), 'tfx')
   runner = os.path.join(configs.PROJECT_ROOT, 'pipeline', 'local_runner.py')
@@ -370,14 +394,13 @@ def test_impossible_gate_blocks_the_push_via_tfx_cli(first_run, tmp_path):
              for f in second.failed_thresholds), second.failed_thresholds
   assert any(f.startswith('melanoma_recall [classId:4 mel]') and '1.0100' in f
              and 'misses by' in f for f in second.failed_thresholds)
-  # Every gate failed, each recorded with its numbers.
-  assert second.evaluator_blessed is False and second.gap_blessed is False
-  failed_families = [g['slice_family'] for g in second.gap_report['gates']
-                     if not g['passed']]
-  assert 'sex' in failed_families, second.gap_report
+  # Both TFMA thresholds failed, each recorded with its numbers; the
+  # IntervalGate's gates (same model, no other blessed model as baseline)
+  # passed, and the push is refused all the same.
+  assert second.evaluator_blessed is False and second.gate_blessed is True
   text = second.format()
-  assert 'FAILED: subgroup_gap [sex] balanced_accuracy: gap' in text
   assert 'FAILED: melanoma_recall' in text
+  assert 'regression    passed: no blessed baseline model' in text
   assert second.pushed_model is None and second.pushed_tflite == []
   assert second.mobile_verdicts is None
   assert 'model not blessed' in second.mobile_note
@@ -427,7 +450,8 @@ def test_try_it_page_on_the_pushed_version(first_run, tmp_path):
   for gate in manifest['blessing']['gates']:
     assert f'<td class="l">{gate["metric"]}</td>' in html
     assert f'{gate["value"]:.4f}' in html
-  assert 'subgroup gap in balanced_accuracy across sex' in html
+  assert 'subgroup gate across sex' in html
+  assert 'regression gate vs the latest blessed model' in html
   assert 'id="gradcam"' in html and 'not a diagnosis' in html
   expected = predict.predict(settings.serving_model_dir, jpegs)
   row = expected.probabilities[0]

@@ -45,7 +45,7 @@ ENV = {
 }
 COMPONENTS = {'ImageExampleGen', 'ImportSchemaGen', 'StatisticsGen',
               'ExampleValidator', 'AnomaliesGate', 'DataReport', 'Trainer',
-              'Evaluator', 'SubgroupGapGate', 'MobileExporter',
+              'Evaluator', 'IntervalGate', 'MobileExporter',
               'MobilePusher', 'RunReporter'}
 # The components whose executors run Beam pipelines.
 BEAM_COMPONENTS = ('ImageExampleGen', 'StatisticsGen', 'Evaluator')
@@ -113,10 +113,10 @@ def test_dag_edges(compiled):
           'ImageExampleGen'} <= _upstream(job, 'Trainer')
   assert 'Trainer' in deps['Evaluator']
   assert 'Evaluator' in deps['MobileExporter']
-  assert {'Evaluator', 'SubgroupGapGate', 'MobileExporter'} <= deps[
+  assert {'Evaluator', 'IntervalGate', 'MobileExporter'} <= deps[
       'MobilePusher']
-  assert 'Evaluator' in deps['SubgroupGapGate']
-  assert {'Evaluator', 'MobilePusher', 'DataReport', 'SubgroupGapGate'} <= deps[
+  assert 'Trainer' in deps['IntervalGate']
+  assert {'Evaluator', 'MobilePusher', 'DataReport', 'IntervalGate'} <= deps[
       'RunReporter']
   assert not deps['ImageExampleGen']
   # The baseline for the Evaluator comes from the resolver.

@@ -23,18 +23,20 @@ def test_components_and_order(tmp_path):
                  'ExampleValidator', 'previous_validated_statistics',
                  'AnomaliesGate', 'DataReport', 'Trainer',
                  'latest_blessed_model_resolver', 'Evaluator',
-                 'SubgroupGapGate', 'MobileExporter', 'MobilePusher',
+                 'IntervalGate', 'MobileExporter', 'MobilePusher',
                  'RunReporter'}
   by_id = {c.id: c for c in p.components}
   # Training waits for the anomalies gate; conversion and pushing wait for
   # the blessing; pushing waits for the parity verdicts.
   assert 'AnomaliesGate' in {n.id for n in by_id['Trainer'].upstream_nodes}
   assert 'Evaluator' in {n.id for n in by_id['MobileExporter'].upstream_nodes}
-  assert {'Evaluator', 'SubgroupGapGate', 'MobileExporter'} <= {
+  assert {'Evaluator', 'IntervalGate', 'MobileExporter'} <= {
       n.id for n in by_id['MobilePusher'].upstream_nodes}
   assert by_id['MobilePusher'].exec_properties[
-      'require_subgroup_blessing'] == 1
-  assert 'Evaluator' in {n.id for n in by_id['SubgroupGapGate'].upstream_nodes}
+      'require_gate_blessing'] == 1
+  # The IntervalGate scores the candidate and the regression baseline.
+  assert {'Trainer', 'ImageExampleGen', 'latest_blessed_model_resolver'} <= {
+      n.id for n in by_id['IntervalGate'].upstream_nodes}
   # The regression baseline: only the Evaluator's blessings count.
   blessing_channel = by_id['latest_blessed_model_resolver'].raw_inputs[
       'model_blessing']
@@ -52,7 +54,7 @@ def test_report_runs_without_the_pushers_outputs(tmp_path):
   _, p = _pipeline(tmp_path)
   reporter = {c.id: c for c in p.components}['RunReporter']
   spec = reporter.spec.INPUTS
-  for key in ('mobile_models', 'pushed_model', 'gap_blessing', 'charts',
+  for key in ('mobile_models', 'pushed_model', 'gate_blessing', 'charts',
               'statistics', 'anomalies', 'model_run'):
     assert spec[key].optional, key
   for key in ('examples', 'evaluation', 'blessing', 'model'):
@@ -144,27 +146,36 @@ def test_gate_thresholds_apply_to_the_overall_slice_only():
       if key.name == pipeline_lib.MELANOMA_RECALL:
         assert key.sub_key.class_id == mel and not key.is_diff
         assert threshold.lower_bound.value == 0.6
-      elif key.is_diff:
-        assert threshold.absolute.value == -0.03
-      else:
-        assert threshold.lower_bound.value == 0.4
+      else:  # No TFMA change threshold: the IntervalGate judges that.
+        assert not key.is_diff and threshold.lower_bound.value == 0.4
   slices = [list(s.feature_keys) for s in config.slicing_specs]
   assert slices == [[], ['label'], ['sex'], ['age_band'], ['localization'],
                     ['dataset'], ['sex', 'age_band']]
 
 
-def test_subgroup_gap_gate_settings_flow_into_its_component(tmp_path):
+def test_interval_gate_settings_flow_into_its_component(tmp_path):
   _, p = _pipeline(tmp_path, subgroup_gap_metric='melanoma_recall',
                    max_subgroup_gap=0.12, min_subgroup_examples=17,
-                   subgroup_gap_exclude_unknown=False)
-  gate = {c.id: c for c in p.components}['SubgroupGapGate'].exec_properties
+                   min_subgroup_class_examples=4,
+                   subgroup_gap_exclude_unknown=False,
+                   max_balanced_accuracy_drop=0.03, interval_confidence=0.9,
+                   bootstrap_draws=500, seed=5)
+  gate = {c.id: c for c in p.components}['IntervalGate'].exec_properties
   assert json.loads(gate['slice_families']) == ['sex', 'age_band',
                                                  'localization']
-  assert (gate['metric'], gate['class_id'], gate['max_gap'],
-          gate['min_examples'], gate['exclude_unknown']) == (
-              'melanoma_recall', configs.LABELS.index('mel'), 0.12, 17, 0)
+  assert json.loads(gate['slice_features']) == ['sex', 'age_band',
+                                                 'localization', 'dataset']
+  assert json.loads(gate['labels']) == list(configs.LABELS)
+  assert (gate['metric'], gate['melanoma_label'], gate['max_gap'],
+          gate['min_examples'], gate['min_class_examples'],
+          gate['exclude_unknown'], gate['max_balanced_accuracy_drop'],
+          gate['confidence'], gate['draws'], gate['seed'], gate['split']) == (
+              'melanoma_recall', 'mel', 0.12, 17, 4, 0, 0.03, 0.9, 500, 5,
+              'test')
   with pytest.raises(ValueError, match='subgroup_gap_metric'):
     _pipeline(tmp_path, subgroup_gap_metric='accuracy')
+  with pytest.raises(ValueError, match='interval_confidence'):
+    _pipeline(tmp_path, interval_confidence=1.0)
 
 
 def test_tuner_is_off_by_default_and_feeds_the_trainer_when_on(tmp_path):

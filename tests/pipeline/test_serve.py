@@ -38,7 +38,7 @@ from tests.conftest import write_split_jpegs
 
 MAX_UPLOAD = 256 * 1024
 BLESSING = {
-    'evaluator_blessed': True, 'subgroup_blessed': True,
+    'evaluator_blessed': True, 'interval_gate_blessed': True,
     'compared_with_baseline': False,
     'gates': [{'metric': 'balanced_accuracy', 'slices': 'overall',
                'threshold': '>= 0.35', 'value': 0.6167, 'passed': True},
@@ -47,12 +47,18 @@ BLESSING = {
     'test_metrics': {'balanced_accuracy': 0.6167, 'accuracy': 0.6308,
                      'expected_calibration_error': 0.0412,
                      'example_count': 130},
-    'subgroup_gaps': [{'slice_family': 'sex', 'metric': 'balanced_accuracy',
-                       'value': 0.1311, 'bound': 0.25, 'passed': True,
-                       'note': ''},
-                      {'slice_family': 'localization',
-                       'metric': 'balanced_accuracy', 'value': None,
-                       'bound': 0.25, 'passed': True, 'note': ''}],
+    'interval_gates': [
+        {'gate': 'subgroup', 'slice_family': 'sex',
+         'metric': 'mean recall over the classes with enough images',
+         'failed_groups': [], 'bound': 0.1, 'confidence': 0.9875,
+         'passed': True,
+         'note': 'worst male: difference -0.031 [-0.140, 0.070], not '
+                 'wholly below -0.100'},
+        {'gate': 'regression', 'metric': 'balanced_accuracy',
+         'difference': {'value': 0.012, 'lower': -0.021, 'upper': 0.044},
+         'bound': 0.02, 'confidence': 0.95, 'passed': True, 'note': ''}],
+    'test_intervals': {'balanced_accuracy': {'value': 0.6167, 'lower': 0.5512,
+                                             'upper': 0.6801}},
     'calibration': {'method': 'temperature', 'temperature': 1.7,
                     'fitted_temperature': 1.7, 'applied': True},
 }
@@ -245,8 +251,11 @@ def test_the_page_shows_version_gates_calibration_and_disclaimer(url):
   assert 'id="model-version">7<' in html
   assert serve.DISCLAIMER.split('.')[0] in html
   for text in ('balanced_accuracy', '&gt;= 0.35', '0.6167', 'melanoma_recall',
-               '0.7895', 'subgroup gap in balanced_accuracy across sex',
-               'not measurable', 'T = 1.700', '0.041'):
+               '0.7895', 'subgroup gate across sex',
+               'worst male: difference -0.031 [-0.140, 0.070]',
+               'regression gate vs the latest blessed model',
+               '0.012 [-0.021, 0.044]', '0.617 [0.551, 0.680]',
+               'T = 1.700', '0.041'):
     assert text in html, text
   assert 'Melanoma (mel)' in html
 
