@@ -66,6 +66,9 @@ REGRESSION_GATE = 'regression'
 BALANCED_ACCURACY = 'balanced_accuracy'
 MELANOMA_RECALL = 'melanoma_recall'
 METRICS = (BALANCED_ACCURACY, MELANOMA_RECALL)
+# A group of fewer lesions gets its values without an interval: a bootstrap
+# over so few clusters says nothing about the spread.
+MIN_LESIONS = 5
 # The headline metrics of intervals.json the summary, report and model card
 # show first, in this order, with their titles.
 HEADLINE_METRICS = (
@@ -103,9 +106,13 @@ def compute_intervals(labels: np.ndarray, probabilities: np.ndarray,
     out = intervals.bootstrap_many(
         metrics, labels[mask], probabilities[mask], lesion_ids[mask],
         draws=draws, seed=seed, confidence=confidence)
-    return {'examples': int(mask.sum()),
-            'lesions': int(len(np.unique(lesion_ids[mask]))),
-            'metrics': {name: _interval_dict(i) for name, i in out.items()}}
+    lesions = int(len(np.unique(lesion_ids[mask])))
+    values = {name: _interval_dict(i) for name, i in out.items()}
+    if lesions < MIN_LESIONS:  # Too few clusters to resample: no interval.
+      values = {name: dict(v, lower=None, upper=None)
+                for name, v in values.items()}
+    return {'examples': int(mask.sum()), 'lesions': lesions,
+            'metrics': values}
 
   everything = np.ones(len(labels), bool)
   result = {

@@ -162,3 +162,19 @@ def test_intervals_json_overall_and_per_group():
   assert ('sex', 'female') in groups and ('age_band', '>=75') in groups
   assert sum(e['examples'] for e in result['slices']
              if e['feature'] == 'sex') == len(labels)
+
+
+def test_a_group_of_few_lesions_gets_no_interval():
+  rng = np.random.default_rng(6)
+  labels, lesions, slices = _test_set(rng, n_lesions=100)
+  site = np.where(np.isin(lesions, ['0', '1', '2']), 'ear', 'back')
+  result = interval_gate.compute_intervals(
+      labels, _predict(rng, labels, 0.7), lesions, {'localization': site},
+      CLASSES, 'mel', draws=100, seed=0, confidence=0.95,
+      calibration_bins=10)
+  ear = next(e for e in result['slices'] if e['group'] == 'ear')
+  assert ear['lesions'] == 3 < interval_gate.MIN_LESIONS
+  accuracy = ear['metrics']['accuracy']
+  assert accuracy['value'] is not None
+  assert accuracy['lower'] is None and accuracy['upper'] is None
+  assert intervals.text(accuracy).endswith('[n/a]')
