@@ -198,11 +198,44 @@ def _sex(raw: Optional[str]) -> str:
   return _SEX_ALIASES.get(value.lower(), value)
 
 
+# The patient-metadata columns of each layout's CSV: image id, age, sex,
+# body site (``skinlesion predict --metadata`` reads the same files).
+METADATA_COLUMNS: Dict[str, Dict[str, str]] = {
+    'ham10000': {'image': 'image_id', features.AGE_KEY: 'age',
+                 features.SEX_KEY: 'sex',
+                 features.LOCALIZATION_KEY: 'localization'},
+    'isic2019': {'image': 'image', features.AGE_KEY: 'age_approx',
+                 features.SEX_KEY: 'sex',
+                 features.LOCALIZATION_KEY: 'anatom_site_general'},
+}
+
+
+def _metadata_fields(row: Dict[str, str], layout: str) -> Dict[str, Any]:
+  """_add_row's raw age / sex / localization from a layout's CSV row."""
+  columns = METADATA_COLUMNS[layout]
+  return {'age_raw': row.get(columns[features.AGE_KEY]),
+          'sex': row.get(columns[features.SEX_KEY]),
+          'localization': row.get(columns[features.LOCALIZATION_KEY])}
+
+
+def patient_metadata(age_raw: Optional[str], sex_raw: Optional[str],
+                     localization_raw: Optional[str]
+                     ) -> Tuple[Dict[str, Any], Optional[str]]:
+  """({age, sex, localization} as ingestion writes them, problem or None):
+  age a number in range or None, sex / site stripped ('unknown' when
+  empty), sex aliases ('M', 'F') mapped."""
+  age, problem = _parse_age(age_raw)
+  return {features.AGE_KEY: age,
+          features.SEX_KEY: _sex(sex_raw) or features.UNKNOWN,
+          features.LOCALIZATION_KEY: (localization_raw or '').strip()
+                                     or features.UNKNOWN}, problem
+
+
 # One CSV record: (first physical line, {column: value}, problem or None).
 CsvRow = Tuple[int, Dict[str, str], Optional[str]]
 
 
-def _read_csv(path: str) -> Tuple[List[str], List[CsvRow]]:
+def read_csv(path: str) -> Tuple[List[str], List[CsvRow]]:
   """Columns and rows of a CSV (UTF-8, a BOM is tolerated).
 
   A row whose field count differs from the header's comes with a problem
@@ -258,15 +291,16 @@ def _layout_csv(root: str, name: str, layout: str,
   if not tf.io.gfile.exists(path):
     raise IngestionError(f'{path} not found: the {layout} layout needs it at '
                          f'the data root, with columns {list(required)}')
-  columns, rows = _read_csv(path)
+  columns, rows = read_csv(path)
   _require(path, columns, required)
   return columns, rows
 
 
 def _add_row(listing: Listing, labeler: _Labeler, seen: Dict[str, str], *,
              source: str, image_id: str, lesion_id: str, source_label: str,
-             path: Optional[str], age_raw: Optional[str], sex: str,
-             localization: str, dataset: str) -> None:
+             path: Optional[str], age_raw: Optional[str],
+             sex: Optional[str], localization: Optional[str],
+             dataset: str) -> None:
   """Validates one metadata row; appends a record or a quarantine row."""
   lesion_id = lesion_id or image_id
   q = dict(source=source, image_id=image_id, lesion_id=lesion_id,
@@ -283,7 +317,7 @@ def _add_row(listing: Listing, labeler: _Labeler, seen: Dict[str, str], *,
   if label is None:
     listing.quarantine(UNKNOWN_LABEL, labeler.describe(source_label), **q)
     return
-  age, problem = _parse_age(age_raw)
+  patient, problem = patient_metadata(age_raw, sex, localization)
   if problem:
     listing.quarantine(BAD_AGE, problem, **q)
     return
@@ -300,10 +334,7 @@ def _add_row(listing: Listing, labeler: _Labeler, seen: Dict[str, str], *,
       features.LABEL_KEY: label,
       features.IMAGE_ID_KEY: image_id,
       features.LESION_ID_KEY: lesion_id,
-      features.AGE_KEY: age,
-      features.SEX_KEY: sex or features.UNKNOWN,
-      features.LOCALIZATION_KEY: (localization or '').strip()
-                                 or features.UNKNOWN,
+      **patient,
       features.DATASET_KEY: (dataset or '').strip() or features.UNKNOWN,
   })
 
@@ -346,8 +377,8 @@ def list_ham10000(root: str, labeler: _Labeler) -> Listing:
     _add_row(listing, labeler, seen, source=f'{HAM10000_CSV}:{line}',
              image_id=image_id, lesion_id=(row.get('lesion_id') or '').strip(),
              source_label=(row.get('dx') or '').strip(),
-             path=paths[0] if paths else None, age_raw=row.get('age'),
-             sex=_sex(row.get('sex')), localization=row.get('localization'),
+             path=paths[0] if paths else None,
+             **_metadata_fields(row, 'ham10000'),
              dataset=row.get('dataset'))
   listing.input_rows = len(rows)
   _images_for_rows(listing, index, set(seen) | malformed)
@@ -363,7 +394,7 @@ def list_isic2019(root: str, labeler: _Labeler) -> Listing:
   classes = [c for c in columns if c in ISIC2019_CLASSES]
   metadata = {}
   if tf.io.gfile.exists(meta_path):
-    meta_columns, meta_rows = _read_csv(meta_path)
+    meta_columns, meta_rows = read_csv(meta_path)
     _require(meta_path, meta_columns, ('image',))
     metadata = {(r.get('image') or '').strip(): (line, r, problem)
                 for line, r, problem in meta_rows}
@@ -384,8 +415,7 @@ def list_isic2019(root: str, labeler: _Labeler) -> Listing:
              image_id=image_id,
              lesion_id=(meta.get('lesion_id') or '').strip(),
              source_label=source_label, path=paths[0] if paths else None,
-             age_raw=meta.get('age_approx'), sex=_sex(meta.get('sex')),
-             localization=meta.get('anatom_site_general'),
+             **_metadata_fields(meta, 'isic2019'),
              dataset='isic2019')
   listing.input_rows = len(rows)
   _images_for_rows(listing, index, set(seen) | malformed)
@@ -418,7 +448,7 @@ def list_csv(root: str, labeler: _Labeler) -> Listing:
     _add_row(listing, labeler, seen, source=f'{GENERIC_CSV}:{line}',
              image_id=image_id, lesion_id=(row.get('lesion_id') or '').strip(),
              source_label=(row.get('label') or '').strip(), path=path,
-             age_raw=row.get('age'), sex=_sex(row.get('sex')),
+             age_raw=row.get('age'), sex=row.get('sex'),
              localization=row.get('localization'), dataset=row.get('dataset'))
   listing.input_rows = len(rows)
   return listing

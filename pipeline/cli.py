@@ -139,9 +139,12 @@ def cmd_predict(args) -> int:
   1: the model was refused (manifest mismatch) or could not be used."""
   from mobile_export import release  # pylint: disable=g-import-not-at-top
   from pipeline import predict  # pylint: disable=g-import-not-at-top
+  from pipeline import metadata_csv  # pylint: disable=g-import-not-at-top
   try:
+    table = metadata_csv.read(args.metadata) if args.metadata else None
     images = predict.list_images(args.images)
-    result = predict.predict(args.model, images, tflite_format=args.tflite)
+    result = predict.predict(args.model, images, tflite_format=args.tflite,
+                             metadata=table)
   except (release.VersionIntegrityError, FileNotFoundError, ValueError) as e:
     return _refused('predict', e)
   errors_path = predict.write_csv(result, args.out, args.format)
@@ -149,6 +152,7 @@ def cmd_predict(args) -> int:
   print(f'Wrote {len(result.images)} predictions to {args.out} '
         f'({args.format} columns; {model} of {result.version_dir}, manifest '
         'verified).')
+  _report_metadata(result, table)
   if result.errors:
     print(f'{len(result.errors)} image(s) could not be read (no row; also '
           f'in {errors_path}):', file=sys.stderr)
@@ -156,6 +160,27 @@ def cmd_predict(args) -> int:
       print(f'  {path}: {reason}: {detail}', file=sys.stderr)
     return 2
   return 0
+
+
+def _report_metadata(result, table) -> None:
+  """How many images got patient metadata, for a model that reads it."""
+  if not result.metadata_keys:
+    if table is not None:
+      print(f'--metadata {table.path}: not used (this model reads the image '
+            'only).')
+    return
+  keys = ', '.join(result.metadata_keys)
+  if table is None:
+    print(f'This model reads {keys} beside the image: none given (pass '
+          '--metadata CSV), so all were fed as missing.')
+    return
+  given = len(result.images) - len(result.without_metadata)
+  print(f'Metadata ({keys}) from {table.path} ({table.layout} columns) for '
+        f'{given} of {len(result.images)} images; '
+        f'{len(result.without_metadata)} without a row, fed as missing'
+        + (': ' + ', '.join(result.without_metadata[:10])
+           + (' ...' if len(result.without_metadata) > 10 else '')
+           if result.without_metadata else '') + '.')
 
 
 def cmd_serve(args) -> int:
@@ -174,7 +199,13 @@ def cmd_serve(args) -> int:
   if args.max_upload_mb <= 0:
     print('serve: --max-upload-mb must be positive', file=sys.stderr)
     return 1
-  app = serve.TryIt(model, max_upload_bytes=int(args.max_upload_mb * 2**20))
+  from pipeline import metadata_csv  # pylint: disable=g-import-not-at-top
+  try:
+    table = metadata_csv.read(args.metadata) if args.metadata else None
+  except ValueError as e:
+    return _refused('serve', e)
+  app = serve.TryIt(model, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                    metadata_table=table)
   try:
     server = serve.make_server(app, args.host, args.port)
   except OSError as e:
@@ -296,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=configs.TFLITE_FORMATS,
                     help='use the pushed .tflite of this format (default '
                     f'{configs.TFLITE_FORMATS[0]}) instead of the SavedModel')
+  pred.add_argument('--metadata', metavar='CSV',
+                    help='patient metadata for a model that reads it: '
+                    'HAM10000 columns (image_id, age, sex, localization) or '
+                    'ISIC 2019 columns (image, age_approx, sex, '
+                    'anatom_site_general); images without a row get '
+                    'missing values')
   pred.set_defaults(func=cmd_predict)
 
   srv = sub.add_parser(
@@ -313,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='serve the pushed .tflite of this format (default '
                    f'{configs.TFLITE_FORMATS[0]}; no Grad-CAM) instead of '
                    'the SavedModel')
+  srv.add_argument('--metadata', metavar='CSV',
+                   help='patient metadata by image name (as predict '
+                   '--metadata): an upload whose name has a row gets it '
+                   'unless the form gives values')
   srv.add_argument('--max-upload-mb', type=float,
                    default=configs.SERVE_MAX_UPLOAD_MB,
                    help='largest accepted upload (default '

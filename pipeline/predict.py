@@ -13,11 +13,13 @@ input type's normalization).  These are the probabilities the Evaluator's
 ``serving_default`` path computes for the same image (identical
 preprocessing).
 
-A model that also reads patient metadata (``mixed_input``) gets none from
-a folder of images: age, sex and localization are fed as missing (NaN,
-'unknown'), as ingestion writes a missing value; its ``serving_default``
-signature takes them from tf.Examples, and ``skinlesion serve`` from its
-form.
+A model that also reads patient metadata (``mixed_input``) gets it from
+``--metadata CSV`` (HAM10000 or ISIC 2019 columns, pipeline/metadata_csv.py:
+read and normalized as ingestion does); an image without a row, or every
+image when no CSV is given, gets missing values (age NaN, sex and site
+'unknown'), as ingestion writes a missing value, and the command reports
+how many.  ``skinlesion serve`` takes them from its form (or the same
+CSV).
 
 Output: CSV, one row per readable image: ``image`` (file name without
 extension, as the ISIC challenge names images) and one probability column
@@ -44,6 +46,7 @@ from models import explain
 from models import features
 from models import preprocessing
 from pipeline import configs
+from pipeline import metadata_csv
 
 FORMATS = ('labels', 'isic')
 BATCH_SIZE = 64
@@ -57,6 +60,10 @@ class Predictions:
   images: List[str]              # image names (file stem)
   probabilities: np.ndarray      # [N, classes], labels' order
   errors: List[Tuple[str, str, str]]  # (file, reason, detail)
+  # The model's metadata inputs (empty: an image-only model), and the
+  # images predicted with missing metadata (no CSV row, or no CSV).
+  metadata_keys: Tuple[str, ...] = ()
+  without_metadata: List[str] = dataclasses.field(default_factory=list)
 
 
 def list_images(directory: str) -> List[str]:
@@ -215,7 +222,9 @@ class PushedModel:
 
 
 def predict(model_dir: str, image_paths: Sequence[str],
-            tflite_format: Optional[str] = None) -> Predictions:
+            tflite_format: Optional[str] = None,
+            metadata: Optional[metadata_csv.MetadataTable] = None
+            ) -> Predictions:
   """Verifies the version, then predicts every readable image.
 
   Args:
@@ -224,6 +233,8 @@ def predict(model_dir: str, image_paths: Sequence[str],
     image_paths: image files.
     tflite_format: None: the SavedModel; else a .tflite format of the
       version (configs.TFLITE_FORMATS, e.g. 'float16').
+    metadata: patient metadata by image name (file stem), for a model that
+      reads it; images without a row get missing values.
 
   Raises:
     release.VersionIntegrityError: the version does not match its manifest.
@@ -234,10 +245,13 @@ def predict(model_dir: str, image_paths: Sequence[str],
   pixels = np.stack([model.pixels(jpeg) for _, jpeg in readable]
                     ) if readable else np.zeros(
                         (0, model.image_size, model.image_size, 3), np.uint8)
-  probabilities = model.probabilities(pixels)
   names = [os.path.splitext(os.path.basename(p))[0] for p, _ in readable]
+  rows, without = (metadata.lookup(names) if metadata is not None
+                   else ([{}] * len(names), list(names)))
+  probabilities = model.probabilities(pixels, rows)
   return Predictions(model.version_dir, model.labels, names, probabilities,
-                     errors)
+                     errors, tuple(model.metadata_keys),
+                     without if model.metadata_keys else [])
 
 
 def columns(labels: Sequence[str], fmt: str) -> List[Tuple[str, int]]:

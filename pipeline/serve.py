@@ -47,6 +47,7 @@ import http.server
 import io
 import json
 import logging
+import os
 import re
 import threading
 import traceback
@@ -65,6 +66,7 @@ from components import run_report
 from models import explain
 from models import features
 from pipeline import configs
+from pipeline import metadata_csv
 from pipeline import predict
 
 DEFAULT_HOST = configs.SERVE_HOST
@@ -163,8 +165,12 @@ class TryIt:
 
   def __init__(self, model: predict.PushedModel,
                max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
-               max_pixels: int = configs.MAX_IMAGE_PIXELS):
+               max_pixels: int = configs.MAX_IMAGE_PIXELS,
+               metadata_table: Optional[metadata_csv.MetadataTable] = None):
     self.model = model
+    # serve --metadata CSV: an upload whose file name (without extension)
+    # has a row gets that row's metadata unless the form gives some.
+    self.metadata_table = metadata_table
     self.max_upload_bytes = int(max_upload_bytes)
     self._check = image_example_gen.ImageCheck(max_pixels)
     # TFLite interpreters are not thread safe; TF is, but one image at a
@@ -214,7 +220,19 @@ class TryIt:
     """The top classes and the explanation of one uploaded file's bytes
     (``fields``: age / sex / localization for a model that reads them)."""
     self.check_size(len(data))
-    metadata = self.metadata(fields or {})
+    fields = dict(fields or {})
+    stem = os.path.splitext(os.path.basename(filename))[0]
+    given = any((fields.get(k) or '').strip().lower()
+                not in ('', features.UNKNOWN) for k in self.model.metadata_keys)
+    if (self.metadata_table is not None and not given
+        and stem in self.metadata_table.rows):
+      # Normalized as ingestion does (pipeline/metadata_csv.py): a site
+      # outside the vocabulary goes to the model's unknown bucket, as in
+      # training.
+      row = self.metadata_table.rows[stem]
+      metadata = {k: row[k] for k in self.model.metadata_keys}
+    else:
+      metadata = self.metadata(fields)
     ok, problem = self._check.check_bytes(data)
     if problem:
       raise UploadError(http.HTTPStatus.BAD_REQUEST,

@@ -398,6 +398,82 @@ def test_a_metadata_model_gets_age_sex_and_site_fields(mixed_version,
     server.server_close()
 
 
+def test_metadata_csv_reaches_the_model_in_predict_and_serve(
+    mixed_version, version, tmp_path, capsys):
+  """predict / serve --metadata: each image's row (HAM10000 or ISIC 2019
+  columns) is what the model gets, as the Evaluator's serving_default path
+  would; an image without a row gets missing values and is counted."""
+  from pipeline import metadata_csv  # pylint: disable=g-import-not-at-top
+  images = version[1][:3]
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in images]
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for path in images:
+    with open(path, 'rb') as src, open(folder / os.path.basename(path),
+                                       'wb') as dst:
+      dst.write(src.read())
+  ham = tmp_path / 'ham.csv'
+  ham.write_text('lesion_id,image_id,dx,age,sex,localization\n'
+                 f'L1,{stems[0]},nv,63,male,back\n'
+                 f'L2,{stems[1]},mel,,female,face\n')
+  isic = tmp_path / 'isic.csv'
+  isic.write_text('image,age_approx,anatom_site_general,sex\n'
+                  f'{stems[0]},63,back,male\n'
+                  f'{stems[1]},,face,female\n')
+  with_rows = predict.predict(mixed_version, images,
+                              metadata=metadata_csv.read(str(ham)))
+  assert with_rows.without_metadata == [stems[2]]
+  model = predict.PushedModel(mixed_version)
+  pixels = np.stack([model.pixels(open(p, 'rb').read()) for p in images])
+  expected = model.probabilities(pixels, [
+      {'age': 63.0, 'sex': 'male', 'localization': 'back'},
+      {'age': None, 'sex': 'female', 'localization': 'face'}, {}])
+  np.testing.assert_allclose(with_rows.probabilities, expected, atol=1e-6)
+  # Without the CSV every image is fed as missing: other numbers.
+  without = predict.predict(mixed_version, images)
+  assert without.without_metadata == stems
+  assert np.abs(without.probabilities[:2]
+                - with_rows.probabilities[:2]).max() > 1e-4
+  np.testing.assert_allclose(without.probabilities[2],
+                             with_rows.probabilities[2], atol=1e-6)
+  # The ISIC 2019 columns give the same answers; the CLI counts the rows.
+  out = str(tmp_path / 'preds.csv')
+  assert cli.main(['predict', '--model', mixed_version, '--images',
+                   str(folder), '--out', out, '--metadata', str(isic)]) == 0
+  printed = capsys.readouterr().out
+  assert (f'from {isic} (isic2019 columns) for 2 of 3 images; 1 without a '
+          f'row, fed as missing: {stems[2]}.') in printed
+  with open(out) as f:
+    rows = {line.split(',')[0]: [float(x) for x in line.split(',')[1:]]
+            for line in f.read().splitlines()[1:]}
+  for stem, probabilities in zip(stems, with_rows.probabilities):
+    np.testing.assert_allclose(rows[stem], probabilities, atol=1e-6)
+  # A malformed CSV is refused with its line; an image-only model says it
+  # does not use the metadata.
+  bad = tmp_path / 'bad.csv'
+  bad.write_text('image_id,age,sex,localization\nA,old,male,back\n')
+  assert cli.main(['predict', '--model', mixed_version, '--images',
+                   str(folder), '--out', out, '--metadata', str(bad)]) == 1
+  assert "line 2: age 'old' is not a number" in capsys.readouterr().err
+  assert cli.main(['predict', '--model', version[0], '--images', str(folder),
+                   '--out', out, '--metadata', str(ham)]) == 0
+  assert 'not used (this model reads the image only)' in (
+      capsys.readouterr().out)
+  # serve --metadata: an upload named like a row gets the row, unless the
+  # form gives values.
+  app = serve.TryIt(model, metadata_table=metadata_csv.read(str(ham)))
+  jpeg = open(images[0], 'rb').read()
+  from_row = app.analyse(jpeg, os.path.basename(images[0]))
+  assert from_row.metadata == {'age': 63.0, 'sex': 'male',
+                               'localization': 'back'}
+  assert [from_row.probabilities[k] for k in configs.LABELS] == (
+      pytest.approx(list(expected[0]), abs=1e-6))
+  from_form = app.analyse(jpeg, os.path.basename(images[0]),
+                          {'sex': 'female'})
+  assert from_form.metadata == {'age': None, 'sex': 'female',
+                                'localization': 'unknown'}
+
+
 # --------------------------------------------------------------------------
 # The whole thing as a user meets it: `skinlesion serve` in its own process,
 # driven by headless Chromium.
