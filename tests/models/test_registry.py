@@ -46,9 +46,11 @@ MODELS = [
     ('efficientnet_b2', 32, EAGER),
     ('efficientnet_b3', 32, EAGER),
     ('efficientnet_b4', 32, EAGER),
+    ('efficientnet_lite0', 32, EAGER),
     ('inception_v3', 75, EAGER),
     ('resnet50', 32, EAGER),
     ('mixed_input', 32, {'backbone': 'mobilenet_v2', 'alpha': 0.35}),
+    ('mixed_input', 32, {'backbone': 'efficientnet_lite0', **EAGER}),
 ]
 # EfficientNet-B1..B4 are B0 with other width / depth coefficients (same
 # Keras code, same project code); InceptionV3 and ResNet50 go through the
@@ -61,7 +63,10 @@ MODELS = [
 ZOO_ONLY = {'efficientnet_b1', 'efficientnet_b2', 'efficientnet_b3',
             'efficientnet_b4', 'inception_v3', 'resnet50'}
 END_TO_END = [pytest.param(*m, marks=[pytest.mark.zoo] if m[0] in ZOO_ONLY
-                           else [], id=m[0]) for m in MODELS]
+                           else [],
+                           id=m[0] if m[2].get('backbone', 'mobilenet_v2') ==
+                           'mobilenet_v2' else f'{m[0]}-{m[2]["backbone"]}')
+              for m in MODELS]
 
 
 @pytest.fixture(scope='module')
