@@ -34,6 +34,7 @@ from tfx.types import component_spec
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
+from components import intervals
 from mobile_export import data
 from mobile_export import parity
 from mobile_export import release
@@ -95,6 +96,9 @@ def _verdict(entry: Dict[str, Any]) -> Dict[str, Any]:
   return {'passed': entry['passed'], 'reasons': entry['reasons'],
           'top1_agreement': result.get('top1_agreement'),
           'balanced_accuracy_drop': result.get('balanced_accuracy_drop'),
+          'top1_agreement_interval': result.get('top1_agreement_interval'),
+          'balanced_accuracy_drop_interval': result.get(
+              'balanced_accuracy_drop_interval'),
           'bytes': entry.get('bytes')}
 
 
@@ -150,6 +154,9 @@ class Executor(base_executor.BaseExecutor):
     else:
       pixels, truth = data.load_images(_split_files(examples, parity_split),
                                        image_size)
+      # The parity intervals resample lesions (images of one lesion are not
+      # independent).
+      lesions = data.lesion_ids(_split_files(examples, parity_split))
       logging.info('Parity set: %d images of split %s.', len(pixels),
                    parity_split)
       reference = parity.saved_model_predict(saved_model_dir, pixels)
@@ -164,7 +171,7 @@ class Executor(base_executor.BaseExecutor):
         entries[fmt] = self._export_one(
             fmt, saved_model_dir, calibration, output.uri, labels,
             json.loads(exec_properties['label_descriptions']), model_version,
-            exec_properties, pixels, truth, reference, thresholds)
+            exec_properties, pixels, truth, lesions, reference, thresholds)
       reference_metrics = dataclasses.asdict(parity.classification_metrics(
           reference, truth, labels))
 
@@ -197,7 +204,8 @@ class Executor(base_executor.BaseExecutor):
 
   def _export_one(self, fmt, saved_model_dir, calibration, output_dir,
                   labels, label_descriptions, model_version, exec_properties,
-                  pixels, truth, reference, thresholds) -> Dict[str, Any]:
+                  pixels, truth, lesions, reference, thresholds
+                  ) -> Dict[str, Any]:
     """Converts one format and judges it; a failed conversion is a verdict."""
     try:
       buffer = tflite.convert(saved_model_dir, fmt, calibration)
@@ -218,10 +226,12 @@ class Executor(base_executor.BaseExecutor):
     with tf.io.gfile.GFile(path, 'wb') as f:
       f.write(buffer)
     result = parity.compare(fmt, reference, tflite.predict(buffer, pixels),
-                            truth, labels, thresholds)
-    logging.info('%s: %d bytes, top-1 agreement %.4f, balanced accuracy drop '
-                 '%.4f: %s', fmt, len(buffer), result.top1_agreement,
-                 result.balanced_accuracy_drop,
+                            truth, labels, thresholds, lesions,
+                            seed=exec_properties['seed'])
+    logging.info('%s: %d bytes, top-1 agreement %s, balanced accuracy drop '
+                 '%s: %s', fmt, len(buffer),
+                 intervals.text(result.top1_agreement_interval),
+                 intervals.text(result.balanced_accuracy_drop_interval),
                  'passed' if result.passed else '; '.join(result.reasons))
     return {'file': name, 'bytes': len(buffer),
             'sha256': release.sha256_file(path),

@@ -110,6 +110,10 @@ def _manifest_sections(report: Dict[str, Any], pushed: List[str]):
         'examples': result.get('examples'),
         'top1_agreement': result.get('top1_agreement'),
         'balanced_accuracy_drop': result.get('balanced_accuracy_drop'),
+        # {"value", "lower", "upper"}: 95% intervals over lesions.
+        'top1_agreement_interval': result.get('top1_agreement_interval'),
+        'balanced_accuracy_drop_interval': result.get(
+            'balanced_accuracy_drop_interval'),
         'max_probability_difference': result.get(
             'max_probability_difference'),
     }

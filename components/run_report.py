@@ -974,8 +974,9 @@ manifest <code>{{ r.pushed.manifest }}</code>.</p>
 {% if r.pushed.mobile %}<h3>Mobile export (parity with the SavedModel)</h3>
 <table><tr><th class="l">format</th><th class="l">verdict</th><th>top-1 agreement</th><th>balanced accuracy drop</th><th class="l">reasons</th></tr>
 {% for fmt_name, v in r.pushed.mobile.items() %}<tr{% if not v.passed %} class="failed"{% endif %}><td class="l">{{ fmt_name }}</td><td class="l">{{ 'passed' if v.passed else 'FAILED' }}</td>
-<td>{{ fmt(v.top1_agreement) }}</td><td>{{ fmt(v.balanced_accuracy_drop) }}</td><td class="l">{{ (v.reasons or []) | join('; ') }}</td></tr>{% endfor %}
-</table>{% elif r.pushed.mobile_note %}<p class="muted">Mobile export: {{ r.pushed.mobile_note }}</p>{% endif %}
+<td>{{ itext(v.top1_agreement_interval) if v.get('top1_agreement_interval') else fmt(v.top1_agreement) }}</td><td>{{ itext(v.balanced_accuracy_drop_interval) if v.get('balanced_accuracy_drop_interval') else fmt(v.balanced_accuracy_drop) }}</td><td class="l">{{ (v.reasons or []) | join('; ') }}</td></tr>{% endfor %}
+</table>
+<p class="muted">Values [95% intervals over lesions]. A file fails when its agreement interval lies wholly below the bound, or when the upper bound of its balanced-accuracy drop exceeds the allowed drop.</p>{% elif r.pushed.mobile_note %}<p class="muted">Mobile export: {{ r.pushed.mobile_note }}</p>{% endif %}
 </section>
 </main></body></html>
 """
@@ -1349,7 +1350,9 @@ def _pushed_part(inputs: ReportInputs):
       pushed['mobile'] = {
           f: {'passed': e['passed'], 'reasons': e.get('reasons'),
               **{k: (e.get('parity') or {}).get(k) for k in (
-                  'top1_agreement', 'balanced_accuracy_drop')}}
+                  'top1_agreement', 'balanced_accuracy_drop',
+                  'top1_agreement_interval',
+                  'balanced_accuracy_drop_interval')}}
           for f, e in report['formats'].items()}
     else:
       pushed['mobile_note'] = ('nothing exported ('
@@ -1438,6 +1441,11 @@ def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
   mobile = r['pushed'].get('mobile') or {}
   gating += [f'TFLite {f}: parity with the SavedModel '
              f'{"passed" if v.get("passed") else "FAILED (not pushed)"}'
+             + (f' (top-1 agreement '
+                f'{intervals_lib.text(v["top1_agreement_interval"])}, '
+                'balanced accuracy drop '
+                f'{intervals_lib.text(v["balanced_accuracy_drop_interval"])})'
+                if v.get('top1_agreement_interval') else '')
              for f, v in mobile.items()]
   gating.append('Decision: ' + r['blessing']['summary'])
   slices = [{'family': t['family'], 'failed': t['failed'],

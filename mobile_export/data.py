@@ -38,6 +38,20 @@ def load_images(file_patterns: Sequence[str], image_size: int
   return np.concatenate(pixels), np.concatenate(labels)
 
 
+def lesion_ids(file_patterns: Sequence[str]) -> np.ndarray:
+  """Every example's lesion id, in load_images' order (its image id when it
+  has none, or its position: an image without either is its own lesion)."""
+  out = []
+  for serialized in preprocessing.read_examples(file_patterns).as_numpy_iterator():
+    feature = tf.train.Example.FromString(serialized).features.feature
+    ids = [feature[key].bytes_list.value[0].decode()
+           for key in (features.LESION_ID_KEY, features.IMAGE_ID_KEY)
+           if key in feature and feature[key].bytes_list.value
+           and feature[key].bytes_list.value[0]]
+    out.append(ids[0] if ids else f'#{len(out)}')
+  return np.asarray(out)
+
+
 def representative_images(file_patterns: Sequence[str], image_size: int,
                           count: int, seed: int) -> List[np.ndarray]:
   """A seeded random sample of ``count`` images, float32 [S, S, 3] in [0, 1].

@@ -1,18 +1,27 @@
 """Parity gate: does a .tflite answer like the SavedModel it came from?
 
-On the same images (the test split, canonical preprocessing), a converted
-model must agree with the SavedModel's top-1 class on at least
-``min_top1_agreement`` of the images and lose at most
-``max_balanced_accuracy_drop`` of balanced accuracy (mean per-class recall
-over the classes present, the project's gated metric).
+On the same images (the test split, canonical preprocessing) both models are
+scored, and two numbers get 95% intervals from a bootstrap over lesions
+(components/intervals.py; the same draws for both models):
+
+* top-1 agreement with the SavedModel.  A file fails when the whole interval
+  lies below ``min_top1_agreement``: it surely disagrees more than allowed
+  (a few flips between near-tied classes on a small test split do not).
+* the paired balanced-accuracy drop, SavedModel - .tflite.  A file fails
+  when the interval's upper bound exceeds ``max_balanced_accuracy_drop``:
+  it must be shown not to lose more than that (non-inferiority).
+
+Balanced accuracy is the mean per-class recall over the classes present,
+the project's gated metric.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from components import intervals
 from models import features
 from models import preprocessing
 
@@ -43,7 +52,12 @@ class ClassificationMetrics:
 
 @dataclasses.dataclass
 class ParityResult:
-  """The verdict on one converted model."""
+  """The verdict on one converted model.
+
+  ``top1_agreement`` and ``balanced_accuracy_drop`` are the point values;
+  their ``_interval`` twins are ``{"value", "lower", "upper"}`` (null bounds
+  when there are too few lesions to resample).
+  """
   fmt: str
   examples: int
   top1_agreement: float
@@ -52,6 +66,11 @@ class ParityResult:
   metrics: ClassificationMetrics
   passed: bool
   reasons: List[str]
+  top1_agreement_interval: Dict[str, Optional[float]] = dataclasses.field(
+      default_factory=dict)
+  balanced_accuracy_drop_interval: Dict[str, Optional[float]] = (
+      dataclasses.field(default_factory=dict))
+  lesions: int = 0
 
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
@@ -81,9 +100,18 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
       per_class_recall=recall)
 
 
+def _bounds(interval: intervals.Interval) -> Dict[str, Optional[float]]:
+  return {k: (None if v is None or not np.isfinite(v) else float(v))
+          for k, v in interval.as_dict().items()}
+
+
 def compare(fmt: str, reference: np.ndarray, candidate: np.ndarray,
             labels: np.ndarray, class_names: Sequence[str],
-            thresholds: Thresholds) -> ParityResult:
+            thresholds: Thresholds, groups: Optional[Sequence] = None, *,
+            draws: int = intervals.DEFAULT_DRAWS,
+            seed: int = intervals.DEFAULT_SEED,
+            confidence: float = intervals.DEFAULT_CONFIDENCE
+            ) -> ParityResult:
   """Judges a converted model's probabilities against the reference's.
 
   Args:
@@ -93,6 +121,10 @@ def compare(fmt: str, reference: np.ndarray, candidate: np.ndarray,
     labels: true class ids [N].
     class_names: names of the C classes.
     thresholds: the gate.
+    groups: each image's lesion id [N] (None: every image its own lesion).
+    draws: bootstrap draws.
+    seed: the bootstrap's seed.
+    confidence: the intervals' level.
 
   Returns:
     The result; ``passed`` is False with a reason for every failed bound.
@@ -106,25 +138,37 @@ def compare(fmt: str, reference: np.ndarray, candidate: np.ndarray,
   reference_metrics = classification_metrics(reference, labels, class_names)
   candidate_metrics = classification_metrics(candidate, labels, class_names)
   reasons = []
+  agreement_interval, drop_interval, lesions = {}, {}, 0
   if examples == 0:
     agreement, drop, max_diff = 0.0, 0.0, 0.0
     reasons.append('no images to compare on')
   else:
-    agreement = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
-    drop = (reference_metrics.balanced_accuracy
-            - candidate_metrics.balanced_accuracy)
+    labels = np.asarray(labels, np.int64)
+    if groups is not None and len(groups) != examples:
+      raise ValueError(f'{len(groups)} lesion ids for {examples} images')
+    lesions = int(len(np.unique(groups))) if groups is not None else examples
+    common = dict(draws=draws, seed=seed, confidence=confidence)
+    agreed = intervals.bootstrap(intervals.accuracy, reference.argmax(1),
+                                 candidate.argmax(1), groups, **common)
+    lost = intervals.paired_difference(intervals.balanced_accuracy, labels,
+                                       reference, candidate, groups, **common)
+    agreement, drop = agreed.value, lost.value
+    agreement_interval, drop_interval = _bounds(agreed), _bounds(lost)
     max_diff = float(np.abs(reference - candidate).max())
-    if agreement < thresholds.min_top1_agreement:
-      reasons.append(f'top-1 agreement with the SavedModel {agreement:.4f} < '
-                     f'{thresholds.min_top1_agreement:.4f}')
-    if drop > thresholds.max_balanced_accuracy_drop:
-      reasons.append(f'balanced accuracy drop {drop:.4f} > '
+    if agreed.upper < thresholds.min_top1_agreement:
+      reasons.append(f'top-1 agreement with the SavedModel {agreed} lies '
+                     f'wholly below {thresholds.min_top1_agreement:.4f}')
+    if not lost.upper <= thresholds.max_balanced_accuracy_drop:
+      reasons.append(f'balanced accuracy drop {lost}: its upper bound '
+                     f'{lost.upper:.4f} > '
                      f'{thresholds.max_balanced_accuracy_drop:.4f}')
   return ParityResult(
-      fmt=fmt, examples=examples, top1_agreement=agreement,
+      fmt=fmt, examples=examples, top1_agreement=float(agreement),
       balanced_accuracy_drop=float(drop),
       max_probability_difference=max_diff, metrics=candidate_metrics,
-      passed=not reasons, reasons=reasons)
+      passed=not reasons, reasons=reasons,
+      top1_agreement_interval=agreement_interval,
+      balanced_accuracy_drop_interval=drop_interval, lesions=lesions)
 
 
 def saved_model_predict(saved_model_dir: str, pixels: np.ndarray,

@@ -319,12 +319,20 @@ class Settings:
   min_subgroup_class_examples: int = 5
   subgroup_gap_exclude_unknown: bool = True
   # Mobile export: int8 calibration images (a seeded sample of the train
-  # split); the parity gate on the test split: each .tflite must agree with
-  # the SavedModel's top-1 on at least this share of images ...
+  # split); the parity gate on the test split (mobile_export/parity.py, 95%
+  # intervals over lesions): a .tflite fails when its top-1 agreement with
+  # the SavedModel is surely below this (the whole interval below it) ...
   tflite_representative_examples: int = 200
   tflite_min_top1_agreement: float = 0.98
-  # ... and lose at most this much balanced accuracy (0.01 = 1 point).
-  tflite_max_balanced_accuracy_drop: float = 0.01
+  # ... or when the upper bound of its paired balanced-accuracy drop
+  # (SavedModel - .tflite) exceeds this: the loss must be shown to be small.
+  # 0.06: on the demo's 130 test images one flipped image of its 8
+  # dermatofibromas alone puts the upper bound near 0.05 (a lesion bootstrap
+  # of one rare-class miss), so a tighter bound would refuse a sound file
+  # there for one image; on HAM10000's 1,306 test images a sound
+  # conversion's upper bound is far lower, and real disagreement is caught
+  # by the agreement bound first (BENCHMARKS.md, "Gates with intervals").
+  tflite_max_balanced_accuracy_drop: float = 0.06
   # Run report (components/run_report.py): Grad-CAM test images per true
   # class, this many correct and this many wrong.
   report_gradcam_per_class: int = 2

@@ -185,7 +185,13 @@ def format_mobile_verdicts(verdicts: Optional[Dict[str, Dict]],
     return [f'Mobile export: {note or "did not run in this run"}.']
   lines = ['Mobile export (parity with the SavedModel on the test split):']
   for fmt, v in verdicts.items():
-    if v.get('top1_agreement') is not None:
+    if v.get('top1_agreement_interval'):
+      numbers = (f'top-1 agreement '
+                 f'{intervals_lib.text(v["top1_agreement_interval"])}, '
+                 'balanced accuracy drop '
+                 f'{intervals_lib.text(v["balanced_accuracy_drop_interval"])}'
+                 f', {v["bytes"] / 1024:.1f} KiB')
+    elif v.get('top1_agreement') is not None:  # Recorded before intervals.
       numbers = (f'top-1 agreement {v["top1_agreement"]:.4f}, balanced '
                  f'accuracy drop {v["balanced_accuracy_drop"]:+.4f}, '
                  f'{v["bytes"] / 1024:.1f} KiB')

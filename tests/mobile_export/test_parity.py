@@ -30,7 +30,36 @@ def test_metrics_leave_out_absent_classes():
   assert metrics.balanced_accuracy == pytest.approx(2 / 3)
 
 
-def test_identical_predictions_pass():
+def _demo_like(rng, n_lesions=90, n_classes=7):
+  """A 130-image test split: lesions of 1-3 images, a rare class of 8."""
+  labels = rng.choice(n_classes, n_lesions, p=[.05, .08, .1, .06, .1, .56,
+                                               .05])
+  counts = rng.choice([1, 1, 2, 3], n_lesions)
+  labels, lesions = np.repeat(labels, counts), np.repeat(
+      np.arange(n_lesions), counts)
+  reference = rng.dirichlet(np.ones(n_classes), len(labels)).astype(
+      np.float32)
+  right = rng.random(len(labels)) < 0.65
+  top = np.where(right, labels, rng.integers(0, n_classes, len(labels)))
+  reference[np.arange(len(labels)), top] += 1.0
+  return labels, lesions, reference / reference.sum(1, keepdims=True)
+
+
+def _flip(probabilities, rows, rng):
+  """The same probabilities with the top-1 of ``rows`` moved elsewhere."""
+  out = probabilities.copy()
+  for r in rows:
+    top = out[r].argmax()
+    other = (top + rng.integers(1, out.shape[1])) % out.shape[1]
+    out[r, top], out[r, other] = out[r, other], out[r, top]
+  return out
+
+
+DEFAULT = parity.Thresholds(min_top1_agreement=0.98,
+                            max_balanced_accuracy_drop=0.06)
+
+
+def test_identical_predictions_pass_with_exact_intervals():
   labels = np.array([0, 1, 2, 2])
   probs = _onehot([0, 1, 2, 0])
   result = parity.compare('int8', probs, probs, labels, NAMES, GATE)
@@ -38,21 +67,66 @@ def test_identical_predictions_pass():
   assert result.top1_agreement == 1.0
   assert result.balanced_accuracy_drop == 0.0
   assert result.max_probability_difference == 0.0
+  assert result.top1_agreement_interval == {'value': 1.0, 'lower': 1.0,
+                                            'upper': 1.0}
+  assert result.balanced_accuracy_drop_interval == {'value': 0.0,
+                                                    'lower': 0.0,
+                                                    'upper': 0.0}
 
 
-def test_disagreement_and_accuracy_loss_each_fail_with_a_reason():
-  labels = np.array([0, 1, 2, 2])
-  reference = _onehot([0, 1, 2, 2])
-  candidate = _onehot([0, 1, 2, 0])    # one image flips: agreement 0.75
-  result = parity.compare('int8', reference, candidate, labels, NAMES, GATE)
-  # Agreement 0.75 meets its bound; the drop (1 - 5/6) exceeds 0.1.
+def test_a_few_flips_on_a_small_split_pass():
+  """Two of 130 images change class (0.985 agreement; the old raw gate
+  refused 0.977 on the demo): not shown to be worse, so it passes."""
+  rng = np.random.default_rng(0)
+  labels, lesions, reference = _demo_like(rng)
+  assert len(labels) > 120
+  candidate = _flip(reference, [3, 50], rng)
+  result = parity.compare('int8', reference, candidate, labels,
+                          parity_names(), DEFAULT, lesions)
+  assert result.passed, result.reasons
+  assert result.top1_agreement < 0.99
+  assert result.top1_agreement_interval['upper'] >= 0.98
+  assert result.lesions == len(set(lesions))
+
+
+def test_real_disagreement_fails_with_its_interval():
+  rng = np.random.default_rng(1)
+  labels, lesions, reference = _demo_like(rng, n_lesions=600)
+  flipped = rng.choice(len(labels), len(labels) // 10, replace=False)
+  candidate = _flip(reference, flipped, rng)
+  result = parity.compare('int8', reference, candidate, labels,
+                          parity_names(), DEFAULT, lesions)
   assert not result.passed
-  assert result.top1_agreement == 0.75
-  assert result.balanced_accuracy_drop == pytest.approx(1 / 6)
-  assert result.reasons == ['balanced accuracy drop 0.1667 > 0.1000']
-  worse = _onehot([1, 1, 2, 0])
-  result = parity.compare('int8', reference, worse, labels, NAMES, GATE)
-  assert [r.split()[0] for r in result.reasons] == ['top-1', 'balanced']
+  assert result.top1_agreement_interval['upper'] < 0.98
+  assert any(r.startswith('top-1 agreement with the SavedModel 0.9')
+             and 'lies wholly below 0.9800' in r for r in result.reasons)
+
+
+def test_a_loss_concentrated_in_one_class_fails_on_its_upper_bound():
+  """Agreement stays high, but every image of one class is lost."""
+  rng = np.random.default_rng(2)
+  labels, lesions, reference = _demo_like(rng, n_lesions=600)
+  rare = np.flatnonzero((labels == 0) & (reference.argmax(1) == 0))
+  candidate = _flip(reference, rare, rng)
+  result = parity.compare('int8', reference, candidate, labels,
+                          parity_names(), DEFAULT, lesions)
+  assert not result.passed
+  drop = result.balanced_accuracy_drop_interval
+  assert drop['upper'] > 0.06 and drop['lower'] > 0
+  assert any('balanced accuracy drop' in r and 'upper bound' in r
+             for r in result.reasons)
+
+
+def test_lesion_ids_must_match_the_images():
+  rng = np.random.default_rng(3)
+  labels, lesions, reference = _demo_like(rng)
+  with pytest.raises(ValueError, match='lesion ids'):
+    parity.compare('int8', reference, reference, labels, parity_names(),
+                   DEFAULT, lesions[:-1])
+
+
+def parity_names():
+  return ('akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc')
 
 
 def test_a_converted_model_may_be_better_than_the_reference():
@@ -115,3 +189,35 @@ def test_model_input_is_what_the_task_library_feeds():
                              [[[[0.0, 128 / 255, 1.0]]]])
   with pytest.raises(ValueError, match='unsupported'):
     tflite.model_input(pixels, np.int8)
+
+
+def test_real_tflite_files_faithful_passes_and_another_model_fails(
+    trained_model, tiny_tfrecords, tmp_path):
+  """A real conversion of the SavedModel passes; a .tflite of another
+  network (same architecture, other weights) disagrees and is refused."""
+  from models import export  # pylint: disable=g-import-not-at-top
+  from models import registry  # pylint: disable=g-import-not-at-top
+  pixels, labels = data.load_images([tiny_tfrecords[1]], TINY_IMAGE_SIZE)
+  lesions = data.lesion_ids([tiny_tfrecords[1]])
+  assert len(lesions) == len(labels)
+  reference = parity.saved_model_predict(trained_model.serving_model_dir,
+                                         pixels)
+  names = parity_names()
+  faithful = tflite.convert(trained_model.serving_model_dir, tflite.FLOAT16)
+  result = parity.compare('float16', reference,
+                          tflite.predict(faithful, pixels), labels, names,
+                          DEFAULT, lesions)
+  assert result.passed, result.reasons
+  assert result.top1_agreement_interval['upper'] >= 0.98
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(5)  # Reproducible weights of the stranger.
+  other = registry.build('cnn_baseline', num_classes=len(names),
+                         image_size=TINY_IMAGE_SIZE, width=0.25)
+  export.export_serving_model(other, str(tmp_path / 'other'),
+                              TINY_IMAGE_SIZE)
+  stranger = tflite.convert(str(tmp_path / 'other'), tflite.FLOAT16)
+  result = parity.compare('float16', reference,
+                          tflite.predict(stranger, pixels), labels, names,
+                          DEFAULT, lesions)
+  assert not result.passed
+  assert result.top1_agreement_interval['upper'] < 0.98, result
