@@ -326,13 +326,14 @@ class Settings:
   tflite_min_top1_agreement: float = 0.98
   # ... or when the upper bound of its paired balanced-accuracy drop
   # (SavedModel - .tflite) exceeds this: the loss must be shown to be small.
-  # 0.06: on the demo's 130 test images one flipped image of its 8
-  # dermatofibromas alone puts the upper bound near 0.05 (a lesion bootstrap
-  # of one rare-class miss), so a tighter bound would refuse a sound file
-  # there for one image; on HAM10000's 1,306 test images a sound
-  # conversion's upper bound is far lower, and real disagreement is caught
-  # by the agreement bound first (BENCHMARKS.md, "Gates with intervals").
-  tflite_max_balanced_accuracy_drop: float = 0.06
+  # 0.08: on the demo's 130 test images (8 dermatofibromas of 6 lesions)
+  # one dermatofibroma flipped to another class gives a drop of 0.018
+  # [0.000, 0.071], two give 0.036 [0.000, 0.111] (measured, BENCHMARKS.md
+  # "Gates with intervals"): the bound passes the one-image miss the old
+  # gate refused and refuses a rare class losing two of its three hits.
+  # On HAM10000's 1,306 test images the intervals are several times
+  # narrower, and real disagreement there fails the agreement bound first.
+  tflite_max_balanced_accuracy_drop: float = 0.08
   # Run report (components/run_report.py): Grad-CAM test images per true
   # class, this many correct and this many wrong.
   report_gradcam_per_class: int = 2
