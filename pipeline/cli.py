@@ -1,8 +1,9 @@
 """The `skinlesion` command line.
 
   skinlesion demo-data OUT_DIR [--per-class N] [--seed S]
-  skinlesion ingest --data DIR [--layout L] [--out DIR]
+  skinlesion ingest --data DIR [--layout L] [--out DIR] [--beam flink]
   skinlesion run --data DIR [--layout L] [--home DIR] [--model M]
+                 [--beam direct|flink[=HOST:PORT]]
                  [--preset real] [--weights W] [...]
   skinlesion summary [--home DIR]
   skinlesion predict --model PUSHED_DIR --images DIR --out preds.csv
@@ -51,12 +52,26 @@ def _settings_from(args):
       min_melanoma_recall=getattr(args, 'min_melanoma_recall', None),
       max_subgroup_gap=getattr(args, 'max_subgroup_gap', None),
       enable_cache=False if getattr(args, 'no_cache', False) else None,
-      beam_pipeline_args=(
-          configs.direct_beam_args(args.beam_workers)
-          if getattr(args, 'beam_workers', None) is not None else None))
+      beam_pipeline_args=_beam_args(args))
   overrides = _preset(args)
   overrides.update({k: v for k, v in flags.items() if v is not None})
   return configs.Settings.from_env(**overrides)
+
+
+def _beam_args(args) -> Optional[List[str]]:
+  """--beam / --beam-workers (None: the settings' own, or
+  SKINLESION_BEAM_PIPELINE_ARGS)."""
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  beam = getattr(args, 'beam', None)
+  workers = getattr(args, 'beam_workers', None)
+  if workers is not None:
+    if beam not in (None, 'direct'):
+      raise SystemExit('skinlesion: --beam-workers is for --beam direct')
+    return configs.direct_beam_args(workers)
+  try:
+    return configs.beam_args_for(beam) if beam else None
+  except ValueError as e:
+    raise SystemExit(f'skinlesion: {e}') from None
 
 
 def cmd_demo_data(args) -> int:
@@ -257,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--span-folder', help="e.g. 'span-{SPAN}': ingest the "
                    'newest span folder of the data root')
     p.add_argument('--verbose', action='store_true', help='TFX INFO logs')
+    p.add_argument('--beam', metavar='RUNNER',
+                   help='where the Beam stages (ImageExampleGen, '
+                   'StatisticsGen, Evaluator) run: direct (default) or '
+                   f'flink[=HOST:PORT] (a Flink 1.19 cluster; default '
+                   f'{configs.FLINK_MASTER}, tools/flink_cluster.sh start)')
 
   ingest = sub.add_parser(
       'ingest', help='ingest and validate an archive (no training)')

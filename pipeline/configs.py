@@ -631,6 +631,51 @@ def flink_beam_args(flink_master: str, environment_type: str = 'DOCKER',
                                            environment_config)
 
 
+# The local Flink cluster of tools/flink_cluster.sh (`make flink` installs
+# it): its REST address and Beam's Flink job server, assembled from Maven
+# Central by tools/flink_install.sh.
+FLINK_MASTER = 'localhost:8081'
+FLINK_JOB_SERVER_JAR = os.path.join(PROJECT_ROOT, 'build', 'flink',
+                                    'beam-flink-1.19-job-server.jar')
+FLINK_PARALLELISM = 2  # One slot on each of its two TaskManagers.
+
+
+def local_flink_beam_args(flink_master: str = '',
+                          parallelism: int = FLINK_PARALLELISM) -> List[str]:
+  """The Flink cluster of tools/flink_cluster.sh (or another one at
+  ``flink_master``, host:port of its REST API), reached from this machine.
+
+  LOOPBACK: this process is the SDK harness that Flink's TaskManagers call
+  for the Python transforms (no Docker engine needed, and no copy of the
+  code to ship); the job server is the local jar.
+  """
+  return flink_beam_args(flink_master or FLINK_MASTER,
+                         environment_type='LOOPBACK', parallelism=parallelism,
+                         job_server_jar=FLINK_JOB_SERVER_JAR)
+
+
+def beam_args_for(spec: str) -> List[str]:
+  """``--beam`` of the CLI: ``direct`` or ``flink[=HOST:PORT]``."""
+  name, _, address = spec.partition('=')
+  if name == 'direct' and not address:
+    return direct_beam_args()
+  if name == 'flink':
+    if address and (':' not in address or
+                    not address.rsplit(':', 1)[1].isdigit()):
+      raise ValueError(f'--beam flink=HOST:PORT, got {spec!r}')
+    return local_flink_beam_args(address)
+  raise ValueError(f'--beam: direct or flink[=HOST:PORT], got {spec!r}')
+
+
+def flink_master_of(beam_args: List[str]) -> Optional[str]:
+  """The --flink_master of FlinkRunner arguments (None for other runners)."""
+  if '--runner=FlinkRunner' not in beam_args:
+    return None
+  masters = [a.split('=', 1)[1] for a in beam_args
+             if a.startswith('--flink_master=')]
+  return masters[-1] if masters else '[auto]'
+
+
 def spark_beam_args(spark_master_url: str, environment_type: str = 'DOCKER',
                     environment_config: str = '',
                     job_server_jar: str = '') -> List[str]:

@@ -16,6 +16,8 @@ import errno
 import fcntl
 import os
 import sys
+import urllib.error
+import urllib.request
 
 if __package__ in (None, ''):
   # Run as a file: this folder (which holds pipeline.py) must not shadow the
@@ -71,6 +73,35 @@ def home_lock(metadata_path: str):
     os.close(fd)  # Releases the lock.
 
 
+class FlinkUnavailableError(RuntimeError):
+  """The Beam arguments name a Flink cluster that cannot run the job."""
+
+
+def check_flink(beam_args, timeout: float = 5.0) -> None:
+  """Fails in seconds, naming the master, when FlinkRunner arguments point at
+  a Flink cluster whose REST API does not answer (Beam itself would retry the
+  submission for minutes), or at a job-server jar that is not there."""
+  master = configs.flink_master_of(list(beam_args))
+  if master is None:
+    return
+  if master not in ('[auto]', '[local]'):  # Not embedded in the job server.
+    url = (master if '://' in master else 'http://' + master).rstrip('/')
+    try:
+      with urllib.request.urlopen(url + '/v1/config', timeout=timeout):
+        pass
+    except (urllib.error.URLError, OSError) as e:
+      reason = getattr(e, 'reason', e)
+      raise FlinkUnavailableError(
+          f'the Flink master {master} does not answer ({reason}): start the '
+          'local cluster (tools/flink_cluster.sh start) or name a running '
+          'one (--beam flink=HOST:PORT)') from None
+  jars = [a.split('=', 1)[1] for a in beam_args
+          if a.startswith('--flink_job_server_jar=')]
+  if jars and not os.path.exists(jars[-1]):
+    raise FlinkUnavailableError(
+        f"Beam's Flink job server {jars[-1]} is missing: run 'make flink'")
+
+
 def run(settings: configs.Settings, ingest_only: bool = False) -> None:
   """Runs the whole pipeline synchronously; raises if a component fails.
 
@@ -80,6 +111,7 @@ def run(settings: configs.Settings, ingest_only: bool = False) -> None:
   reads as ``--verbosity``) are hidden from the components while they run.
   """
   settings.validate()
+  check_flink(settings.beam_pipeline_args)
   argv = sys.argv
   sys.argv = argv[:1]
   try:

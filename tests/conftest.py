@@ -257,3 +257,89 @@ def open_in_headless_chromium(html_path, section_ids, screenshot_path,
     severe = severe_console_entries(driver)
     assert not severe, severe
     return images
+
+
+# The local Flink cluster (tools/flink_cluster.sh; `make flink` installs it).
+FLINK_CLUSTER_SCRIPT = os.path.join(PROJECT_ROOT, 'tools', 'flink_cluster.sh')
+
+
+class FlinkCluster:
+  """A running cluster: ``master`` (host:port of its REST API), ``run_dir``
+  (its config, logs and pid files) and the environment its script needs."""
+
+  def __init__(self, port, run_dir):
+    self.master = f'localhost:{port}'
+    self.rest = f'http://{self.master}'
+    self.run_dir = run_dir
+    self.env = dict(os.environ, SKINLESION_FLINK_PORT=str(port),
+                    SKINLESION_FLINK_RUN_DIR=run_dir)
+
+  def script(self, command, check=True):
+    import subprocess  # pylint: disable=g-import-not-at-top
+    return subprocess.run(['bash', FLINK_CLUSTER_SCRIPT, command],
+                          env=self.env, check=check, capture_output=True,
+                          text=True, timeout=180)
+
+  def get(self, path):
+    import json  # pylint: disable=g-import-not-at-top
+    import urllib.request  # pylint: disable=g-import-not-at-top
+    with urllib.request.urlopen(self.rest + path, timeout=10) as response:
+      return json.load(response)
+
+
+def _flink_missing():
+  """Why the Flink tests cannot run here, or None."""
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  for tool in ('java', 'mvn'):
+    if not shutil.which(tool):
+      return f'{tool} is not on PATH'
+  if not os.path.exists(configs.FLINK_JOB_SERVER_JAR):
+    return f'{configs.FLINK_JOB_SERVER_JAR} is missing (make flink)'
+  return None
+
+
+def _free_port_pair(offset):
+  """A free port P (Flink's REST) with P - offset (its RPC) free too."""
+  import socket  # pylint: disable=g-import-not-at-top
+  for _ in range(50):
+    with socket.socket() as s:
+      s.bind(('localhost', 0))
+      port = s.getsockname()[1]
+    if port - offset < 1024:
+      continue
+    with socket.socket() as s:
+      try:
+        s.bind(('localhost', port - offset))
+      except OSError:
+        continue
+    return port
+  raise RuntimeError('no free port pair for Flink')
+
+
+@pytest.fixture(scope='session')
+def flink_cluster(request, tmp_path_factory):
+  """One Flink session cluster (1 JobManager, 2 TaskManagers) for the whole
+  test session, on free ports; stopped at the end, its logs kept (and their
+  ends printed) when a test failed.  Skips where Java, Maven or the
+  installed cluster are missing, except under CI=true, where it fails."""
+  missing = _flink_missing()
+  if missing:
+    if os.environ.get('CI') == 'true':
+      pytest.fail(f'Flink tests cannot run in CI: {missing}')
+    pytest.skip(f'no local Flink cluster: {missing}')
+  run_dir = str(tmp_path_factory.mktemp('flink'))
+  cluster = FlinkCluster(_free_port_pair(1958), run_dir)
+  started = cluster.script('start', check=False)
+  if started.returncode:
+    pytest.fail('the Flink cluster did not start:\n' + started.stdout
+                + started.stderr)
+  yield cluster
+  stopped = cluster.script('stop', check=False)
+  logs = os.path.join(run_dir, 'log')
+  if request.session.testsfailed:
+    print(f'\nFlink logs kept in {logs}')
+    for name in sorted(os.listdir(logs)):
+      with open(os.path.join(logs, name), errors='replace') as f:
+        tail = f.readlines()[-20:]
+      print(f'== {name}\n' + ''.join(tail))
+  assert stopped.returncode == 0, stopped.stderr

@@ -124,3 +124,48 @@ def test_flink_and_spark_specific_flags():
       '/jars/spark-job-server.jar')
   with pytest.raises(ValueError, match='environment_type'):
     configs.flink_beam_args('jm:8081', environment_type='KUBERNETES')
+
+
+def test_local_flink_args_loopback_parallelism_2_and_the_local_job_server():
+  args = configs.local_flink_beam_args()
+  options = _options(args)
+  flink = options.view_as(po.FlinkRunnerOptions)
+  assert options.view_as(po.StandardOptions).runner == 'FlinkRunner'
+  assert (flink.flink_master, flink.flink_version, flink.parallelism,
+          flink.flink_job_server_jar) == (
+              configs.FLINK_MASTER, '1.19', 2, configs.FLINK_JOB_SERVER_JAR)
+  # No Docker engine: this process is the SDK harness.
+  assert options.view_as(po.PortableOptions).environment_type == 'LOOPBACK'
+  assert configs.flink_master_of(args) == configs.FLINK_MASTER
+  assert configs.flink_master_of(configs.direct_beam_args()) is None
+  assert configs.flink_master_of(
+      configs.local_flink_beam_args('jm:9081')) == 'jm:9081'
+
+
+@pytest.mark.parametrize('spec,master', [
+    ('flink', configs.FLINK_MASTER), ('flink=jm.example:18081',
+                                      'jm.example:18081')])
+def test_cli_beam_flag_runs_the_data_stages_on_flink(tmp_path, spec, master):
+  for command in (['run', '--data', str(tmp_path)],
+                  ['ingest', '--data', str(tmp_path), '--out', str(tmp_path)]):
+    parsed = cli.build_parser().parse_args(command + ['--beam', spec])
+    if command[0] == 'ingest':
+      parsed.home = parsed.out
+    settings = cli._settings_from(parsed)  # pylint: disable=protected-access
+    assert settings.beam_pipeline_args == configs.local_flink_beam_args(master)
+    # The TFX CLI path: the same arguments through the environment.
+    assert configs.Settings.from_env(
+        settings.to_env()).beam_pipeline_args == settings.beam_pipeline_args
+
+
+def test_cli_beam_flag_refuses_what_it_cannot_run(tmp_path):
+  for bad in (['--beam', 'spark'], ['--beam', 'flink=nohostport'],
+              ['--beam', 'flink', '--beam-workers', '2']):
+    parsed = cli.build_parser().parse_args(['run', '--data', str(tmp_path)]
+                                           + bad)
+    with pytest.raises(SystemExit, match='--beam'):
+      cli._settings_from(parsed)  # pylint: disable=protected-access
+  direct = cli.build_parser().parse_args(['run', '--data', str(tmp_path),
+                                          '--beam', 'direct'])
+  assert cli._settings_from(direct).beam_pipeline_args == (  # pylint: disable=protected-access
+      configs.BEAM_PIPELINE_ARGS)

@@ -10,7 +10,6 @@ harness).  The pipeline's ImageExampleGen and StatisticsGen executors run
 once with DirectRunner and once that way; the outputs must be the same.
 """
 
-import glob
 import json
 import os
 
@@ -19,45 +18,13 @@ from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.portability import local_job_service
 import pytest
 import tensorflow as tf
-from tensorflow_metadata.proto.v0 import statistics_pb2
-from tfx.components.statistics_gen import executor as statistics_executor
-from tfx.dsl.components.base import base_beam_executor
-from tfx.types import standard_artifacts
-from tfx.utils import proto_utils
 
 from components import image_example_gen
 from pipeline import configs
-from pipeline import pipeline as pipeline_lib
-
-SPLITS = ('train', 'eval', 'test')
-
-
-def _exec_properties(component):
-  return {k: (proto_utils.proto_to_json(v) if hasattr(v, 'DESCRIPTOR') else v)
-          for k, v in component.exec_properties.items()}
-
-
-def _run_stages(settings, beam_args, out):
-  """The pipeline's ImageExampleGen then StatisticsGen, with beam_args."""
-  components = {c.id: c for c in pipeline_lib.create_pipeline(
-      settings).components}
-
-  def context():
-    return base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=list(beam_args), tmp_dir=str(out / 'tmp'),
-        unique_id='1')
-
-  examples = standard_artifacts.Examples()
-  examples.uri = str(out / 'examples')
-  image_example_gen.Executor(context()).Do(
-      {}, {'examples': [examples]},
-      _exec_properties(components['ImageExampleGen']))
-  statistics = standard_artifacts.ExampleStatistics()
-  statistics.uri = str(out / 'statistics')
-  statistics_executor.Executor(context()).Do(
-      {'examples': [examples]}, {'statistics': [statistics]},
-      _exec_properties(components['StatisticsGen']))
-  return str(out)
+from tests.pipeline.beam_stages import run_stages
+from tests.pipeline.beam_stages import split_examples
+from tests.pipeline.beam_stages import split_statistics
+from tests.pipeline.beam_stages import SPLITS
 
 
 @pytest.fixture(scope='module')
@@ -67,11 +34,11 @@ def runs(tiny_archive, tmp_path_factory):
   out = tmp_path_factory.mktemp('portable')
   settings = configs.Settings(data_root=tiny_archive, home=str(out / 'home'),
                               require_every_class_in_every_split=False)
-  direct = _run_stages(settings, configs.BEAM_PIPELINE_ARGS, out / 'direct')
+  direct = run_stages(settings, configs.BEAM_PIPELINE_ARGS, out / 'direct')
   job_service = local_job_service.LocalJobServicer()
   port = job_service.start_grpc_server(0)
   try:
-    portable = _run_stages(
+    portable = run_stages(
         settings, configs.portable_beam_args(f'localhost:{port}',
                                              environment_type='LOOPBACK'),
         out / 'portable')
@@ -89,15 +56,7 @@ def test_both_stages_ran_as_jobs_of_the_job_service(runs):
 
 
 def _examples(root):
-  """split -> sorted canonical tf.Examples (map order is not canonical)."""
-  out = {}
-  for split in SPLITS:
-    files = glob.glob(os.path.join(root, 'examples', f'Split-{split}', '*'))
-    records = tf.data.TFRecordDataset(files, compression_type='GZIP')
-    out[split] = sorted(
-        tf.train.Example.FromString(r.numpy()).SerializeToString(
-            deterministic=True) for r in records)
-  return out
+  return split_examples(os.path.join(root, 'examples'))
 
 
 def test_examples_and_report_are_the_direct_runners(runs, tiny_archive):
@@ -121,13 +80,8 @@ def test_statistics_are_the_direct_runners(runs):
   direct, portable, _ = runs
   examples = _examples(portable)
   for split in SPLITS:
-    stats = []
-    for root in (direct, portable):
-      proto = statistics_pb2.DatasetFeatureStatisticsList()
-      with open(os.path.join(root, 'statistics', f'Split-{split}',
-                             'FeatureStats.pb'), 'rb') as f:
-        proto.ParseFromString(f.read())
-      stats.append(proto)
+    stats = [split_statistics(os.path.join(root, 'statistics'), split)
+             for root in (direct, portable)]
     assert stats[0] == stats[1], split
     # ... and they describe the split's examples.
     dataset = stats[1].datasets[0]
