@@ -280,6 +280,13 @@ class FlinkCluster:
                           env=self.env, check=check, capture_output=True,
                           text=True, timeout=180)
 
+  def taskmanager_pids(self):
+    """The TaskManagers' pids that tools/flink_cluster.sh recorded."""
+    path = os.path.join(self.run_dir, 'pid',
+                        'flink-skinlesion-taskexecutor.pid')
+    with open(path) as f:
+      return [int(pid) for pid in f.read().split()]
+
   def get(self, path):
     import json  # pylint: disable=g-import-not-at-top
     import urllib.request  # pylint: disable=g-import-not-at-top

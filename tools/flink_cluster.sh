@@ -30,12 +30,19 @@ export FLINK_CONF_DIR=$RUN_DIR/conf FLINK_LOG_DIR=$RUN_DIR/log \
 
 die() { echo "flink_cluster: $*" >&2; exit 1; }
 
+# Whether a pid is a live process: a killed JVM can linger a moment as a
+# zombie (where nothing reaps it), which kill -0 still reports.
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
 # The pids that flink-daemon.sh recorded, of processes still alive.
 live_pids() {  # live_pids standalonesession|taskexecutor
   local file=$FLINK_PID_DIR/flink-$FLINK_IDENT_STRING-$1.pid pid
   [ -f "$file" ] || return 0
   while read -r pid; do
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    [ -n "$pid" ] && alive "$pid" && echo "$pid"
   done < "$file"
   return 0
 }
@@ -73,13 +80,22 @@ parallelism.default: 2
 rest.address: localhost
 rest.bind-address: localhost
 rest.port: $PORT
-# A lost TaskManager is noticed in seconds, and its tasks restarted on the
-# cluster's TaskManagers (a replacement one included) a few times over.
+# A lost TaskManager is noticed in seconds and the job restarted.  The
+# exponential-delay strategy counts the burst of task failures one lost
+# TaskManager causes as one failure (fixed-delay counts each and gives up at
+# once); the restarted tasks wait up to a minute for a slot, which a
+# replacement TaskManager ('start' tops the cluster up, as a Kubernetes
+# Deployment would) provides.  With no replacement the job fails after 4
+# attempts, within about 5 minutes.
 heartbeat.interval: 2000
 heartbeat.timeout: 10000
-restart-strategy.type: fixed-delay
-restart-strategy.fixed-delay.attempts: 5
-restart-strategy.fixed-delay.delay: 3 s
+restart-strategy.type: exponential-delay
+restart-strategy.exponential-delay.initial-backoff: 1 s
+restart-strategy.exponential-delay.backoff-multiplier: 2.0
+restart-strategy.exponential-delay.max-backoff: 10 s
+restart-strategy.exponential-delay.attempts-before-reset-backoff: 4
+restart-strategy.exponential-delay.reset-backoff-threshold: 1 min
+slot.request.timeout: 60000
 # The SDK harness's gRPC channels can be slow to close; don't let a leak check
 # kill a TaskManager on a 2-core machine.
 classloader.check-leaked-classloader: false
@@ -152,7 +168,7 @@ stop() {
   while [ -n "${left// /}" ] && [ "$(date +%s)" -lt "$deadline" ]; do
     sleep 0.5
     left=
-    for pid in $pids; do kill -0 "$pid" 2>/dev/null && left+="$pid "; done
+    for pid in $pids; do alive "$pid" && left+="$pid "; done
   done
   if [ -n "${left// /}" ]; then
     echo "flink_cluster: killing $left(no exit within 20 s)" >&2

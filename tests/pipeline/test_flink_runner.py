@@ -15,7 +15,9 @@ CI=true they fail instead.
 """
 
 import os
+import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -24,6 +26,7 @@ from google.protobuf import json_format
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.types import standard_artifacts
 
+from components import image_example_gen
 from pipeline import cli
 from pipeline import configs
 from pipeline import summary
@@ -37,13 +40,21 @@ def _job_ids(cluster):
   return {job['jid'] for job in cluster.get('/jobs/overview')['jobs']}
 
 
-def _taskmanagers_of_job(cluster, job_id):
-  """The TaskManager ids that ran subtasks of the job (any vertex)."""
+def _taskmanagers_of_job(cluster, job_id, running=False):
+  """The TaskManager ids that ran subtasks of the job (any vertex; with
+  ``running``, those running one now)."""
   ids = set()
   for vertex in cluster.get(f'/jobs/{job_id}')['vertices']:
+    if running and vertex['status'] != 'RUNNING':
+      continue
     detail = cluster.get(f'/jobs/{job_id}/vertices/{vertex["id"]}/taskmanagers')
-    ids.update(tm['taskmanager-id'] for tm in detail['taskmanagers'])
+    ids.update(tm['taskmanager-id'] for tm in detail['taskmanagers']
+               if not running or tm['status'] == 'RUNNING')
   return ids
+
+
+def _taskmanager_ids(cluster):
+  return {tm['id'] for tm in cluster.get('/taskmanagers')['taskmanagers']}
 
 
 def _outputs(settings, node_id):
@@ -111,8 +122,7 @@ def test_beam_stages_ran_as_flink_jobs_on_both_taskmanagers(flink_run,
   # ImageExampleGen, StatisticsGen and the Evaluator: one Flink job each.
   assert len(jobs) == 3, jobs
   assert all(job['state'] == 'FINISHED' for job in jobs), jobs
-  taskmanagers = {tm['id'] for tm in
-                  flink_cluster.get('/taskmanagers')['taskmanagers']}
+  taskmanagers = _taskmanager_ids(flink_cluster)
   assert len(taskmanagers) == 2
   for job in jobs:
     assert _taskmanagers_of_job(flink_cluster, job['jid']) == taskmanagers, (
@@ -204,3 +214,73 @@ def test_cluster_down_fails_in_seconds_naming_the_master(tiny_archive,
   assert f'the Flink master {master} does not answer' in err
   assert 'tools/flink_cluster.sh start' in err
   assert seconds < 20, seconds
+
+
+def _dead(pid):
+  """The process is gone, or a zombie nothing has reaped yet."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+  except FileNotFoundError:
+    return True
+
+
+def test_a_taskmanager_killed_mid_job_is_replaced_and_the_job_recovers(
+    flink_run, direct_stages, flink_cluster, tmp_path):
+  """SIGKILL one of the two TaskManagers while ImageExampleGen's Flink job
+  runs subtasks on both; start a replacement (what a Kubernetes Deployment
+  does); Flink's restart strategy reruns the job on it and the job finishes,
+  with examples identical to the DirectRunner's."""
+  settings = flink_run[0]  # Its Beam arguments are the Flink cluster's.
+  before_jobs = _job_ids(flink_cluster)
+  before_tms = _taskmanager_ids(flink_cluster)
+  done = threading.Event()
+  chaos = {}
+
+  def kill_one_taskmanager_mid_job():
+    """Beam's runner must have the main thread (it sets signal handlers);
+    this one watches the job, kills and replaces a TaskManager."""
+    while not done.is_set():
+      for job in flink_cluster.get('/jobs/overview')['jobs']:
+        if (job['jid'] not in before_jobs and job['state'] == 'RUNNING' and
+            len(before_tms & _taskmanagers_of_job(
+                flink_cluster, job['jid'], running=True)) == 2):
+          victim = [pid for pid in flink_cluster.taskmanager_pids()
+                    if not _dead(pid)][0]
+          os.kill(victim, signal.SIGKILL)
+          chaos.update(job_id=job['jid'], killed_at=time.time())
+          while not _dead(victim):
+            time.sleep(0.1)
+          chaos['replacement'] = flink_cluster.script('start', check=False)
+          return
+      time.sleep(0.2)
+
+  watcher = threading.Thread(target=kill_one_taskmanager_mid_job, daemon=True)
+  watcher.start()
+  examples = standard_artifacts.Examples()
+  examples.uri = str(tmp_path / 'examples')
+  try:
+    image_example_gen.Executor(beam_stages.context(
+        settings.beam_pipeline_args, tmp_path / 'tmp')).Do(
+            {}, {'examples': [examples]}, beam_stages.exec_properties(
+                beam_stages.components_of(settings)['ImageExampleGen']))
+  finally:
+    done.set()
+    watcher.join(timeout=60)
+  assert 'job_id' in chaos, 'the job never ran subtasks on both TaskManagers'
+  print(f'job finished {time.time() - chaos["killed_at"]:.0f} s after the '
+        'kill')
+  assert chaos['replacement'].returncode == 0, chaos['replacement'].stderr
+
+  job = flink_cluster.get(f'/jobs/{chaos["job_id"]}')
+  assert job['state'] == 'FINISHED'
+  assert job['timestamps']['RESTARTING'] > 0  # Flink restarted it...
+  history = flink_cluster.get(f'/jobs/{chaos["job_id"]}/exceptions')[
+      'exceptionHistory']['entries']
+  assert history, 'no failure in the job\'s exception history'
+  replacement = _taskmanager_ids(flink_cluster) - before_tms
+  assert len(replacement) == 1
+  # ...and the replacement ran part of it.
+  assert replacement <= _taskmanagers_of_job(flink_cluster, chaos['job_id'])
+  assert beam_stages.split_examples(examples.uri) == (
+      beam_stages.split_examples(os.path.join(direct_stages, 'examples')))
