@@ -390,7 +390,9 @@ def test_built_report_numbers(built_report):
   assert numbers['explanations']['max_probability_difference'] < 1e-4
   assert explain.GRADCAM_SIGNATURE in numbers['signatures']
   # ROC and reliability from predictions (the EvalConfig has no such plot).
-  assert set(numbers['evaluation']['roc_auc']) <= set(LABELS)
+  roc_auc = numbers['evaluation']['roc_auc']
+  assert set(roc_auc) == set(LABELS), roc_auc
+  assert all(0.0 <= v <= 1.0 for v in roc_auc.values()), roc_auc
   assert 0.0 <= numbers['evaluation']['top1_ece'] <= 1.0
   assert numbers['training']['epochs'] == 2
   assert 'feature_map' in numbers['training']['summary']

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 
 import pytest
 
@@ -93,22 +94,48 @@ def test_an_existing_version_is_never_replaced(tmp_path):
 
 def test_a_reader_polling_during_publication_sees_no_partial_version(
     tmp_path):
+  """A reader polls the base while the version is filled file by file (and
+  after it is published): it must see no version directory while the fill
+  runs, then the whole one, never part of it."""
   base = str(tmp_path)
   files = {f'variables/shard-{i}': os.urandom(1 << 16) for i in range(40)}
   files['saved_model.pb'] = b'pb'
-  observed = []
-  done = threading.Event()
+  filling, published, done = (threading.Event(), threading.Event(),
+                              threading.Event())
+  seen = {'during': [], 'after': []}
 
   def reader():
     while not done.is_set():
-      if os.path.isdir(os.path.join(base, '9')):
-        observed.append(len(os.listdir(os.path.join(base, '9', 'variables'))))
+      phase = 'after' if published.is_set() else 'during'
+      if not filling.is_set():
+        continue
+      version = os.path.join(base, '9')
+      seen[phase].append(len(os.listdir(os.path.join(version, 'variables')))
+                         if os.path.isdir(version) else None)
+
+  def slow_fill(staging):
+    filling.set()
+    for name, content in files.items():
+      _fill({name: content})(staging)
+      time.sleep(0.002)  # The reader polls between files.
 
   thread = threading.Thread(target=reader)
   thread.start()
   try:
-    release.publish_version(base, '9', _fill(files))
+    release.publish_version(base, '9', slow_fill)
+    published.set()
+    deadline = time.time() + 10
+    while not seen['after'] and time.time() < deadline:
+      time.sleep(0.01)
   finally:
     done.set()
     thread.join()
-  assert all(n == 40 for n in observed), set(observed)
+  # Polled while the fill ran, and the version was not there yet; polls
+  # between the publishing rename and publish_version returning may see it,
+  # whole.  Never a part of it, never gone again.
+  during = seen['during']
+  assert during and during[0] is None, during[:5]
+  assert set(during) <= {None, 40}, set(during)
+  first_whole = during.index(40) if 40 in during else len(during)
+  assert all(n == 40 for n in during[first_whole:])
+  assert seen['after'] and set(seen['after']) == {40}, set(seen['after'])

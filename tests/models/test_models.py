@@ -136,5 +136,15 @@ def test_run_fn_refuses_a_train_split_missing_a_class(tiny_tfrecords, tmp_path):
 
 def test_labels_come_from_the_examples_artifact(tiny_tfrecords, tmp_path):
   assert preprocessing.read_labels([tiny_tfrecords[0]]) == list(configs.LABELS)
+  # Another artifact's list, not the default one: read from its labels.txt.
+  other = tmp_path / 'examples'
+  (other / 'Split-train').mkdir(parents=True)
+  shutil.copy(tiny_tfrecords[0], other / 'Split-train' / 'data.gz')
+  (other / features.LABELS_FILE).write_text('Tumor Jinak\nEksim\nMEL\n')
+  assert preprocessing.read_labels([str(other / 'Split-train' / '*')]) == [
+      'Tumor Jinak', 'Eksim', 'MEL']
+  (other / features.LABELS_FILE).write_text('MEL\n')
+  with pytest.raises(ValueError, match='fewer than two labels'):
+    preprocessing.read_labels([str(other / 'Split-train' / '*')])
   with pytest.raises(FileNotFoundError, match='labels.txt'):
     preprocessing.read_labels([str(tmp_path / 'Split-train' / '*')])

@@ -23,7 +23,9 @@ import pytest
 import tensorflow as tf
 
 from mobile_export import release
+from models import calibration
 from models import explain
+from models import features
 from models import preprocessing
 from pipeline import cli
 from pipeline import configs
@@ -164,21 +166,41 @@ def test_top3_equals_skinlesion_predict_on_the_same_files(url, version):
     assert "default-src 'none'" in headers['Content-Security-Policy']
 
 
-def test_probabilities_are_the_temperature_scaled_ones(version, trained_model):
-  """The served numbers are softmax(log p / T) of the network's, with the
-  T the Trainer fitted and recorded beside the SavedModel."""
+def test_probabilities_are_the_temperature_scaled_ones(version,
+                                                       tiny_tfrecords):
+  """The served numbers are softmax(log p / T) of the network's p, with the
+  T recorded beside the SavedModel (the fitted one when the fit improved
+  the eval split, else 1): undoing that T on the eval split gives the
+  network's NLL before the fit, and applying the fitted T to it the NLL the
+  fit reached."""
   fit = json.loads(open(os.path.join(version[0], 'calibration.json')).read())
   assert fit['method'] == 'temperature' and fit['fitted_temperature'] > 0
   assert fit['temperature'] == (fit['fitted_temperature'] if fit['applied']
                                 else 1.0)
-  del trained_model
+  # The fitted T moves the NLL, so serving another T than recorded fails.
+  assert abs(fit['nll_before'] - fit['nll_after']) > 1e-4, fit
+  records = [r.numpy() for r in preprocessing.read_examples(
+      [tiny_tfrecords[1]])]
+  labels = np.array([tf.train.Example.FromString(r).features.feature[
+      features.LABEL_KEY].int64_list.value[0] for r in records])
+  assert len(labels) == fit['examples']
+  serve_examples = tf.saved_model.load(version[0]).signatures[
+      features.EXAMPLE_SIGNATURE]
+  served = serve_examples(examples=tf.constant(records))[
+      features.PREDICTION_KEY].numpy().astype(np.float64)
+  np.testing.assert_allclose(served.sum(1), 1, atol=1e-5)
+  network = calibration.scale(served, 1 / fit['temperature'])
+  # pylint: disable=protected-access
+  assert calibration._scaled_nll(network, labels, 1.0) == pytest.approx(
+      fit['nll_before'], abs=1e-4)
+  assert calibration._scaled_nll(
+      network, labels, fit['fitted_temperature']) == pytest.approx(
+          fit['nll_after'], abs=1e-4)
+  # And the page serves the same numbers as the signature (same image).
   model = predict.PushedModel(version[0])
   with open(version[1][0], 'rb') as f:
     pixels = model.pixels(f.read())[None]
-  served = model.probabilities(pixels)
-  assert abs(served.sum() - 1) < 1e-5
-  heat = model.gradcam(pixels)
-  assert heat.shape[0] == 1 and 0 <= heat.min() and heat.max() <= 1
+  assert abs(model.probabilities(pixels).sum() - 1) < 1e-5
 
 
 def test_a_png_is_read_like_ingestion_reads_it(url, version, tmp_path):
