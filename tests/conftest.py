@@ -181,12 +181,15 @@ def headless_chromium(offline=True, window=(1280, 1000)):
   ``offline``: no network at all (a static file must not need any);
   otherwise only loopback is reachable (every other host goes to a dead
   proxy), for pages served by a local test server.  Skips when Chromium or
-  its driver is missing.
+  its driver is missing, except under CI=true (.ci/run), where it fails: CI
+  must not go green without the browser tests.
   """
   if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-    pytest.skip(f'headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} '
-                '(Debian packages chromium, chromium-driver; `make test` '
-                'installs them)')
+    why = (f'headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} (Debian '
+           'packages chromium, chromium-driver; `make test` installs them)')
+    if os.environ.get('CI') == 'true':
+      pytest.fail('browser tests cannot run in CI: ' + why)
+    pytest.skip(why)
   from selenium import webdriver  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.chrome.service import Service  # pylint: disable=g-import-not-at-top
   options = webdriver.ChromeOptions()
