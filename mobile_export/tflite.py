@@ -6,9 +6,11 @@ Keras 3, see ../shared/STACK.md).  Two formats:
 
 * ``float16``: weights stored as float16, float32 input in [0, 1] and float32
   probabilities; about half the size of the float32 model, same arithmetic.
-* ``int8``: fully integer inside; takes uint8 pixels (input quantization
-  scale 1/255, zero point 0, i.e. the raw pixel values of the resized image)
-  and returns float32 probabilities (dequantized on the way out).
+* ``int8``: integer inside except the classifier head (Dense + softmax stay
+  float, DEFAULT_FLOAT_OPS: an int8 softmax's 1/256 steps made exact ties,
+  BENCHMARKS.md, issue 16); takes uint8 pixels (input quantization scale
+  1/255, zero point 0, i.e. the raw pixel values of the resized image) and
+  returns float32 probabilities.
 
 Metadata (tflite-support writers) carries the model name, description,
 version, author, licence, the label file, the input normalization matching
@@ -20,10 +22,11 @@ MediaPipe need no pre-processing code of the app.
 import json
 import os
 import tempfile
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python import convert as tflite_convert
 # Imported module by module: `import tflite_support` fails in a process that
 # also has TensorFlow (see ../shared/STACK.md).
 from tensorflow_lite_support.metadata import metadata_schema_py_generated as metadata_fb
@@ -115,20 +118,18 @@ def _with_full_pixel_range(images: Sequence[np.ndarray]) -> list:
   return out
 
 
-def convert_int8(saved_model_dir: str,
-                 representative_images: Iterable[np.ndarray]) -> bytes:
-  """Full-integer int8 conversion with uint8 input and float32 output.
+# Ops left in float inside the otherwise integer model (selective float
+# fallback, issue 16; benchmarks/int8_error.py measured the choice on the
+# eval split).  The single uint8 image input and its 1/255 scale stay.
+DEFAULT_FLOAT_OPS: Tuple[str, ...] = ('FULLY_CONNECTED', 'SOFTMAX')
 
-  Args:
-    saved_model_dir: an ExportArchive SavedModel with the raw-image signature.
-    representative_images: float32 [S, S, 3] arrays in [0, 1] (calibration).
 
-  Returns:
-    The .tflite flatbuffer (no metadata yet).
+def calibrate(saved_model_dir: str,
+              representative_images: Iterable[np.ndarray]) -> bytes:
+  """The float model with activation ranges from the images (not quantized).
 
   Raises:
-    ValueError: without representative images, or when the converted input
-      is not quantized as raw pixels (scale 1/255, zero point 0).
+    ValueError: without representative images.
   """
   images = list(representative_images)
   if not images:
@@ -142,10 +143,27 @@ def convert_int8(saved_model_dir: str,
   converter = _converter(saved_model_dir)
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   converter.representative_dataset = representative_dataset
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  converter.inference_input_type = tf.uint8
-  converter.inference_output_type = tf.float32
-  buffer = converter.convert()
+  # What tf.lite.experimental.QuantizationDebugger does too: calibrate, then
+  # quantize with some ops denylisted (kept in float).
+  converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+  return converter.convert()
+
+
+def quantize_calibrated(calibrated: bytes, float_ops: Sequence[str] = (),
+                        debug: bool = False) -> bytes:
+  """int8 weights and activations, uint8 input and float32 output, except
+  the ops named in ``float_ops`` (TFLite builtin names), which stay float.
+
+  ``debug``: instrumented with whole-model numeric verification (for
+  tf.lite.experimental.QuantizationDebugger; float input, not for release).
+  """
+  if debug:
+    return tflite_convert.mlir_quantize(
+        calibrated, fully_quantize=True, enable_numeric_verify=True,
+        enable_whole_model_verify=True, denylisted_ops=list(float_ops))
+  buffer = tflite_convert.mlir_quantize(
+      calibrated, input_data_type=tf.uint8, output_data_type=tf.float32,
+      denylisted_ops=list(float_ops) or None)
   scale, zero_point = _input_details(buffer)['quantization']
   if (zero_point != 0 or
       abs(scale - _PIXEL_SCALE) > _PIXEL_SCALE_TOLERANCE * _PIXEL_SCALE):
@@ -153,6 +171,28 @@ def convert_int8(saved_model_dir: str,
         f'int8 input quantized with scale {scale}, zero point {zero_point}; '
         'expected 1/255 and 0 (raw pixels)')
   return buffer
+
+
+def convert_int8(saved_model_dir: str,
+                 representative_images: Iterable[np.ndarray],
+                 float_ops: Sequence[str] = DEFAULT_FLOAT_OPS) -> bytes:
+  """Integer conversion with uint8 input and float32 output.
+
+  Args:
+    saved_model_dir: an ExportArchive SavedModel with the raw-image signature.
+    representative_images: float32 [S, S, 3] arrays in [0, 1] (calibration).
+    float_ops: TFLite builtin ops kept in float (default: the classifier
+      head, DEFAULT_FLOAT_OPS; ``()``: fully integer).
+
+  Returns:
+    The .tflite flatbuffer (no metadata yet).
+
+  Raises:
+    ValueError: without representative images, or when the converted input
+      is not quantized as raw pixels (scale 1/255, zero point 0).
+  """
+  return quantize_calibrated(
+      calibrate(saved_model_dir, representative_images), float_ops)
 
 
 def convert(saved_model_dir: str, fmt: str,

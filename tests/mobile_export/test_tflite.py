@@ -65,10 +65,19 @@ def test_int8_model_is_integer_inside_with_uint8_in_float_out(int8_model,
   assert probs.shape == (50, len(configs.LABELS))
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=0.02)
   interpreter = tf.lite.Interpreter(model_content=int8_model)
-  float_ops = [d for d in interpreter.get_tensor_details()
-               if d['dtype'] == np.float32]
-  # Only the dequantized output is float.
-  assert len(float_ops) <= 2, [d['name'] for d in float_ops]
+  tensors = interpreter.get_tensor_details()
+  ops = interpreter._get_ops_details()  # pylint: disable=protected-access
+  float_inputs = {op['op_name'] for op in ops
+                  if any(tensors[i]['dtype'] == np.float32
+                         for i in op['inputs'] if i >= 0)}
+  # Selective float fallback: only the head (tflite.DEFAULT_FLOAT_OPS) and
+  # the DEQUANTIZE feeding it compute in float; every convolution is int8.
+  assert float_inputs <= set(tflite.DEFAULT_FLOAT_OPS), float_inputs
+  assert 'SOFTMAX' in float_inputs
+  assert any(op['op_name'] == 'CONV_2D' for op in ops)
+  for op in ops:
+    if op['op_name'] in ('CONV_2D', 'DEPTHWISE_CONV_2D'):
+      assert tensors[op['inputs'][0]]['dtype'] == np.int8, op
 
 
 def test_int8_model_mostly_agrees_with_the_savedmodel(trained_model,

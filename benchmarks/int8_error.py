@@ -1,0 +1,263 @@
+"""Where does int8 error grow? (issue 16, step 1) on a real-data SavedModel.
+
+For an existing ExportArchive SavedModel (raw-image signature) and its
+ExampleGen TFRecords (calibration from train, every choice on eval; test only
+when asked for the final number):
+
+* the QuantizationDebugger with *whole-model* verify (each quantized op fed
+  by the previous quantized op, so error accumulates as on the device): per
+  layer the RMSE of (dequantized - float) in units of that layer's output
+  scale, and the Pearson correlation of quantized with float activations;
+* variants converted from the same calibration data, each scored against the
+  SavedModel (top-1 agreement, balanced-accuracy drop, 95% lesion-bootstrap
+  intervals from mobile_export/parity.py):
+    - ``dynamic_range``: int8 weights, float activations (weight error only);
+    - ``int8``: the converter's full-integer model (uint8 in, float out);
+    - ``int8_float_head``: the same, the head (last FULLY_CONNECTED and
+      SOFTMAX) left in float -- the single uint8 image input kept (the
+      converter's default, tflite.DEFAULT_FLOAT_OPS); ``_mean``,
+      ``_depthwise``, ``_conv2d``: those ops in float too;
+    - ``int8_stratified``: full integer, calibration stratified by class;
+* agreement binned by the float model's top-1 margin (p1 - p2).
+
+  PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/int8_error.py \\
+      --saved-model RUNS/Trainer/model/61/Format-Serving \\
+      --examples RUNS/ImageExampleGen/examples/40 --image-size 128 \\
+      --split eval --out benchmarks/results/int8_error.json
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if PROJECT_ROOT not in sys.path:
+  sys.path.insert(0, PROJECT_ROOT)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from mobile_export import data  # pylint: disable=g-import-not-at-top
+from mobile_export import parity  # pylint: disable=g-import-not-at-top
+from mobile_export import tflite  # pylint: disable=g-import-not-at-top
+from models import preprocessing  # pylint: disable=g-import-not-at-top
+
+MARGIN_BINS = (0.0, 0.05, 0.1, 0.2, 0.4, 1.01)
+
+
+def split_files(examples_dir, split):
+  return sorted(glob.glob(os.path.join(examples_dir, f'Split-{split}', '*')))
+
+
+def stratified_images(files, image_size, count, seed):
+  """``count`` train images, as equal per class as the classes allow."""
+  pixels, labels = data.load_images(files, image_size)
+  rng = np.random.default_rng(seed)
+  classes = np.unique(labels)
+  per_class = int(np.ceil(count / len(classes)))
+  chosen = []
+  for c in classes:
+    idx = np.flatnonzero(labels == c)
+    chosen.extend(rng.choice(idx, min(per_class, len(idx)), replace=False))
+  rng.shuffle(chosen)
+  chosen = chosen[:count]
+  return [preprocessing.to_model_input(pixels[i]).numpy() for i in chosen]
+
+
+def dynamic_range(saved_model_dir):
+  converter = tflite._converter(saved_model_dir)  # pylint: disable=protected-access
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  return converter.convert()
+
+
+def float32(saved_model_dir):
+  return tflite._converter(saved_model_dir).convert()  # pylint: disable=protected-access
+
+
+def layer_errors(debug_model, float_model, images):
+  """Whole-model-verify statistics per quantized layer."""
+  options = tf.lite.experimental.QuantizationDebugOptions(
+      layer_debug_metrics={
+          'mean_abs_error': lambda diff: float(np.mean(np.abs(diff)))})
+  debugger = tf.lite.experimental.QuantizationDebugger(
+      quant_debug_model_content=debug_model,
+      float_model_content=float_model,
+      debug_dataset=lambda: ([x[None]] for x in images),
+      debug_options=options)
+  debugger.run()
+  with tempfile.NamedTemporaryFile('w+', suffix='.csv') as f:
+    debugger.layer_statistics_dump(f)
+    f.flush()
+    f.seek(0)
+    import csv  # pylint: disable=g-import-not-at-top
+    rows = list(csv.DictReader(f))
+  out = []
+  for row in rows:
+    scale = float(row['scale'])
+    rmse = float(row['mean_squared_error']) ** 0.5
+    out.append({'op': row['op_name'], 'tensor': row['tensor_name'],
+                'scale': scale, 'rmse_over_scale': rmse / scale if scale else None,
+                'mean_error': float(row['mean_error']),
+                'mean_abs_error': float(row['mean_abs_error'])})
+  return out
+
+
+def activation_correlation(quant_model, float_model, images, limit=16):
+  """Pearson correlation of every int8 tensor (dequantized) with the float
+  model's tensor of the same name, over ``limit`` images."""
+  def tensors(buffer, image):
+    it = tf.lite.Interpreter(model_content=buffer,
+                             experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    it.set_tensor(inp['index'], tflite.model_input(image[None], inp['dtype']))
+    it.invoke()
+    out = {}
+    for d in it.get_tensor_details():
+      try:
+        v = it.get_tensor(d['index'])
+      except ValueError:
+        continue
+      scale, zp = d['quantization']
+      if d['dtype'] in (np.int8, np.uint8, np.int32) and scale:
+        v = (v.astype(np.float32) - zp) * scale
+      out[d['name']] = np.asarray(v, np.float32)
+    return out
+  pairs = {}
+  for image in images[:limit]:
+    q, f = tensors(quant_model, image), tensors(float_model, image)
+    for name, qv in q.items():
+      if name in f and f[name].shape == qv.shape and qv.size > 1:
+        pairs.setdefault(name, [[], []])
+        pairs[name][0].append(f[name].ravel())
+        pairs[name][1].append(qv.ravel())
+  result = {}
+  for name, (fs, qs) in pairs.items():
+    fv, qv = np.concatenate(fs), np.concatenate(qs)
+    if fv.std() > 0 and qv.std() > 0:
+      result[name] = float(np.corrcoef(fv, qv)[0, 1])
+  return result
+
+
+def margin_bins(reference, candidate):
+  top2 = np.sort(reference, axis=1)[:, -2:]
+  margin = top2[:, 1] - top2[:, 0]
+  agree = reference.argmax(1) == candidate.argmax(1)
+  rows = []
+  for lo, hi in zip(MARGIN_BINS[:-1], MARGIN_BINS[1:]):
+    m = (margin >= lo) & (margin < hi)
+    rows.append({'margin': f'[{lo:.2f}, {min(hi, 1.0):.2f})',
+                 'images': int(m.sum()),
+                 'agreement': float(agree[m].mean()) if m.any() else None})
+  return rows
+
+
+def ties(probabilities):
+  """Images whose top two probabilities are exactly equal."""
+  top2 = np.sort(probabilities, axis=1)[:, -2:]
+  return int(np.sum(top2[:, 1] == top2[:, 0]))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--saved-model', required=True)
+  parser.add_argument('--examples', required=True)
+  parser.add_argument('--image-size', type=int, required=True)
+  parser.add_argument('--split', default='eval')
+  parser.add_argument('--calibration', type=int, default=200)
+  parser.add_argument('--seed', type=int, default=42)
+  parser.add_argument('--debug-images', type=int, default=50)
+  parser.add_argument('--max-drop', type=float, default=0.08)
+  parser.add_argument('--out', required=True)
+  args = parser.parse_args()
+  start = time.time()
+
+  labels_file = os.path.join(args.examples, 'labels.txt')
+  class_names = open(labels_file, encoding='utf-8').read().split()
+  files = split_files(args.examples, args.split)
+  pixels, truth = data.load_images(files, args.image_size)
+  lesions = data.lesion_ids(files)
+  reference = parity.saved_model_predict(args.saved_model, pixels)
+  thresholds = parity.Thresholds(0.98, args.max_drop)
+
+  train = split_files(args.examples, 'train')
+  random_cal = data.representative_images(train, args.image_size,
+                                          args.calibration, args.seed)
+  strat_cal = stratified_images(train, args.image_size, args.calibration,
+                                args.seed)
+  calibrated = tflite.calibrate(args.saved_model, random_cal)
+  strat_calibrated = tflite.calibrate(args.saved_model, strat_cal)
+  float_model = float32(args.saved_model)
+  variants = {
+      'float32': float_model,
+      'dynamic_range': dynamic_range(args.saved_model),
+      'int8': tflite.quantize_calibrated(calibrated),
+      'int8_float_softmax': tflite.quantize_calibrated(calibrated,
+                                                       ['SOFTMAX']),
+      'int8_float_head': tflite.quantize_calibrated(
+          calibrated, ['FULLY_CONNECTED', 'SOFTMAX']),
+      'int8_float_head_mean': tflite.quantize_calibrated(
+          calibrated, ['FULLY_CONNECTED', 'SOFTMAX', 'MEAN']),
+      'int8_float_head_depthwise': tflite.quantize_calibrated(
+          calibrated, ['FULLY_CONNECTED', 'SOFTMAX', 'DEPTHWISE_CONV_2D']),
+      'int8_float_head_conv2d': tflite.quantize_calibrated(
+          calibrated, ['FULLY_CONNECTED', 'SOFTMAX', 'MEAN', 'CONV_2D']),
+      'int8_stratified': tflite.quantize_calibrated(strat_calibrated),
+      'int8_float_head_stratified': tflite.quantize_calibrated(
+          strat_calibrated, ['FULLY_CONNECTED', 'SOFTMAX']),
+  }
+  results = {}
+  for name, buffer in variants.items():
+    probs = tflite.predict(buffer, pixels)
+    r = parity.compare(name, reference, probs, truth, class_names, thresholds,
+                       lesions)
+    results[name] = {
+        'bytes': len(buffer),
+        'top1_agreement': r.top1_agreement_interval,
+        'balanced_accuracy_drop': r.balanced_accuracy_drop_interval,
+        'exact_top1_ties': ties(probs),
+        'predicted_counts': np.bincount(probs.argmax(1),
+                                        minlength=len(class_names)).tolist(),
+        'agreement_by_margin': margin_bins(reference, probs),
+    }
+    print(name, json.dumps({k: results[name][k] for k in
+                            ('top1_agreement', 'balanced_accuracy_drop',
+                             'exact_top1_ties')}), flush=True)
+
+  debug_images = random_cal[:args.debug_images]
+  layers = layer_errors(tflite.quantize_calibrated(calibrated, debug=True),
+                        float_model, debug_images)
+  correlation = activation_correlation(variants['int8'], float_model,
+                                       debug_images)
+  report = {
+      'saved_model': args.saved_model, 'split': args.split,
+      'images': int(len(pixels)), 'lesions': int(len(np.unique(lesions))),
+      'reference_predicted_counts': np.bincount(
+          reference.argmax(1), minlength=len(class_names)).tolist(),
+      'reference_exact_top1_ties': ties(reference),
+      'calibration': {'split': 'train', 'images': args.calibration,
+                      'seed': args.seed},
+      'variants': results, 'layers_whole_model_verify': layers,
+      'activation_correlation': correlation,
+      'seconds': round(time.time() - start, 1)}
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=1)
+  worst = sorted((l for l in layers if l['rmse_over_scale'] is not None),
+                 key=lambda l: -l['rmse_over_scale'])[:8]
+  for l in worst:
+    print(f"{l['op']:24s} rmse/scale {l['rmse_over_scale']:8.3f} "
+          f"{l['tensor'][:60]}")
+  print('lowest correlations:', sorted(correlation.items(),
+                                       key=lambda kv: kv[1])[:6])
+  print('seconds', report['seconds'])
+
+
+if __name__ == '__main__':
+  main()
