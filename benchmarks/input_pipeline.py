@@ -6,10 +6,14 @@ class-folder tree of symlinks in a temporary directory), at the same size,
 with the same batch size and R5's augmentation, one full pass each,
 alternating, in one process:
 
-* project: ``trainer.make_dataset`` (GZIP TFRecords -> parallel parse +
-  JPEG decode + bilinear resize, shuffle, batch, prefetch; no cache, so
-  every pass decodes) followed by the augmentation layers the models hold
-  (models/augmentation.py, R5's settings, training=True), mapped in tf.data;
+* project (what the Trainer runs): ``trainer.make_dataset`` (GZIP TFRecords
+  -> parallel parse + JPEG decode + bilinear resize, decoded once into the
+  in-memory cache, shuffle, batch, prefetch) followed by the models' fused
+  augmentation (models/augmentation.FusedAugment, R5's settings,
+  training=True: one affine warp + colour jitter per batch), mapped in
+  tf.data; the cache-filling first pass is timed apart;
+* the old path, for the record: no cache, the chain of Keras 3 layers
+  (augmentation.layers(), one resample each);
 * R5: ``tf_keras.preprocessing.image.ImageDataGenerator(rescale=1/255,
   rotation_range=10, width_shift_range=0.02, height_shift_range=0.02,
   zoom_range=0.05, horizontal_flip=True, brightness_range=(0.9, 1.1))
@@ -73,8 +77,10 @@ def symlink_tree(data_root: str, ids, out_dir: str) -> str:
 
 
 def project_dataset(path: str, image_size: int, batch_size: int,
-                    cache: bool) -> tf.data.Dataset:
-  layers = augmentation.layers(**augmentation.R5, seed=42)
+                    cache: bool, fused: bool = True) -> tf.data.Dataset:
+  """make_dataset + augmentation: the fused layer, or the old Keras chain."""
+  layers = ([augmentation.fused(**augmentation.R5, seed=42)] if fused
+            else augmentation.layers(**augmentation.R5, seed=42))
 
   def augment(x, y):
     for layer in layers:
@@ -122,39 +128,43 @@ def main():
   path, ids = first_records(args.examples, args.images,
                             os.path.join(work, 'examples'))
   tree = symlink_tree(args.data, ids, os.path.join(work, 'tree'))
-  project = project_dataset(path, args.image_size, args.batch_size, False)
+  # The Trainer's path: decoded once into the in-memory cache (the first,
+  # filling pass is timed apart), then one fused warp + colour jitter.
+  project = project_dataset(path, args.image_size, args.batch_size, True)
+  chain = project_dataset(path, args.image_size, args.batch_size, False,
+                          fused=False)
   r5 = r5_iterator(tree, args.image_size, args.batch_size)
   # Warm-up (tf.data function tracing, file system caches): one batch each.
-  next(iter(project))
+  next(iter(chain))
   next(r5)
   r5.reset()
-  runs = {'project_tf_data': [], 'r5_image_data_generator': []}
+  fill = timed_pass(project)
+  runs = {'project_fused_cached': [], 'r5_image_data_generator': [],
+          'project_keras_chain_uncached': [],
+          'project_fused_cache_fill': [
+              {'images': fill[0], 'seconds': round(fill[1], 2),
+               'images_per_s': round(fill[0] / fill[1], 1)}]}
+  print('project_fused_cache_fill', runs['project_fused_cache_fill'])
   for _ in range(args.repeats):
-    for name, fn in (('project_tf_data', lambda: timed_pass(project)),
-                     ('r5_image_data_generator', lambda: r5_pass(r5))):
+    for name, fn in (('project_fused_cached', lambda: timed_pass(project)),
+                     ('r5_image_data_generator', lambda: r5_pass(r5)),
+                     ('project_keras_chain_uncached',
+                      lambda: timed_pass(chain))):
       n, seconds = fn()
       runs[name].append({'images': n, 'seconds': round(seconds, 2),
                          'images_per_s': round(n / seconds, 1)})
       print(name, runs[name][-1], flush=True)
-  # What training sees from the second epoch on: decoded images cached.
-  cached = project_dataset(path, args.image_size, args.batch_size, True)
-  fill = timed_pass(cached)
-  again = timed_pass(cached)
-  runs['project_tf_data_cached'] = [
-      {'images': n, 'seconds': round(s, 2), 'images_per_s': round(n / s, 1),
-       'pass': p} for (n, s), p in ((fill, 'fills the cache'),
-                                    (again, 'from the cache'))]
-  print('project_tf_data_cached', runs['project_tf_data_cached'], flush=True)
-  best = {k: max(r['images_per_s'] for r in v) for k, v in runs.items()
-          if k != 'project_tf_data_cached'}
+  best = {k: max(r['images_per_s'] for r in v) for k, v in runs.items()}
+  r5_best = best['r5_image_data_generator']
   result = {'images': len(ids), 'image_size': args.image_size,
             'batch_size': args.batch_size, 'cpus': os.cpu_count(),
+            'load_average': os.getloadavg(),
             'runs': runs, 'best_images_per_s': best,
-            'ratio': round(best['project_tf_data']
-                           / best['r5_image_data_generator'], 2),
-            'ratio_cached_epochs': round(
-                runs['project_tf_data_cached'][1]['images_per_s']
-                / best['r5_image_data_generator'], 2)}
+            'ratio': round(best['project_fused_cached'] / r5_best, 2),
+            'ratio_keras_chain': round(
+                best['project_keras_chain_uncached'] / r5_best, 2),
+            'ratio_first_epoch': round(
+                best['project_fused_cache_fill'] / r5_best, 2)}
   print(json.dumps(result, indent=2))
   if args.out:
     with open(args.out, 'w') as f:
