@@ -234,11 +234,15 @@ def derive_schema(settings: configs.Settings) -> str:
 
   Everything but the label's int domain [0, n - 1] comes from the curated
   schema (settings.schema_path); the result is written to
-  derived_schema_path(settings) for ImportSchemaGen, and the path returned.
+  derived_schema_path(settings) for ImportSchemaGen, and the path returned
+  (the curated file itself when its domain already fits the list).
   No label list needs a hand-written schema.
   """
   schema = tfdv.load_schema_text(settings.schema_path)
   label = tfdv.get_feature(schema, features.LABEL_KEY)
+  if (label.int_domain.min, label.int_domain.max) == (
+      0, len(settings.labels) - 1):
+    return settings.schema_path  # Already the list's domain: nothing to write.
   label.int_domain.min = 0
   label.int_domain.max = len(settings.labels) - 1
   label.int_domain.is_categorical = True
