@@ -36,6 +36,9 @@ def _settings_from(args):
       home=args.home, pipeline_name=args.pipeline_name,
       label_map=(json.loads(args.label_map) if getattr(args, 'label_map', None)
                  else None),
+      labels=(tuple(x.strip() for x in args.labels.split(',') if x.strip())
+              if getattr(args, 'labels', None) else None),
+      melanoma_label=getattr(args, 'melanoma_label', None),
       max_quarantine_fraction=getattr(args, 'max_quarantine_fraction', None),
       span_folder=getattr(args, 'span_folder', None),
       model=getattr(args, 'model', None), epochs=getattr(args, 'epochs', None),
@@ -267,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--layout', choices=configs.LAYOUTS)
     p.add_argument('--label-map', help='JSON: source label -> canonical '
                    'label, e.g. \'{"AK": "akiec"}\'')
+    p.add_argument('--labels', help='a named set (%s) or a comma list, in '
+                   'index order (default: ham10000)'
+                   % ', '.join(configs.LABEL_SETS))
+    p.add_argument('--melanoma-label', help="the class the melanoma gate "
+                   "applies to; 'auto' (default: mel/melanoma, any case) or "
+                   "'none'")
     p.add_argument('--max-quarantine-fraction', type=float,
                    help='fail above this quarantined share (default 0.05)')
     p.add_argument('--span-folder', help="e.g. 'span-{SPAN}': ingest the "

@@ -37,6 +37,25 @@ LABEL_DISPLAY_NAMES: Dict[str, str] = {
     'vasc': 'Vascular lesion',
 }
 MELANOMA_LABEL = 'mel'
+# Names Settings.melanoma_label='auto' recognises (compared in lower case).
+MELANOMA_NAMES: Tuple[str, ...] = ('mel', 'melanoma')
+
+# Named label sets (issue 19): `labels` may name one of these instead of
+# listing classes.  The only definition; everything else reads Settings.labels.
+LABEL_SETS: Dict[str, Tuple[str, ...]] = {
+    'ham10000': LABELS,
+    'isic2019': ('AK', 'BCC', 'BKL', 'DF', 'MEL', 'NV', 'SCC', 'VASC'),
+}
+
+
+def resolve_labels(labels) -> Tuple[str, ...]:
+  """A named set (one name of LABEL_SETS) or an explicit list, as a tuple."""
+  if isinstance(labels, str):
+    labels = (labels,)
+  labels = tuple(labels)
+  if len(labels) == 1 and labels[0] in LABEL_SETS:
+    return LABEL_SETS[labels[0]]
+  return labels
 
 # ISIC 2018 (Task 3) column names of our labels, for `skinlesion predict
 # --format isic`: the official scorer reads image,MEL,NV,BCC,AKIEC,BKL,DF,VASC.
@@ -114,7 +133,8 @@ SERVE_PORT = 8501
 SERVE_MAX_UPLOAD_MB = 10.0
 
 # The curated schema (kept in the repository, not re-inferred per run).  Its
-# label domain must match the label list; see pipeline.check_schema_labels.
+# label domain is replaced by one derived from the label list at pipeline
+# construction; see pipeline.derive_schema.
 SCHEMA_PATH = os.path.join(PROJECT_ROOT, 'pipeline', 'schema', 'schema.pbtxt')
 
 # Lesion-disjoint splits: hash buckets of lesion_id (ratios 70 / 15 / 15).
@@ -292,6 +312,10 @@ class Settings:
   min_balanced_accuracy: float = 0.35
   # ... and its top-1 recall of melanoma (the costliest miss) this.
   min_melanoma_recall: float = 0.5
+  # The class the melanoma gate applies to: 'auto' finds 'mel' / 'melanoma'
+  # in the label list, any case (mel, MEL, Melanoma); a name must be in the
+  # list; 'none': no melanoma class (the gate is "not applicable").
+  melanoma_label: str = 'auto'
   # The IntervalGate (components/interval_gate.py) judges on 95% intervals
   # from a bootstrap over lesions (interval_confidence, bootstrap_draws,
   # seeded by `seed`):
@@ -360,7 +384,13 @@ class Settings:
 
   @property
   def effective_label_map(self) -> Dict[str, str]:
-    return dict(self.label_map or DEFAULT_LABEL_MAPS.get(self.layout, {}))
+    # The layout's default map only where it maps onto the label list (so
+    # --labels isic2019 on the isic2019 layout keeps AK..VASC as they are).
+    if self.label_map:
+      return dict(self.label_map)
+    default = DEFAULT_LABEL_MAPS.get(self.layout, {})
+    return {k: v for k, v in default.items()
+            if v in self.labels and k not in self.labels}
 
   @property
   def pipeline_root(self) -> str:
@@ -421,7 +451,7 @@ class Settings:
       value = getattr(self, name)
       if value and '://' not in value:
         setattr(self, name, os.path.abspath(os.path.expanduser(value)))
-    self.labels = tuple(self.labels)
+    self.labels = resolve_labels(self.labels)
 
   def validate(self) -> None:
     if self.layout not in LAYOUTS:
@@ -438,6 +468,7 @@ class Settings:
                        f'{self.imbalance!r}')
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
+    self.melanoma_class  # Raises when it names an absent class.
     self.validate_gates()
     # A URI (gs://...) is checked where it is read: on a cluster, or by
     # the ingestion step.
@@ -445,6 +476,20 @@ class Settings:
       raise FileNotFoundError(
           f'data root {self.data_root!r} does not exist; generate demo data '
           'with `skinlesion demo-data DIR` or point --data at an archive')
+
+  @property
+  def melanoma_class(self) -> str:
+    """The label the melanoma gate applies to; '' when not applicable."""
+    name = (self.melanoma_label or 'auto').strip()
+    if name.lower() == 'none':
+      return ''
+    if name.lower() == 'auto':
+      found = [l for l in self.labels if l.lower() in MELANOMA_NAMES]
+      return found[0] if found else ''
+    if name not in self.labels:
+      raise ValueError(f'melanoma_label {name!r} is not in the label list '
+                       f'{list(self.labels)}')
+    return name
 
   def validate_gates(self) -> None:
     if self.subgroup_gap_metric not in SUBGROUP_GAP_METRICS:

@@ -91,8 +91,9 @@ def kubeflow_settings(settings: configs.Settings) -> configs.Settings:
         'it (README.md, "Running at scale").')
   settings.validate()  # Layout and labels.
   pipeline_lib.trainer_resources(settings)  # Raises on inconsistent values.
-  pipeline_lib.check_schema_labels(settings)  # With the local copy.
-  schema_path = settings.schema_path
+  # The label domain derived from the label list, written under the home
+  # (which holds the pipeline root, so the cluster reads it too).
+  schema_path = pipeline_lib.derive_schema(settings)
   if schema_path.startswith(configs.PROJECT_ROOT + os.sep):
     # The curated schema ships in the image with the project.
     schema_path = os.path.join(

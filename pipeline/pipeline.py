@@ -20,8 +20,10 @@ import json
 import os
 from typing import List
 
+import tensorflow as tf
 import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
+from google.protobuf import text_format
 from tfx import v1 as tfx
 
 from components import anomalies_gate
@@ -117,10 +119,11 @@ def fairness_indicator_metrics() -> List[tfma.MetricConfig]:
 
 
 def melanoma_class_id(settings: configs.Settings) -> int:
-  if configs.MELANOMA_LABEL not in settings.labels:
-    raise ValueError(f'the melanoma gate needs {configs.MELANOMA_LABEL!r} in '
-                     f'the label list {list(settings.labels)}')
-  return list(settings.labels).index(configs.MELANOMA_LABEL)
+  mel = settings.melanoma_class
+  if not mel:
+    raise ValueError(f'the melanoma gate needs a melanoma class in the label '
+                     f'list {list(settings.labels)} (set melanoma_label)')
+  return list(settings.labels).index(mel)
 
 
 def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
@@ -153,6 +156,17 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
       value_threshold=tfma.GenericValueThreshold(
           lower_bound={'value': settings.min_melanoma_recall}))
   custom = tfma_metrics.__name__
+  # Melanoma recall (the same metric, named for its gate); "not applicable"
+  # (no spec, no gate) when the label list has no melanoma class.
+  melanoma_specs = [tfma.MetricsSpec(
+      binarize=tfma.BinarizationOptions(
+          class_ids={'values': [melanoma_class_id(settings)]}),
+      metrics=[tfma.MetricConfig(
+          class_name='ClassRecall', module=custom,
+          config=json.dumps({'name': MELANOMA_RECALL}),
+          per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+              slicing_specs=overall, threshold=melanoma_gate)])])
+  ] if settings.melanoma_class else []
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
           signature_name=features.EXAMPLE_SIGNATURE,
@@ -184,15 +198,6 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
               tfma.MetricConfig(class_name='ClassPrecision', module=custom),
               tfma.MetricConfig(class_name='ClassF1', module=custom),
           ]),
-          # Melanoma recall (the same metric, named for its gate).
-          tfma.MetricsSpec(
-              binarize=tfma.BinarizationOptions(
-                  class_ids={'values': [melanoma_class_id(settings)]}),
-              metrics=[tfma.MetricConfig(
-                  class_name='ClassRecall', module=custom,
-                  config=json.dumps({'name': MELANOMA_RECALL}),
-                  per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                      slicing_specs=overall, threshold=melanoma_gate)])]),
           # One-vs-rest: AUC per class and its macro average, calibration
           # plots, Fairness Indicators.
           tfma.MetricsSpec(
@@ -208,7 +213,7 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
                   class_name='CalibrationPlot',
                   config=json.dumps({'num_buckets': configs.CALIBRATION_BINS})),
           ] + fairness_indicator_metrics()),
-      ])
+      ] + melanoma_specs)
 
 
 def interval_slice_features() -> List[str]:
@@ -218,17 +223,38 @@ def interval_slice_features() -> List[str]:
           if len(keys) == 1 and keys[0] != features.LABEL_KEY]
 
 
-def check_schema_labels(settings: configs.Settings) -> None:
-  """The curated schema's label domain must be exactly the label list."""
+def derived_schema_path(settings: configs.Settings) -> str:
+  """Where derive_schema writes the run's schema: under the output home."""
+  return os.path.join(settings.home, 'schema', settings.pipeline_name,
+                      'schema.pbtxt')
+
+
+def derive_schema(settings: configs.Settings) -> str:
+  """The curated schema with its label domain derived from the label list.
+
+  Everything but the label's int domain [0, n - 1] comes from the curated
+  schema (settings.schema_path); the result is written to
+  derived_schema_path(settings) for ImportSchemaGen, and the path returned
+  (the curated file itself when its domain already fits the list).
+  No label list needs a hand-written schema.
+  """
   schema = tfdv.load_schema_text(settings.schema_path)
   label = tfdv.get_feature(schema, features.LABEL_KEY)
-  domain = label.int_domain
-  if (domain.min, domain.max) != (0, len(settings.labels) - 1):
-    raise ValueError(
-        f'{settings.schema_path}: the label domain [{domain.min}, '
-        f'{domain.max}] does not match the {len(settings.labels)} labels '
-        f'{list(settings.labels)}; curate a schema for this label list and '
-        'set schema_path')
+  if (label.int_domain.min, label.int_domain.max) == (
+      0, len(settings.labels) - 1):
+    return settings.schema_path  # Already the list's domain: nothing to write.
+  label.int_domain.min = 0
+  label.int_domain.max = len(settings.labels) - 1
+  label.int_domain.is_categorical = True
+  path = derived_schema_path(settings)
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  text = text_format.MessageToString(schema)
+  # Written only when it changes, so ImportSchemaGen's cache key (the file's
+  # content) is stable across runs with the same label list.
+  if not tf.io.gfile.exists(path) or tf.io.gfile.GFile(path).read() != text:
+    with tf.io.gfile.GFile(path, 'w') as f:
+      f.write(text)
+  return path
 
 
 def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
@@ -249,8 +275,8 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
   if orchestrator not in (LOCAL, KUBEFLOW):
     raise ValueError(f'orchestrator must be {LOCAL!r} or {KUBEFLOW!r}, got '
                      f'{orchestrator!r}')
-  if orchestrator == LOCAL:  # kubeflow_runner checks the compiling copy.
-    check_schema_labels(settings)
+  schema_path = (derive_schema(settings) if orchestrator == LOCAL
+                 else settings.schema_path)  # kubeflow_runner derives it.
   example_gen = image_example_gen.ImageExampleGen(
       input_base=settings.data_root, layout=settings.layout,
       labels=settings.labels, split_buckets=settings.split_buckets,
@@ -263,7 +289,7 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
 
   # The curated schema from the repository, not one re-inferred per run.
   schema_gen = tfx.components.ImportSchemaGen(
-      schema_file=settings.schema_path)
+      schema_file=schema_path)
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
@@ -376,8 +402,7 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       baseline_model=model_resolver.outputs['model'],
       split=configs.TEST_SPLIT,
       labels=json.dumps(list(settings.labels)),
-      melanoma_label=(configs.MELANOMA_LABEL
-                      if configs.MELANOMA_LABEL in settings.labels else ''),
+      melanoma_label=settings.melanoma_class,
       slice_features=json.dumps(interval_slice_features()),
       slice_families=json.dumps(list(configs.SUBGROUP_GAP_FAMILIES)),
       metric=settings.subgroup_gap_metric,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 
 from components import tfma_metrics
@@ -70,9 +71,15 @@ def test_ingest_only_stops_after_validation(tmp_path):
       'previous_validated_statistics', 'AnomaliesGate', 'DataReport'}
 
 
-def test_schema_label_domain_must_match_the_label_list(tmp_path):
-  with pytest.raises(ValueError, match='does not match the 3 labels'):
-    _pipeline(tmp_path, labels=('a', 'b', 'c'))
+def test_schema_label_domain_is_derived_from_the_label_list(tmp_path):
+  settings, p = _pipeline(tmp_path, labels=('a', 'b', 'c'))
+  schema_file = {c.id: c for c in p.components}[
+      'ImportSchemaGen'].exec_properties['schema_file']
+  assert schema_file == pipeline_lib.derived_schema_path(settings)
+  assert schema_file.startswith(settings.home)
+  domain = tfdv.get_feature(tfdv.load_schema_text(schema_file),
+                            'label').int_domain
+  assert (domain.min, domain.max) == (0, 2)
 
 
 def test_mobile_export_settings_flow_into_its_components(tmp_path):

@@ -1,0 +1,76 @@
+"""Issue 19: named label sets, the schema derived from the label list, the
+melanoma class named by a setting (and "not applicable" without one)."""
+
+import pytest
+import tensorflow_data_validation as tfdv
+
+from models import features
+from pipeline import configs
+from pipeline import pipeline as pipeline_lib
+
+R4_LABELS = ('Dermatitis Atopik', 'Eksim', 'Infeksi Jamur', 'Infeksi Virus',
+             'Karsinoma Sel Basal', 'Kutil', 'Melanoma', 'Psoriasis',
+             'Tahi Lalat', 'Tumor Jinak')
+
+
+def test_named_sets_expand_and_explicit_lists_stay():
+  assert configs.Settings(labels='ham10000').labels == configs.LABELS
+  assert configs.Settings(labels=('isic2019',)).labels == (
+      'AK', 'BCC', 'BKL', 'DF', 'MEL', 'NV', 'SCC', 'VASC')
+  env = configs.Settings.from_env({'SKINLESION_LABELS': 'isic2019'})
+  assert env.labels == configs.LABEL_SETS['isic2019']
+  assert configs.Settings(labels=('a', 'b')).labels == ('a', 'b')
+
+
+@pytest.mark.parametrize('labels', [configs.LABELS, R4_LABELS,
+                                    configs.LABEL_SETS['isic2019']])
+def test_schema_label_domain_is_derived_from_the_list(tmp_path, labels):
+  settings = configs.Settings(home=str(tmp_path), labels=labels)
+  path = pipeline_lib.derive_schema(settings)
+  if len(labels) == len(configs.LABELS):  # The curated domain fits as it is.
+    assert path == settings.schema_path
+  else:
+    assert path == pipeline_lib.derived_schema_path(settings)
+    assert path.startswith(str(tmp_path))
+  derived = tfdv.load_schema_text(path)
+  domain = tfdv.get_feature(derived, features.LABEL_KEY).int_domain
+  assert (domain.min, domain.max) == (0, len(labels) - 1)
+  # Everything else is the curated schema's.
+  curated = tfdv.load_schema_text(settings.schema_path)
+  tfdv.get_feature(curated, features.LABEL_KEY).int_domain.max = (
+      len(labels) - 1)
+  assert derived == curated
+
+
+def test_melanoma_class_is_found_by_name_in_any_case():
+  assert configs.Settings().melanoma_class == 'mel'
+  assert configs.Settings(labels='isic2019').melanoma_class == 'MEL'
+  assert configs.Settings(labels=R4_LABELS).melanoma_class == 'Melanoma'
+  assert configs.Settings(labels=('a', 'b')).melanoma_class == ''
+  assert configs.Settings(labels=('a', 'b'),
+                          melanoma_label='b').melanoma_class == 'b'
+  assert configs.Settings(melanoma_label='none').melanoma_class == ''
+
+
+def test_melanoma_label_naming_an_absent_class_fails_naming_it(tmp_path):
+  settings = configs.Settings(data_root=str(tmp_path), labels=R4_LABELS,
+                              melanoma_label='MEL')
+  with pytest.raises(ValueError, match="melanoma_label 'MEL' is not in"):
+    settings.validate()
+
+
+def test_melanoma_gate_not_applicable_without_a_melanoma_class():
+  def mel_specs(settings):
+    return [s for s in pipeline_lib.build_eval_config(settings).metrics_specs
+            if any(pipeline_lib.MELANOMA_RECALL in m.config
+                   for m in s.metrics)]
+  assert not mel_specs(configs.Settings(labels=('a', 'b', 'c')))
+  (spec,) = mel_specs(configs.Settings(labels=R4_LABELS))
+  assert list(spec.binarize.class_ids.values) == [R4_LABELS.index('Melanoma')]
+
+
+def test_isic2019_names_are_kept_with_the_isic2019_set():
+  ham = configs.Settings(layout='isic2019')
+  assert ham.effective_label_map['AK'] == 'akiec'
+  isic = configs.Settings(layout='isic2019', labels='isic2019')
+  assert isic.effective_label_map == {}
