@@ -94,7 +94,8 @@ def kubeflow_settings(settings: configs.Settings) -> configs.Settings:
   # The label domain derived from the label list, written under the home
   # (which holds the pipeline root, so the cluster reads it too).
   schema_path = pipeline_lib.derive_schema(settings)
-  if schema_path.startswith(configs.PROJECT_ROOT + os.sep):
+  if schema_path == settings.schema_path and schema_path.startswith(
+      configs.PROJECT_ROOT + os.sep):
     # The curated schema ships in the image with the project.
     schema_path = os.path.join(
         configs.PROJECT_DIR_IN_IMAGE,

@@ -16,6 +16,7 @@ Every orchestrator compiles this same pipeline: local_runner.py
 Pipelines v2 and Vertex AI Pipelines); only the settings differ.
 """
 
+import hashlib
 import json
 import os
 from typing import List
@@ -223,10 +224,13 @@ def interval_slice_features() -> List[str]:
           if len(keys) == 1 and keys[0] != features.LABEL_KEY]
 
 
-def derived_schema_path(settings: configs.Settings) -> str:
-  """Where derive_schema writes the run's schema: under the output home."""
+def derived_schema_path(settings: configs.Settings, text: str) -> str:
+  """Where derive_schema writes a schema of this content: under the output
+  home, in a folder named by the content's hash (ImportSchemaGen's cache
+  key is the file's path, so another label list must be another path)."""
+  digest = hashlib.sha256(text.encode()).hexdigest()[:16]
   return os.path.join(settings.home, 'schema', settings.pipeline_name,
-                      'schema.pbtxt')
+                      digest, 'schema.pbtxt')
 
 
 def derive_schema(settings: configs.Settings) -> str:
@@ -234,7 +238,8 @@ def derive_schema(settings: configs.Settings) -> str:
 
   Everything but the label's int domain [0, n - 1] comes from the curated
   schema (settings.schema_path); the result is written to
-  derived_schema_path(settings) for ImportSchemaGen, and the path returned
+  derived_schema_path(settings, its text) for ImportSchemaGen, and the path
+  returned
   (the curated file itself when its domain already fits the list).
   No label list needs a hand-written schema.
   """
@@ -246,12 +251,10 @@ def derive_schema(settings: configs.Settings) -> str:
   label.int_domain.min = 0
   label.int_domain.max = len(settings.labels) - 1
   label.int_domain.is_categorical = True
-  path = derived_schema_path(settings)
-  tf.io.gfile.makedirs(os.path.dirname(path))
   text = text_format.MessageToString(schema)
-  # Written only when it changes, so ImportSchemaGen's cache key (the file's
-  # content) is stable across runs with the same label list.
-  if not tf.io.gfile.exists(path) or tf.io.gfile.GFile(path).read() != text:
+  path = derived_schema_path(settings, text)
+  if not tf.io.gfile.exists(path):  # Same content, same path: cached.
+    tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, 'w') as f:
       f.write(text)
   return path

@@ -30,7 +30,8 @@ def test_schema_label_domain_is_derived_from_the_list(tmp_path, labels):
   if len(labels) == len(configs.LABELS):  # The curated domain fits as it is.
     assert path == settings.schema_path
   else:
-    assert path == pipeline_lib.derived_schema_path(settings)
+    with open(path) as f:
+      assert path == pipeline_lib.derived_schema_path(settings, f.read())
     assert path.startswith(str(tmp_path))
   derived = tfdv.load_schema_text(path)
   domain = tfdv.get_feature(derived, features.LABEL_KEY).int_domain
@@ -74,3 +75,12 @@ def test_isic2019_names_are_kept_with_the_isic2019_set():
   assert ham.effective_label_map['AK'] == 'akiec'
   isic = configs.Settings(layout='isic2019', labels='isic2019')
   assert isic.effective_label_map == {}
+
+
+def test_another_label_list_is_another_schema_file(tmp_path):
+  """ImportSchemaGen caches on the file's path: a label list that changes
+  in the same home must get a new path, the same list the same one."""
+  paths = [pipeline_lib.derive_schema(configs.Settings(
+      home=str(tmp_path), labels=labels))
+           for labels in (('a', 'b', 'c'), ('a', 'b', 'c', 'd'), ('x', 'y', 'z'))]
+  assert paths[0] != paths[1] and paths[0] == paths[2]
