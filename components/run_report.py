@@ -77,7 +77,15 @@ MODEL_CARD_HTML = 'model_card.html'
 DATA_FILE = 'report.json'
 SECTIONS = ('data', 'training', 'evaluation', 'slices', 'explanations',
             'blessing', 'pushed')
-MELANOMA_LABEL = 'mel'
+# The melanoma class of the HAM10000 labels; the pipeline passes the run's
+# (Settings.melanoma_class, '' when the label list has none).
+DEFAULT_MELANOMA = 'mel'
+
+
+def _melanoma(labels: Sequence[str], melanoma: str = DEFAULT_MELANOMA
+              ) -> Optional[str]:
+  """The class reports put first and call melanoma (None: none)."""
+  return melanoma if melanoma and melanoma in labels else None
 # Files the other components write (spelled here to keep this module free of
 # their imports; tests check they agree).
 INGESTION_REPORT_FILE = 'ingestion_report.json'
@@ -459,13 +467,13 @@ def confusion_chart(matrix: np.ndarray, labels: Sequence[str]) -> str:
   return _png(fig)
 
 
-def roc_chart(curves: Dict[str, Tuple[np.ndarray, np.ndarray, Optional[float]]]
-              ) -> str:
+def roc_chart(curves: Dict[str, Tuple[np.ndarray, np.ndarray, Optional[float]]],
+              melanoma: Optional[str] = None) -> str:
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
   for name, (fpr, tpr, auc) in curves.items():
     label = name if auc is None else f'{name} (AUC {auc:.3f})'
     ax.plot(fpr, tpr, label=label,
-            linewidth=2.5 if name == MELANOMA_LABEL else 1.2)
+            linewidth=2.5 if name == melanoma else 1.2)
   ax.plot([0, 1], [0, 1], color='grey', linestyle=':', linewidth=1)
   ax.set_xlabel('false positive rate')
   ax.set_ylabel('true positive rate (recall)')
@@ -633,8 +641,8 @@ def _family_of_gate(name: str) -> frozenset:
 
 def slice_tables(evaluation: Evaluation, labels: Sequence[str],
                  gates: Sequence[Dict[str, Any]],
-                 intervals: Optional[Dict[str, Any]] = None
-                 ) -> List[Dict[str, Any]]:
+                 intervals: Optional[Dict[str, Any]] = None,
+                 melanoma: str = DEFAULT_MELANOMA) -> List[Dict[str, Any]]:
   """One table per slice family: groups, counts, metrics, spread, gate marks.
 
   Columns: every scalar metric the slices have, plus each class's recall
@@ -646,7 +654,8 @@ def slice_tables(evaluation: Evaluation, labels: Sequence[str],
   """
   by_group = {(e['feature'], e['group']): e['metrics']
               for e in (intervals or {}).get('slices', [])}
-  mel = labels.index(MELANOMA_LABEL) if MELANOMA_LABEL in labels else None
+  melanoma = _melanoma(labels, melanoma)
+  mel = labels.index(melanoma) if melanoma else None
   families: Dict[Tuple[str, ...], List[Tuple]] = {}
   for key in evaluation.metrics:
     if key == ():
@@ -668,7 +677,7 @@ def slice_tables(evaluation: Evaluation, labels: Sequence[str],
             break
     columns_shown = list(metric_names)
     if recall_name:
-      columns_shown.append(f'{MELANOMA_LABEL} {recall_name}')
+      columns_shown.append(f'{melanoma} {recall_name}')
     rows = []
     for k in sorted(keys, key=lambda k: tuple(v for _, v in k)):
       group = ' x '.join(_group_name(c, v, labels) for c, v in k)
@@ -725,7 +734,8 @@ def _group_name(column: str, value: str, labels: Sequence[str]) -> str:
 
 
 def per_class_table(evaluation: Evaluation, labels: Sequence[str],
-                    predictions: Optional[Predictions]):
+                    predictions: Optional[Predictions],
+                    melanoma: str = DEFAULT_MELANOMA):
   """(columns, rows) of the overall slice's per-class metrics, plus support."""
   overall = evaluation.per_class.get((), {})
   names = sorted({n for c in overall.values() for n in c
@@ -733,9 +743,10 @@ def per_class_table(evaluation: Evaluation, labels: Sequence[str],
   columns = ['examples'] + names
   rows = []
   order = list(range(len(labels)))
-  if MELANOMA_LABEL in labels:  # Melanoma first.
-    order.remove(labels.index(MELANOMA_LABEL))
-    order.insert(0, labels.index(MELANOMA_LABEL))
+  melanoma = _melanoma(labels, melanoma)
+  if melanoma:  # Melanoma first.
+    order.remove(labels.index(melanoma))
+    order.insert(0, labels.index(melanoma))
   for c in order:
     support = (int((predictions.labels == c).sum()) if predictions is not None
                else None)
@@ -762,7 +773,8 @@ def read_gate_report(gate_blessing: Optional[types.Artifact]
   return report
 
 
-def interval_rows(intervals: Optional[Dict[str, Any]], labels: Sequence[str]):
+def interval_rows(intervals: Optional[Dict[str, Any]], labels: Sequence[str],
+                  melanoma: str = DEFAULT_MELANOMA):
   """(headline rows, per-class rows) of intervals.json, formatted
   ``0.612 [0.571, 0.650]``; melanoma first among the classes."""
   if not intervals:
@@ -772,9 +784,10 @@ def interval_rows(intervals: Optional[Dict[str, Any]], labels: Sequence[str]):
               for key, title in interval_gate.HEADLINE_METRICS
               if key in metrics]
   order = list(labels)
-  if MELANOMA_LABEL in order:
-    order.remove(MELANOMA_LABEL)
-    order.insert(0, MELANOMA_LABEL)
+  melanoma = _melanoma(labels, melanoma)
+  if melanoma:
+    order.remove(melanoma)
+    order.insert(0, melanoma)
   per_class = [(name, intervals_lib.text(metrics.get(f'recall/{name}')),
                 intervals_lib.text(metrics.get(f'precision/{name}')))
                for name in order]
@@ -1193,13 +1206,13 @@ def calibration_limitation(fit: Optional[Dict[str, Any]]) -> str:
 
 
 def _evaluation_part(evaluation: Evaluation, labels, predictions, split,
-                     prediction_note):
+                     prediction_note, melanoma: Optional[str] = None):
   part: Dict[str, Any] = {'split': split, 'notes': []}
   overall = dict(evaluation.overall)
   part['overall'] = [(k, _count_or_value(k, overall[k])) for k in sorted(
       overall, key=lambda k: (k != 'balanced_accuracy', k))]
   part['class_columns'], part['class_rows'] = per_class_table(
-      evaluation, labels, predictions)
+      evaluation, labels, predictions, melanoma or '')
   charts = []
   matrix = confusion_from_tfma(
       evaluation.plots.get('multi_class_confusion_matrix_at_thresholds'),
@@ -1223,7 +1236,7 @@ def _evaluation_part(evaluation: Evaluation, labels, predictions, split,
     source = f'the SavedModel\'s predictions on the {split} split (sklearn)'
   if curves:
     charts.append({'title': f'ROC curves (from {source})',
-                   'src': roc_chart(curves)})
+                   'src': roc_chart(curves, melanoma)})
     part['roc_auc'] = {k: v[2] for k, v in curves.items()}
   tfma_reliability = reliability_from_tfma(
       evaluation.plots.get('calibration_histogram_buckets'))
@@ -1360,7 +1373,8 @@ def _pushed_part(inputs: ReportInputs):
   return pushed
 
 
-def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
+def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str,
+                        melanoma: Optional[str] = None):
   """Values of the model card, formatted."""
   ing = r['data']['ingestion'] or {}
   splits = list(ing.get('examples_per_split', {}))
@@ -1370,7 +1384,7 @@ def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
   overall = dict(r['evaluation']['overall'])
   mel_recall = None
   for row in r['evaluation']['class_rows']:
-    if row['label'] == MELANOMA_LABEL:
+    if melanoma and row['label'] == melanoma:
       cols = r['evaluation']['class_columns']
       for col, v in zip(cols, row['values']):
         if 'recall' in col and '(change' not in col:
@@ -1514,8 +1528,8 @@ def _model_card_context(r: Dict[str, Any], labels, pipeline_name: str):
 
 
 def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
-                 split: str = 'test', gradcam_per_class: int = 2
-                 ) -> Dict[str, Any]:
+                 split: str = 'test', gradcam_per_class: int = 2,
+                 melanoma_label: str = DEFAULT_MELANOMA) -> Dict[str, Any]:
   """Writes report.html, model_card.md / .html and report.json to out_dir.
 
   Returns the numbers (report.json's content).
@@ -1523,6 +1537,7 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
   split_files = [os.path.join(artifact_utils.get_split_uri(
       [inputs.examples], split), '*')]
   labels = preprocessing.read_labels(split_files)
+  melanoma = _melanoma(labels, melanoma_label)
   data, data_charts = _data_part(inputs)
   training, training_charts = _training_part(inputs)
   evaluation = read_evaluation(inputs.evaluation.uri)
@@ -1535,19 +1550,19 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
     prediction_note = f'No predictions from the SavedModel: {e}'
     logging.warning(prediction_note)
   eval_part, eval_charts = _evaluation_part(evaluation, labels, predictions,
-                                            split, prediction_note)
+                                            split, prediction_note, melanoma)
   gap = read_gate_report(inputs.gate_blessing)
   found = (interval_gate.read_intervals(inputs.gate_blessing.uri)
            if inputs.gate_blessing is not None else None)
   eval_part['interval_rows'], eval_part['class_interval_rows'] = (
-      interval_rows(found, labels))
+      interval_rows(found, labels, melanoma or ''))
   eval_part['intervals_method'] = (
       f'{found["confidence"]:.0%} intervals, {found["method"]}, '
       f'{found["draws"]} draws, seed {found["seed"]}; '
       f'{found["overall"]["examples"]} images of '
       f'{found["overall"]["lesions"]} lesions' if found else None)
   slices = slice_tables(evaluation, labels, (gap or {}).get('gates', []),
-                        found)
+                        found, melanoma or '')
 
   gradcam, explanations = None, {'note': 'no predictions', 'cells': {}}
   if predictions is not None:
@@ -1597,7 +1612,7 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
               'pushed': 'Pushed artifacts'},
       charts=data_charts, training_charts=training_charts,
       eval_charts=eval_charts, slices=slices, gradcam=gradcam)
-  card = _model_card_context(r, labels, pipeline_name)
+  card = _model_card_context(r, labels, pipeline_name, melanoma)
   card_md = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
       _CARD_MD_TEMPLATE).render(c=card)
   card_html = env.from_string(_CARD_HTML_TEMPLATE).render(c=card, css=_CSS)
@@ -1630,7 +1645,8 @@ def RunReporter(
     gate_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
     pipeline_name: Parameter[str] = 'skin-lesion-tfx',
     split: Parameter[str] = 'test',
-    gradcam_per_class: Parameter[int] = 2) -> None:
+    gradcam_per_class: Parameter[int] = 2,
+    melanoma_label: Parameter[str] = DEFAULT_MELANOMA) -> None:
   """Writes the run's HTML report and model card (see the module docstring).
 
   Runs whether or not the model was blessed or pushed: the exporter's,
@@ -1643,7 +1659,7 @@ def RunReporter(
                    mobile_models=mobile_models, pushed_model=pushed_model,
                    gate_blessing=gate_blessing),
       report.uri, pipeline_name=pipeline_name, split=split,
-      gradcam_per_class=gradcam_per_class)
+      gradcam_per_class=gradcam_per_class, melanoma_label=melanoma_label)
   report.set_int_custom_property('blessed',
                                  int(bool(numbers['blessing']['blessed'])))
   report.set_int_custom_property('pushed',

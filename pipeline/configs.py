@@ -42,6 +42,22 @@ MELANOMA_NAMES: Tuple[str, ...] = ('mel', 'melanoma')
 
 # Named label sets (issue 19): `labels` may name one of these instead of
 # listing classes.  The only definition; everything else reads Settings.labels.
+def melanoma_class(labels, melanoma_label: str = 'auto') -> str:
+  """The label of ``labels`` the melanoma gate applies to ('' when not
+  applicable): ``melanoma_label`` 'auto' finds one of MELANOMA_NAMES, 'none'
+  means none, any other value must be in the list."""
+  name = (melanoma_label or 'auto').strip()
+  if name.lower() == 'none':
+    return ''
+  if name.lower() == 'auto':
+    found = [l for l in labels if l.lower() in MELANOMA_NAMES]
+    return found[0] if found else ''
+  if name not in labels:
+    raise ValueError(f'melanoma_label {name!r} is not in the label list '
+                     f'{list(labels)}')
+  return name
+
+
 LABEL_SETS: Dict[str, Tuple[str, ...]] = {
     'ham10000': LABELS,
     'isic2019': ('AK', 'BCC', 'BKL', 'DF', 'MEL', 'NV', 'SCC', 'VASC'),
@@ -480,16 +496,7 @@ class Settings:
   @property
   def melanoma_class(self) -> str:
     """The label the melanoma gate applies to; '' when not applicable."""
-    name = (self.melanoma_label or 'auto').strip()
-    if name.lower() == 'none':
-      return ''
-    if name.lower() == 'auto':
-      found = [l for l in self.labels if l.lower() in MELANOMA_NAMES]
-      return found[0] if found else ''
-    if name not in self.labels:
-      raise ValueError(f'melanoma_label {name!r} is not in the label list '
-                       f'{list(self.labels)}')
-    return name
+    return melanoma_class(self.labels, self.melanoma_label)
 
   def validate_gates(self) -> None:
     if self.subgroup_gap_metric not in SUBGROUP_GAP_METRICS:

@@ -463,7 +463,8 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       gate_blessing=model_gates.outputs['blessing'],
       pipeline_name=settings.pipeline_name,
       split=configs.TEST_SPLIT,
-      gradcam_per_class=settings.report_gradcam_per_class)
+      gradcam_per_class=settings.report_gradcam_per_class,
+      melanoma_label=settings.melanoma_class)
 
   components += ([tuner] if tuner else []) + [
       trainer, model_resolver, evaluator, model_gates, exporter, pusher,

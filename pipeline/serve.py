@@ -415,7 +415,7 @@ def model_facts(model: predict.PushedModel) -> Dict[str, Any]:
       tests.items(), key=lambda kv: (kv[0] != 'balanced_accuracy', kv[0]))
            if k != 'example_count']
   recall = served.get('per_class_recall') or {}
-  mel = configs.MELANOMA_LABEL
+  mel = configs.melanoma_class(model.labels)
   recall_rows = [(f'{configs.LABEL_DISPLAY_NAMES.get(k, k)} ({k})', fmt(v))
                  for k, v in sorted(recall.items(),
                                     key=lambda kv: (kv[0] != mel, kv[0]))]

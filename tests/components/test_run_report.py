@@ -37,7 +37,19 @@ def test_file_names_agree_with_their_writers():
   assert run_report.HISTORY_FILE == trainer.HISTORY_FILE
   assert run_report.MODEL_SUMMARY_FILE == trainer.MODEL_SUMMARY_FILE
   assert run_report.MOBILE_REPORT_FILE == mobile_exporter.REPORT_FILE
-  assert run_report.MELANOMA_LABEL == configs.MELANOMA_LABEL
+
+
+def test_melanoma_is_the_settings_class_or_the_one_named_so():
+  # pylint: disable=protected-access
+  assert run_report._melanoma(LABELS) == 'mel'
+  isic = list(configs.LABEL_SETS['isic2019'])
+  assert run_report._melanoma(isic) is None  # 'mel' is not in it ...
+  assert run_report._melanoma(isic, 'MEL') == 'MEL'  # ... the run's name is.
+  assert run_report._melanoma(['Eksim', 'Kutil'], '') is None
+  # The pipeline passes the class the settings resolve.
+  r4 = configs.Settings(labels=('Eksim', 'Melanoma', 'Kutil'))
+  assert run_report._melanoma(list(r4.labels), r4.melanoma_class) == (
+      'Melanoma')
 
 
 def _evaluation(**overrides):
