@@ -80,6 +80,12 @@ ISIC2018_COLUMNS: Dict[str, str] = {
     'df': 'DF', 'vasc': 'VASC'}
 ISIC2018_COLUMN_ORDER: Tuple[str, ...] = ('MEL', 'NV', 'BCC', 'AKIEC', 'BKL',
                                           'DF', 'VASC')
+# ISIC 2019 (Task 1): the scorer reads image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,
+# UNK.  A model on the isic2019 label set writes its eight classes there and
+# UNK = 0 (it has no unknown class).
+ISIC2019_COLUMN_ORDER: Tuple[str, ...] = ('MEL', 'NV', 'BCC', 'AK', 'BKL',
+                                          'DF', 'VASC', 'SCC', 'UNK')
+ISIC2019_UNKNOWN_COLUMN = 'UNK'
 
 # Age bands: ingestion writes one of these names into every tf.Example's
 # ``age_band`` feature (the Evaluator slices on it); the schema's age_band

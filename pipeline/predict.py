@@ -25,7 +25,9 @@ Output: CSV, one row per readable image: ``image`` (file name without
 extension, as the ISIC challenge names images) and one probability column
 per class: our label names in the model's output order, or with
 ``--format isic`` the ISIC 2018 columns ``MEL,NV,BCC,AKIEC,BKL,DF,VASC``
-(configs.ISIC2018_COLUMNS maps our labels).  Files with an image extension
+(configs.ISIC2018_COLUMNS maps the HAM10000 labels), or for a model on the
+isic2019 label set the ISIC 2019 ones ``MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK``
+with UNK = 0.  Files with an image extension
 that cannot be read or decoded get no row: they are listed (with the reason)
 on stderr and in ``<out>.errors.csv``, and the command exits with status 2.
 Other files in the folder (LICENSE.txt ...) are ignored.
@@ -254,20 +256,28 @@ def predict(model_dir: str, image_paths: Sequence[str],
                      without if model.metadata_keys else [])
 
 
-def columns(labels: Sequence[str], fmt: str) -> List[Tuple[str, int]]:
-  """[(CSV column, index into the probabilities)] in column order."""
+def columns(labels: Sequence[str], fmt: str
+            ) -> List[Tuple[str, Optional[int]]]:
+  """[(CSV column, index into the probabilities, None: always 0)] in column
+  order.  'isic': the ISIC 2018 columns for the HAM10000 labels, the ISIC
+  2019 ones (UNK = 0) for the isic2019 label set."""
   if fmt == 'labels':
     return [(label, i) for i, label in enumerate(labels)]
   if fmt != 'isic':
     raise ValueError(f'format must be one of {FORMATS}: {fmt!r}')
-  index = {configs.ISIC2018_COLUMNS[label]: i for i, label in
-           enumerate(labels) if label in configs.ISIC2018_COLUMNS}
-  missing = [c for c in configs.ISIC2018_COLUMN_ORDER if c not in index]
-  if missing or len(index) != len(labels):
-    raise ValueError(f'labels {list(labels)} do not map onto the ISIC 2018 '
-                     f'columns {list(configs.ISIC2018_COLUMN_ORDER)} '
-                     '(configs.ISIC2018_COLUMNS)')
-  return [(c, index[c]) for c in configs.ISIC2018_COLUMN_ORDER]
+  if set(labels) == set(configs.ISIC2018_COLUMNS):
+    index = {configs.ISIC2018_COLUMNS[label]: i
+             for i, label in enumerate(labels)}
+    return [(c, index[c]) for c in configs.ISIC2018_COLUMN_ORDER]
+  known = set(configs.ISIC2019_COLUMN_ORDER) - {
+      configs.ISIC2019_UNKNOWN_COLUMN}
+  if set(labels) == known:
+    index = {label: i for i, label in enumerate(labels)}
+    return [(c, index.get(c)) for c in configs.ISIC2019_COLUMN_ORDER]
+  raise ValueError(
+      f'labels {list(labels)} map onto neither the ISIC 2018 columns '
+      f'{list(configs.ISIC2018_COLUMN_ORDER)} (the ham10000 label set) nor '
+      f'the ISIC 2019 ones {list(configs.ISIC2019_COLUMN_ORDER)} (isic2019)')
 
 
 def write_csv(predictions: Predictions, out: str, fmt: str = 'labels'
@@ -279,7 +289,8 @@ def write_csv(predictions: Predictions, out: str, fmt: str = 'labels'
     writer.writerow(['image'] + [c for c, _ in cols])
     for name, row in zip(predictions.images, predictions.probabilities):
       # 9 significant digits: float32 values round-trip exactly.
-      writer.writerow([name] + [f'{float(row[i]):.9g}' for _, i in cols])
+      writer.writerow([name] + [f'{float(row[i]):.9g}' if i is not None
+                                else '0' for _, i in cols])
   errors_path = out + '.errors.csv'
   if tf.io.gfile.exists(errors_path):
     tf.io.gfile.remove(errors_path)  # Not from this run.

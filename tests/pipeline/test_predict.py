@@ -195,5 +195,21 @@ def test_unreadable_images_are_listed_and_exit_2(served, image_dir, tmp_path,
 def test_isic_columns_need_the_isic_labels():
   assert [c for c, _ in predict.columns(configs.LABELS, 'isic')] == list(
       configs.ISIC2018_COLUMN_ORDER)
-  with pytest.raises(ValueError, match='ISIC 2018'):
+  with pytest.raises(ValueError, match='ISIC 2018.*ISIC 2019'):
     predict.columns(('a', 'b'), 'isic')
+
+
+def test_isic2019_labels_write_the_nine_isic2019_columns(tmp_path):
+  labels = configs.LABEL_SETS['isic2019']  # AK BCC BKL DF MEL NV SCC VASC
+  cols = predict.columns(labels, 'isic')
+  assert [c for c, _ in cols] == ['MEL', 'NV', 'BCC', 'AK', 'BKL', 'DF',
+                                  'VASC', 'SCC', 'UNK']
+  probabilities = np.eye(8, dtype=np.float32)[[4, 6]]  # a MEL, an SCC
+  out = tmp_path / 'preds.csv'
+  predict.write_csv(predict.Predictions(
+      str(tmp_path), list(labels), ['ISIC_1', 'ISIC_2'], probabilities, []),
+                    str(out), 'isic')
+  rows = out.read_text().splitlines()
+  assert rows[0] == 'image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK'
+  assert rows[1] == 'ISIC_1,1,0,0,0,0,0,0,0,0'
+  assert rows[2] == 'ISIC_2,0,0,0,0,0,0,0,1,0'
