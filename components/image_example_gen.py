@@ -497,6 +497,54 @@ def list_archive(root: str, layout: str, labels: Sequence[str],
   return LISTERS[layout](root, _Labeler(labels, label_map or {}))
 
 
+class _CollectingLabeler(_Labeler):
+  """Accepts every well-formed source label and records its canonical name
+  (for --labels auto); ISIC 2019 rows with no or several diagnoses stay
+  unknown labels."""
+
+  def __init__(self, label_map: Dict[str, str]):
+    super().__init__([], label_map)
+    self.names = set()
+
+  def __call__(self, source_label: str) -> Optional[int]:
+    name = self._map.get(source_label, source_label)
+    if not name or name == '<none>' or '+' in name:
+      return None
+    self.names.add(name)
+    return 0
+
+
+def archive_labels(root: str, layout: str,
+                   label_map: Optional[Dict[str, str]] = None) -> List[str]:
+  """The classes an archive names, sorted: folder names, or the label
+  column's values (ISIC 2019: the diagnoses some image has), through the
+  label map."""
+  if layout not in LISTERS:
+    raise IngestionError(f'layout must be one of {sorted(LISTERS)}, got '
+                         f'{layout!r}')
+  if not tf.io.gfile.isdir(root):
+    raise IngestionError(f'data root {root!r} is not a folder')
+  labeler = _CollectingLabeler(label_map or {})
+  LISTERS[layout](root, labeler)
+  return sorted(labeler.names)
+
+
+def latest_span_root(root: str, span_folder: str) -> str:
+  """The newest span folder (largest {SPAN}) of root, as ExampleGen's
+  driver resolves it."""
+  prefix, _, suffix = span_folder.partition('{SPAN}')
+  spans = []
+  for name in tf.io.gfile.listdir(root):
+    name = name.rstrip('/')
+    middle = name[len(prefix):len(name) - len(suffix) or None]
+    if (name.startswith(prefix) and name.endswith(suffix)
+        and middle.isdigit()):
+      spans.append((int(middle), name))
+  if not spans:
+    raise IngestionError(f'no span folder {span_folder!r} in {root}')
+  return os.path.join(root, max(spans)[1])
+
+
 class ImageCheck:
   """Reads one image: (sha256, jpeg bytes, converted?) or a quarantine row."""
 

@@ -270,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--layout', choices=configs.LAYOUTS)
     p.add_argument('--label-map', help='JSON: source label -> canonical '
                    'label, e.g. \'{"AK": "akiec"}\'')
-    p.add_argument('--labels', help='a named set (%s) or a comma list, in '
-                   'index order (default: ham10000)'
-                   % ', '.join(configs.LABEL_SETS))
+    p.add_argument('--labels', help="a named set (%s), a comma list in "
+                   "index order, or 'auto': the archive's classes, sorted "
+                   "(default: ham10000)" % ', '.join(configs.LABEL_SETS))
     p.add_argument('--melanoma-label', help="the class the melanoma gate "
                    "applies to; 'auto' (default: mel/melanoma, any case) or "
                    "'none'")

@@ -40,8 +40,6 @@ MELANOMA_LABEL = 'mel'
 # Names Settings.melanoma_label='auto' recognises (compared in lower case).
 MELANOMA_NAMES: Tuple[str, ...] = ('mel', 'melanoma')
 
-# Named label sets (issue 19): `labels` may name one of these instead of
-# listing classes.  The only definition; everything else reads Settings.labels.
 def melanoma_class(labels, melanoma_label: str = 'auto') -> str:
   """The label of ``labels`` the melanoma gate applies to ('' when not
   applicable): ``melanoma_label`` 'auto' finds one of MELANOMA_NAMES, 'none'
@@ -58,14 +56,27 @@ def melanoma_class(labels, melanoma_label: str = 'auto') -> str:
   return name
 
 
+# Named label sets (issue 19): `labels` may name one of these instead of
+# listing classes.  The only definition; everything else reads Settings.labels.
 LABEL_SETS: Dict[str, Tuple[str, ...]] = {
     'ham10000': LABELS,
     'isic2019': ('AK', 'BCC', 'BKL', 'DF', 'MEL', 'NV', 'SCC', 'VASC'),
 }
 
 
+# `labels` AUTO_LABELS: the archive's own classes, sorted (folder names or
+# the label column's values); pipeline.resolve_auto_labels lists them when
+# the run starts.
+AUTO_LABELS = 'auto'
+
+
+def labels_are_auto(labels) -> bool:
+  return tuple(labels) == (AUTO_LABELS,)
+
+
 def resolve_labels(labels) -> Tuple[str, ...]:
-  """A named set (one name of LABEL_SETS) or an explicit list, as a tuple."""
+  """A named set (one name of LABEL_SETS) or an explicit list, as a tuple
+  (('auto',) stays as it is until the archive is listed)."""
   if isinstance(labels, str):
     labels = (labels,)
   labels = tuple(labels)

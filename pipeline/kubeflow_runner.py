@@ -89,6 +89,7 @@ def kubeflow_settings(settings: configs.Settings) -> configs.Settings:
         's3:// URIs need TensorFlow\'s S3 file system (tensorflow-io) loaded '
         'in every component process; the Dockerfile\'s image does not load '
         'it (README.md, "Running at scale").')
+  pipeline_lib.resolve_auto_labels(settings)  # On the compiling machine.
   settings.validate()  # Layout and labels.
   pipeline_lib.trainer_resources(settings)  # Raises on inconsistent values.
   # The label domain derived from the label list, written under the home

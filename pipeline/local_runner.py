@@ -110,6 +110,7 @@ def run(settings: configs.Settings, ingest_only: bool = False) -> None:
   arguments (``skinlesion run --data ...``, or pytest's ``-v``, which absl
   reads as ``--verbosity``) are hidden from the components while they run.
   """
+  pipeline_lib.resolve_auto_labels(settings)
   settings.validate()
   check_flink(settings.beam_pipeline_args)
   argv = sys.argv

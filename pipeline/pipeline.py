@@ -224,6 +224,23 @@ def interval_slice_features() -> List[str]:
           if len(keys) == 1 and keys[0] != features.LABEL_KEY]
 
 
+def resolve_auto_labels(settings: configs.Settings) -> None:
+  """labels 'auto': sets settings.labels to the archive's classes, sorted
+  (folder names, or the label column's values through the label map; the
+  newest span folder when spans are set).  Other label lists: nothing."""
+  if not configs.labels_are_auto(settings.labels):
+    return
+  root = settings.data_root
+  if settings.span_folder:
+    root = image_example_gen.latest_span_root(root, settings.span_folder)
+  found = image_example_gen.archive_labels(root, settings.layout,
+                                           settings.effective_label_map)
+  if len(found) < 2:
+    raise ValueError(f'--labels auto: the archive {root} ({settings.layout}) '
+                     f'names {len(found)} class(es) {found}; need >= 2')
+  settings.labels = tuple(found)
+
+
 def derived_schema_path(settings: configs.Settings, text: str) -> str:
   """Where derive_schema writes a schema of this content: under the output
   home, in a folder named by the content's hash (ImportSchemaGen's cache
@@ -278,6 +295,7 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
   if orchestrator not in (LOCAL, KUBEFLOW):
     raise ValueError(f'orchestrator must be {LOCAL!r} or {KUBEFLOW!r}, got '
                      f'{orchestrator!r}')
+  resolve_auto_labels(settings)
   schema_path = (derive_schema(settings) if orchestrator == LOCAL
                  else settings.schema_path)  # kubeflow_runner derives it.
   example_gen = image_example_gen.ImageExampleGen(

@@ -1,7 +1,9 @@
 """Issue 19: named label sets, the schema derived from the label list, the
 melanoma class named by a setting (and "not applicable" without one)."""
 
+import os
 import pytest
+from PIL import Image
 import tensorflow_data_validation as tfdv
 
 from models import features
@@ -84,3 +86,46 @@ def test_another_label_list_is_another_schema_file(tmp_path):
       home=str(tmp_path), labels=labels))
            for labels in (('a', 'b', 'c'), ('a', 'b', 'c', 'd'), ('x', 'y', 'z'))]
   assert paths[0] != paths[1] and paths[0] == paths[2]
+
+
+def _jpeg(path):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.new('RGB', (8, 8), (120, 60, 30)).save(path, format='JPEG')
+
+
+def test_auto_labels_are_the_archives_classes_sorted(tmp_path, tiny_archive):
+  folders = tmp_path / 'folders'
+  for name in ('Tumor Jinak', 'Eksim', 'Melanoma'):
+    _jpeg(str(folders / name / 'a.jpg'))
+  settings = configs.Settings(data_root=str(folders), layout='folders',
+                              home=str(tmp_path / 'h1'), labels=('auto',))
+  pipeline_lib.resolve_auto_labels(settings)
+  assert settings.labels == ('Eksim', 'Melanoma', 'Tumor Jinak')
+  assert settings.melanoma_class == 'Melanoma'
+  # The HAM10000 layout's dx column: the demo archive's seven classes.
+  ham = configs.Settings(data_root=tiny_archive, home=str(tmp_path / 'h2'),
+                         labels=('auto',))
+  pipeline_lib.resolve_auto_labels(ham)
+  assert ham.labels == configs.LABELS
+  # ISIC 2019's one-hot columns, with its own names: rows with no or two
+  # diagnoses name no class (they are quarantined at ingestion).
+  isic = tmp_path / 'isic'
+  isic.mkdir()
+  (isic / 'ISIC_2019_Training_GroundTruth.csv').write_text(
+      'image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK\n'
+      'ISIC_1,0,0,0,0,0,0,0,1.0,0\n'
+      'ISIC_2,1.0,0,0,0,0,0,0,0,0\n'
+      'ISIC_3,0,0,0,0,0,0,0,0,0\n'
+      'ISIC_4,0,1.0,1.0,0,0,0,0,0,0\n')
+  for i in range(1, 5):
+    _jpeg(str(isic / f'ISIC_{i}.jpg'))
+  auto = configs.Settings(data_root=str(isic), layout='isic2019',
+                          home=str(tmp_path / 'h3'), labels=('auto',))
+  pipeline_lib.resolve_auto_labels(auto)
+  assert auto.labels == ('MEL', 'SCC')
+  one = tmp_path / 'one'
+  _jpeg(str(one / 'Eksim' / 'a.jpg'))
+  with pytest.raises(ValueError, match=r"names 1 class\(es\) \['Eksim'\]"):
+    pipeline_lib.resolve_auto_labels(configs.Settings(
+        data_root=str(one), layout='folders', home=str(tmp_path / 'h4'),
+        labels=('auto',)))
