@@ -47,18 +47,21 @@ def beam_args(mode: str) -> list:
   return configs.direct_beam_args(int(mode))
 
 
-def _flink_jobs(master: str) -> dict:
-  """job id -> (seconds, vertices, MB its vertices wrote: the shuffle) of
-  the jobs that the Flink cluster at master (REST host:port) knows."""
+def _flink_get(master: str, path: str):
   import urllib.request  # pylint: disable=g-import-not-at-top
+  with urllib.request.urlopen(f'http://{master}{path}', timeout=10) as r:
+    return json.load(r)
 
-  def get(path):
-    with urllib.request.urlopen(f'http://{master}{path}', timeout=10) as r:
-      return json.load(r)
 
+def _flink_jobs(master: str, skip=()) -> dict:
+  """job id -> (seconds, vertices, MB its vertices wrote: the shuffle) of
+  the jobs that the Flink cluster at master (REST host:port) knows, but
+  those in skip."""
   out = {}
-  for job in get('/jobs/overview')['jobs']:
-    vertices = get(f'/jobs/{job["jid"]}')['vertices']
+  for job in _flink_get(master, '/jobs/overview')['jobs']:
+    if job['jid'] in skip:
+      continue
+    vertices = _flink_get(master, f'/jobs/{job["jid"]}')['vertices']
     out[job['jid']] = (job['duration'] / 1000, len(vertices),
                        sum(v['metrics']['write-bytes'] for v in vertices)
                        / 1e6)
@@ -98,12 +101,13 @@ def run_stages(data_root: str, mode: str, work_dir: str) -> dict:
   out = {}
 
   def timed(stage, run):
-    known = _flink_jobs(master) if master else {}
+    known = ({job['jid'] for job in _flink_get(master, '/jobs/overview')[
+        'jobs']} if master else set())
     start = time.perf_counter()
     run()
     out[stage] = time.perf_counter() - start
     if master:  # The Flink job(s) the stage submitted.
-      jobs = [v for k, v in _flink_jobs(master).items() if k not in known]
+      jobs = list(_flink_jobs(master, skip=known).values())
       out[stage + ' on Flink'] = [sum(job[i] for job in jobs)
                                   for i in range(3)]
 

@@ -269,9 +269,7 @@ def columns(labels: Sequence[str], fmt: str
     index = {configs.ISIC2018_COLUMNS[label]: i
              for i, label in enumerate(labels)}
     return [(c, index[c]) for c in configs.ISIC2018_COLUMN_ORDER]
-  known = set(configs.ISIC2019_COLUMN_ORDER) - {
-      configs.ISIC2019_UNKNOWN_COLUMN}
-  if set(labels) == known:
+  if set(labels) == set(configs.LABEL_SETS['isic2019']):
     index = {label: i for i, label in enumerate(labels)}
     return [(c, index.get(c)) for c in configs.ISIC2019_COLUMN_ORDER]
   raise ValueError(
