@@ -96,7 +96,6 @@ ISIC2018_COLUMN_ORDER: Tuple[str, ...] = ('MEL', 'NV', 'BCC', 'AKIEC', 'BKL',
 # UNK = 0 (it has no unknown class).
 ISIC2019_COLUMN_ORDER: Tuple[str, ...] = ('MEL', 'NV', 'BCC', 'AK', 'BKL',
                                           'DF', 'VASC', 'SCC', 'UNK')
-ISIC2019_UNKNOWN_COLUMN = 'UNK'
 
 # Age bands: ingestion writes one of these names into every tf.Example's
 # ``age_band`` feature (the Evaluator slices on it); the schema's age_band
