@@ -1,6 +1,6 @@
 """The `skinlesion` command line.
 
-  skinlesion demo-data OUT_DIR [--per-class N] [--seed S]
+  skinlesion demo-data OUT_DIR [--per-class N] [--seed S] [--layout L]
   skinlesion ingest --data DIR [--layout L] [--out DIR] [--beam flink]
   skinlesion run --data DIR [--layout L] [--home DIR] [--model M]
                  [--beam direct|flink[=HOST:PORT]]
@@ -81,8 +81,9 @@ def cmd_demo_data(args) -> int:
   from pipeline import demo_data  # pylint: disable=g-import-not-at-top
   start = time.time()
   counts = demo_data.generate(args.out_dir, per_class=args.per_class,
-                              seed=args.seed)
-  print(f'Wrote {sum(counts.values())} images to {args.out_dir} in '
+                              seed=args.seed, layout=args.layout)
+  print(f'Wrote {sum(counts.values())} images ({args.layout} layout) to '
+        f'{args.out_dir} in '
         f'{time.time() - start:.1f} s: '
         + ', '.join(f'{k} {v}' for k, v in counts.items()))
   return 0
@@ -247,6 +248,7 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from pipeline import demo_data  # pylint: disable=g-import-not-at-top
   from pipeline import configs  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog='skinlesion',
@@ -258,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument('--per-class', type=int, default=30,
                     help='images of the rarest class (default 30)')
   demo.add_argument('--seed', type=int, default=0)
+  demo.add_argument('--layout', default='ham10000',
+                    choices=demo_data.LAYOUTS,
+                    help="ham10000 (HAM10000's 7 classes, the default), "
+                    "isic2019 (ISIC 2019's CSVs, 8 classes with SCC) or "
+                    "folders (R4's 10 class folders)")
   demo.set_defaults(func=cmd_demo_data)
 
   def common(p):

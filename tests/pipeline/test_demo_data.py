@@ -105,3 +105,60 @@ def test_classes_are_learnable_but_not_trivially():
   model.fit(x[~test], y[~test])
   score = balanced_accuracy_score(y[test], model.predict(x[test]))
   assert 1 / 7 + 0.1 < score < 0.9, score
+
+
+# The other two reference layouts (issue 19): ISIC 2019's two CSVs with SCC,
+# and a folder per class with R4's ten names.
+OTHER_LAYOUTS = {'isic2019': configs.LABEL_SETS['isic2019'],
+                 'folders': tuple(sorted(demo_data.R4_CLASSES))}
+
+
+@pytest.mark.parametrize('layout', sorted(OTHER_LAYOUTS))
+def test_other_layouts_list_every_class_with_nothing_quarantined(
+    tmp_path, layout):
+  from components import image_example_gen  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / layout)
+  counts = demo_data.generate(root, per_class=3, seed=5, layout=layout)
+  assert counts == demo_data.class_counts(3, layout)
+  assert min(counts.values()) == 3
+  labels = OTHER_LAYOUTS[layout]
+  assert image_example_gen.archive_labels(root, layout) == list(labels)
+  listing = image_example_gen.list_archive(root, layout, labels)
+  assert not listing.quarantined and not listing.ignored
+  found = collections.Counter(labels[r['label']] for r in listing.records)
+  assert found == collections.Counter(counts)
+
+
+def test_isic2019_archive_has_scc_and_the_release_columns(tmp_path):
+  root = str(tmp_path)
+  counts = demo_data.generate(root, per_class=4, seed=1, layout='isic2019')
+  # The release's imbalance: NV the largest, DF / VASC the rarest.
+  assert max(counts, key=counts.get) == 'NV' and counts['SCC'] > counts['DF']
+  with open(os.path.join(root, configs.ISIC2019_GROUND_TRUTH)) as f:
+    truth = list(csv.DictReader(f))
+  assert tuple(truth[0]) == ('image',) + configs.ISIC2019_COLUMN_ORDER
+  assert all(r['UNK'] == '0.0' for r in truth)
+  assert all(sum(float(r[c]) for c in configs.ISIC2019_COLUMN_ORDER) == 1
+             for r in truth)
+  with open(os.path.join(root, configs.ISIC2019_METADATA)) as f:
+    meta = list(csv.DictReader(f))
+  assert [r['image'] for r in meta] == [r['image'] for r in truth]
+  assert any(r['lesion_id'] == '' for r in meta)  # As in the release.
+  for r in meta[:20]:
+    assert os.path.exists(os.path.join(root, demo_data.ISIC2019_IMAGE_DIR,
+                                       r['image'] + '.jpg'))
+
+
+@pytest.mark.parametrize('layout', sorted(OTHER_LAYOUTS))
+def test_other_layouts_are_deterministic_and_refuse_to_overwrite(
+    tmp_path, layout):
+  demo_data.generate(str(tmp_path / 'a'), per_class=1, seed=3, layout=layout)
+  demo_data.generate(str(tmp_path / 'b'), per_class=1, seed=3, layout=layout)
+  assert _digest(tmp_path / 'a') == _digest(tmp_path / 'b')
+  with pytest.raises(FileExistsError):
+    demo_data.generate(str(tmp_path / 'a'), per_class=1, layout=layout)
+
+
+def test_unknown_layout_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match='layout must be one of'):
+    demo_data.generate(str(tmp_path), per_class=1, layout='csv')
