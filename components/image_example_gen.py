@@ -64,11 +64,11 @@ from pipeline import configs
 REPORT_FILE = 'ingestion_report.json'
 QUARANTINE_FILE = 'quarantine.csv'
 LABELS_FILE = features.LABELS_FILE
-HAM10000_CSV = 'HAM10000_metadata.csv'
-ISIC2019_GROUND_TRUTH = 'ISIC_2019_Training_GroundTruth.csv'
-ISIC2019_METADATA = 'ISIC_2019_Training_Metadata.csv'
-GENERIC_CSV = 'labels.csv'
-ISIC2019_CLASSES = ('MEL', 'NV', 'BCC', 'AK', 'BKL', 'DF', 'VASC', 'SCC', 'UNK')
+HAM10000_CSV = configs.HAM10000_CSV
+ISIC2019_GROUND_TRUTH = configs.ISIC2019_GROUND_TRUTH
+ISIC2019_METADATA = configs.ISIC2019_METADATA
+GENERIC_CSV = configs.GENERIC_CSV
+ISIC2019_CLASSES = configs.ISIC2019_COLUMN_ORDER
 
 # Files with these extensions are images to account for; anything else under
 # a HAM10000 / ISIC root is listed as ignored (README, CSVs, licences).

@@ -147,6 +147,12 @@ AUC_THRESHOLDS = 10000
 CALIBRATION_BINS = 10
 
 LAYOUTS = ('ham10000', 'isic2019', 'folders', 'csv')
+# The files a layout's archive is read from (ingestion reads them, the
+# demo-data generator writes them).
+HAM10000_CSV = 'HAM10000_metadata.csv'
+ISIC2019_GROUND_TRUTH = 'ISIC_2019_Training_GroundTruth.csv'
+ISIC2019_METADATA = 'ISIC_2019_Training_Metadata.csv'
+GENERIC_CSV = 'labels.csv'
 
 # Source label -> canonical label, per layout (a Settings.label_map replaces
 # the layout's default).  ISIC 2019's SCC and UNK have no HAM10000 class:
@@ -501,6 +507,13 @@ class Settings:
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
     self.melanoma_class  # Raises when it names an absent class.
+    if self.label_map:  # (labels 'auto' are resolved through it first)
+      absent = sorted({v for v in self.label_map.values()
+                       if v not in self.labels})
+      if absent:
+        raise ValueError(f'label_map maps onto {absent}, not in the label '
+                         f'list {list(self.labels)}: add them to --labels or '
+                         'map onto listed classes')
     self.validate_gates()
     # A URI (gs://...) is checked where it is read: on a cluster, or by
     # the ingestion step.

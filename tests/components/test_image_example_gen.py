@@ -201,6 +201,19 @@ def test_a_class_missing_from_a_split_fails_naming_it(tmp_path):
   assert report['examples'] == 31
 
 
+def test_a_class_of_another_label_set_missing_from_a_split_fails_naming_it(
+    tmp_path):
+  # R4's folder names, not HAM10000's: the check reads the run's list.
+  root = tmp_path / 'archive'
+  for i in range(30):
+    _write(str(root / 'Eksim' / f'e{i}.jpg'), _image(i))
+  _write(str(root / 'Tahi Lalat' / 'lone.jpg'), _image(99))
+  with pytest.raises(Exception,
+                     match=r"'Tahi Lalat' \(1 examples in all\) has none"):
+    _run_executor(root, tmp_path, layout='folders',
+                  labels=['Eksim', 'Tahi Lalat'])
+
+
 def test_lesion_disjoint_deterministic_splits_and_bytes(tiny_archive, tmp_path):
   runs = []
   for name in ('a', 'b'):

@@ -62,6 +62,18 @@ def test_melanoma_label_naming_an_absent_class_fails_naming_it(tmp_path):
     settings.validate()
 
 
+def test_label_map_onto_an_absent_class_fails_naming_it(tmp_path):
+  settings = configs.Settings(data_root=str(tmp_path), layout='isic2019',
+                              labels='isic2019',
+                              label_map={'AK': 'akiec', 'MEL': 'MEL'})
+  with pytest.raises(ValueError, match=r"label_map maps onto \['akiec'\], "
+                     "not in the label list"):
+    settings.validate()
+  # Onto listed classes: fine.
+  configs.Settings(data_root=str(tmp_path), layout='isic2019',
+                   labels='isic2019', label_map={'SCC': 'BCC'}).validate()
+
+
 def test_melanoma_gate_not_applicable_without_a_melanoma_class():
   def mel_specs(settings):
     return [s for s in pipeline_lib.build_eval_config(settings).metrics_specs
