@@ -15,14 +15,23 @@ schema is checked.  (TFX's DistributionValidator needs a baseline input: on a
 first span it does not run at all, and LocalDagRunner then skips whatever
 depends on it without failing the run; hence drift is checked here.)
 
+The label list is drift too: the int64 labels index the list ingestion wrote
+into the Examples artifact (``labels.txt``), so when a span's list differs
+from the baseline's (a class added, removed or renamed, say by ``--labels
+auto`` on a new delivery), label indices stop meaning the same classes and
+models of the two lists cannot be compared.  That is reported as a drift
+anomaly on ``label`` naming the classes added and removed (the label
+distribution is then not compared), and the run stops; a new label list
+starts a new pipeline (another ``--home`` or pipeline name).
+
 When the data passes, the gate republishes the statistics (the next drift
-baseline) and the schema.  The gate runs on every run (its baseline moves),
+baseline, with the label list beside them) and the schema.  The gate runs on every run (its baseline moves),
 so the Trainer depends on it by order, not by data: a data dependency would
 retrain the model on every rerun.
 """
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
@@ -42,6 +51,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
 from models import features
+from models import preprocessing
 
 VALIDATED_STATISTICS_KEY = 'validated_statistics'
 SCHEMA_FILE = 'schema.pbtxt'
@@ -94,10 +104,12 @@ def _load_stats(artifact: types.Artifact, split: str):
 
 
 def drift_schema(schema: schema_pb2.Schema, max_categorical_drift: float,
-                 max_age_drift: float) -> schema_pb2.Schema:
+                 max_age_drift: float,
+                 categorical: Sequence[str] = CATEGORICAL_DRIFT_FEATURES
+                 ) -> schema_pb2.Schema:
   """A copy of the schema with the drift comparators set."""
   schema = schema_pb2.Schema.FromString(schema.SerializeToString())
-  for name in CATEGORICAL_DRIFT_FEATURES:
+  for name in categorical:
     tfdv.get_feature(schema, name).drift_comparator.infinity_norm.threshold = (
         max_categorical_drift)
   for name in NUMERIC_DRIFT_FEATURES:
@@ -107,12 +119,46 @@ def drift_schema(schema: schema_pb2.Schema, max_categorical_drift: float,
   return schema
 
 
+def labels_of(directory: str) -> Optional[List[str]]:
+  """The label list in directory (an Examples artifact, or validated
+  statistics); None when it has none (statistics of an older release)."""
+  path = os.path.join(directory, features.LABELS_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  return preprocessing.read_label_file(path)
+
+
+def label_set_change(baseline: Optional[Sequence[str]],
+                     labels: Sequence[str]) -> Optional[str]:
+  """Why the label list is not the baseline's; None when it is (or the
+  baseline has none to compare)."""
+  if baseline is None or list(baseline) == list(labels):
+    return None
+  added = [name for name in labels if name not in baseline]
+  removed = [name for name in baseline if name not in labels]
+  change = '; '.join(part for part in (
+      f'added {added}' if added else '', f'removed {removed}' if removed else '',
+      '' if added or removed else 'same classes in another order') if part)
+  return (f"the baseline span's {list(baseline)} became {list(labels)}: "
+          f'{change}. Label indices no longer name the same classes, so the '
+          'label distribution is not compared and models of the two lists '
+          'cannot be; start a new pipeline (another --home) for the new list, '
+          'or restore the old one')
+
+
 def find_drift(statistics: types.Artifact, baseline: types.Artifact,
                schema: schema_pb2.Schema, max_categorical_drift: float,
-               max_age_drift: float, out: Optional[types.Artifact] = None
-               ) -> Dict[str, List[str]]:
-  """split -> drift messages, for each split both statistics have."""
-  comparator = drift_schema(schema, max_categorical_drift, max_age_drift)
+               max_age_drift: float, out: Optional[types.Artifact] = None,
+               label_change: Optional[str] = None) -> Dict[str, List[str]]:
+  """split -> drift messages, for each split both statistics have.
+
+  label_change: label_set_change's message, reported on every split instead
+  of comparing the label distributions.
+  """
+  categorical = [name for name in CATEGORICAL_DRIFT_FEATURES
+                 if not (label_change and name == features.LABEL_KEY)]
+  comparator = drift_schema(schema, max_categorical_drift, max_age_drift,
+                            categorical)
   found = {}
   baseline_splits = set(artifact_utils.decode_split_names(baseline.split_names))
   splits = [s for s in artifact_utils.decode_split_names(statistics.split_names)
@@ -135,6 +181,14 @@ def find_drift(statistics: types.Artifact, baseline: types.Artifact,
                  for r in info.reason):
         del drift.anomaly_info[name]
     drift.ClearField('dataset_anomaly_info')
+    if label_change:
+      info = drift.anomaly_info[features.LABEL_KEY]
+      info.severity = anomalies_pb2.AnomalyInfo.ERROR
+      info.short_description = 'Label set changed'
+      info.description = label_change
+      info.reason.add(type=anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
+                      short_description=info.short_description,
+                      description=info.description)
     if out is not None:
       directory = artifact_utils.get_split_uri([out], split)
       tf.io.gfile.makedirs(directory)
@@ -174,6 +228,7 @@ def copy_statistics(source: types.Artifact, target: types.Artifact) -> None:
 
 @component
 def AnomaliesGate(
+    examples: InputArtifact[standard_artifacts.Examples],
     statistics: InputArtifact[standard_artifacts.ExampleStatistics],
     schema: InputArtifact[standard_artifacts.Schema],
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
@@ -189,12 +244,18 @@ def AnomaliesGate(
   schema_path = os.path.join(schema.uri, SCHEMA_FILE)
   schema_proto = tfdv.load_schema_text(schema_path)
   drift = {}
+  labels = labels_of(examples.uri)
+  if labels is None:
+    raise FileNotFoundError(f'{examples.uri} has no {features.LABELS_FILE}: '
+                            'examples must come from the ImageExampleGen')
   if baseline_statistics is not None:
     logging.info('Drift baseline: %s (span %s)', baseline_statistics.uri,
                  baseline_statistics.span)
     drift = find_drift(statistics, baseline_statistics, schema_proto,
                        max_categorical_drift, max_age_drift,
-                       out=drift_anomalies)
+                       out=drift_anomalies,
+                       label_change=label_set_change(
+                           labels_of(baseline_statistics.uri), labels))
   else:
     logging.info('No validated statistics from an earlier run: the drift '
                  'check starts with the next span.')
@@ -202,6 +263,9 @@ def AnomaliesGate(
   check(find_anomalies(anomalies), drift,
         f'schema anomalies: {anomalies.uri}; drift: {drift_anomalies.uri}')
   copy_statistics(statistics, validated_statistics)
+  with tf.io.gfile.GFile(os.path.join(validated_statistics.uri,
+                                      features.LABELS_FILE), 'w') as f:
+    f.write('\n'.join(labels) + '\n')
   tf.io.gfile.makedirs(validated_schema.uri)
   tf.io.gfile.copy(schema_path, os.path.join(validated_schema.uri, SCHEMA_FILE),
                    overwrite=True)

@@ -72,6 +72,12 @@ def list_files(file_patterns: Sequence[str]) -> list:
   return files
 
 
+def read_label_file(path: str) -> list:
+  """The names in a label file, one per line (blank lines skipped)."""
+  with tf.io.gfile.GFile(path) as f:
+    return [line.strip() for line in f if line.strip()]
+
+
 def read_labels(file_patterns: Sequence[str]) -> list:
   """The label list of the Examples artifact that holds these split files.
 
@@ -83,8 +89,7 @@ def read_labels(file_patterns: Sequence[str]) -> list:
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f'{path} not found: examples must come from the '
                             'ImageExampleGen, which writes the label list')
-  with tf.io.gfile.GFile(path) as f:
-    labels = [line.strip() for line in f if line.strip()]
+  labels = read_label_file(path)
   if len(labels) < 2:
     raise ValueError(f'{path} lists fewer than two labels: {labels}')
   return labels

@@ -333,6 +333,7 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
           output_key=anomalies_gate.VALIDATED_STATISTICS_KEY),
   ).with_id('previous_validated_statistics')
   gate = anomalies_gate.AnomaliesGate(
+      examples=example_gen.outputs['examples'],
       statistics=statistics_gen.outputs['statistics'],
       schema=schema_gen.outputs['schema'],
       anomalies=example_validator.outputs['anomalies'],

@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow_data_validation as tfdv
+from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.components.example_validator import executor as validator_executor
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
 from components import anomalies_gate
+from models import features
 
 
 def _schema():
@@ -71,13 +73,26 @@ def _schema_artifact(tmp_path, schema):
   return artifact
 
 
-def _run_gate(tmp_path, statistics, schema, baseline=None):
+LABELS = ('a', 'b', 'c')
+
+
+def _examples_artifact(tmp_path, labels=LABELS):
+  artifact = standard_artifacts.Examples()
+  artifact.uri = str(tmp_path / 'examples' / '_'.join(labels))
+  os.makedirs(artifact.uri, exist_ok=True)
+  with open(os.path.join(artifact.uri, features.LABELS_FILE), 'w') as f:
+    f.write('\n'.join(labels) + '\n')
+  return artifact
+
+
+def _run_gate(tmp_path, statistics, schema, baseline=None, labels=LABELS):
   outputs = {'validated_statistics': [standard_artifacts.ExampleStatistics()],
              'validated_schema': [standard_artifacts.Schema()],
              'drift_anomalies': [standard_artifacts.ExampleAnomalies()]}
   for key, (artifact,) in outputs.items():
     artifact.uri = str(tmp_path / 'out' / key)
-  inputs = {'statistics': [statistics],
+  inputs = {'examples': [_examples_artifact(tmp_path, labels)],
+            'statistics': [statistics],
             'schema': [_schema_artifact(tmp_path, schema)],
             'anomalies': [_anomalies_artifact(tmp_path, statistics, schema)],
             'baseline_statistics': [baseline] if baseline else []}
@@ -101,6 +116,39 @@ def test_clean_first_span_passes_and_is_republished(tmp_path):
       anomalies_gate.STATS_FILE))
   assert os.path.exists(os.path.join(outputs['validated_schema'][0].uri,
                                      anomalies_gate.SCHEMA_FILE))
+  # The label list travels with the statistics: the next span's baseline.
+  assert anomalies_gate.labels_of(validated.uri) == list(LABELS)
+
+
+@pytest.mark.parametrize('labels, change', [
+    (('a', 'b', 'c', 'd'), "added ['d']"),
+    (('a', 'b'), "removed ['c']"),
+    (('a', 'c', 'x'), "added ['x']; removed ['b']"),
+    (('c', 'b', 'a'), 'same classes in another order')])
+def test_a_changed_label_set_is_a_drift_anomaly_naming_the_change(
+    tmp_path, labels, change):
+  schema = _schema()
+  frames = {'train': _frame(300, P, 1), 'eval': _frame(100, P, 3)}
+  base = _run_gate(tmp_path / 'span1', _stats_artifact(
+      tmp_path, 'base', frames, schema), schema)['validated_statistics'][0]
+  # Same statistics (no distribution drift at all), another label list.
+  new = _stats_artifact(tmp_path, 'new', frames, schema)
+  _run_gate(tmp_path / 'same', new, schema, baseline=base)  # Same list: fine.
+  with pytest.raises(anomalies_gate.DataAnomaliesError) as error:
+    _run_gate(tmp_path / 'span2', new, schema, baseline=base, labels=labels)
+  message = str(error.value)
+  for split in frames:
+    assert f'drift [{split}] label: Label set changed' in message, message
+  assert change in message and str(list(LABELS)) in message
+  assert 'another --home' in message
+  # Recorded in the drift anomalies artifact, as TFDV's own drift is.
+  with open(os.path.join(tmp_path, 'span2', 'out', 'drift_anomalies',
+                         'Split-train', validator_executor.DEFAULT_FILE_NAME),
+            'rb') as f:
+    recorded = anomalies_pb2.Anomalies.FromString(f.read())
+  assert list(recorded.anomaly_info) == ['label']
+  assert recorded.anomaly_info['label'].short_description == (
+      'Label set changed')
 
 
 def test_same_mix_in_a_new_span_is_not_drift(tmp_path):
