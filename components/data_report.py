@@ -39,23 +39,31 @@ class DataCharts(types.Artifact):
 
 
 def _feature_stats(stats, name: str):
+  """The feature's statistics; None when no example has a value for it (TFDV
+  then lists no such feature: ages of a folder archive, say)."""
   for feature in stats.datasets[0].features:
     if feature.path.step and feature.path.step[-1] == name:
       return feature
-  raise KeyError(f'no statistics for feature {name!r}')
+  return None
 
 
 def category_counts(stats, name: str) -> Dict[str, float]:
-  """value -> count of a categorical feature (string or categorical int)."""
+  """value -> count of a categorical feature (string or categorical int);
+  empty when no example has a value."""
   feature = _feature_stats(stats, name)
+  if feature is None:
+    return {}
   histogram = feature.string_stats.rank_histogram
   return {bucket.label: bucket.sample_count for bucket in histogram.buckets}
 
 
 def age_histogram(stats, name: str = features.AGE_KEY
                   ) -> Tuple[List[Tuple[float, float]], List[float], float]:
-  """([(low, high)], [count], missing count) of the standard histogram."""
+  """([(low, high)], [count], missing count) of the standard histogram;
+  no buckets and every example missing when no example has a value."""
   feature = _feature_stats(stats, name)
+  if feature is None:
+    return [], [], float(stats.datasets[0].num_examples)
   numeric = feature.num_stats
   standard = [h for h in numeric.histograms
               if h.type == h.HistogramType.STANDARD]
@@ -105,15 +113,21 @@ def render(statistics: types.Artifact, labels: Sequence[str],
     _bar_chart(os.path.join(out_dir, name), CHARTS[name], values,
                {s: [c.get(v, 0) for v in values] for s, c in by_split.items()})
   fig, ax = plt.subplots(figsize=(7, 4))
+  drawn = False
   for split, st in stats.items():
     edges, counts, missing = age_histogram(st)
     if edges:
       ax.stairs(counts, [e[0] for e in edges] + [edges[-1][1]],
                 label=f'{split} ({missing:.0f} missing)')
+      drawn = True
+  if not drawn:
+    ax.text(0.5, 0.5, 'No image has an age (the archive records none).',
+            ha='center', va='center', transform=ax.transAxes)
   ax.set_xlabel('age (years)')
   ax.set_ylabel('images')
   ax.set_title(CHARTS['age_histogram.png'])
-  ax.legend(title='split')
+  if drawn:
+    ax.legend(title='split')
   fig.tight_layout()
   with tf.io.gfile.GFile(os.path.join(out_dir, 'age_histogram.png'), 'wb') as f:
     fig.savefig(f, format='png', dpi=90)
