@@ -1565,7 +1565,10 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
                         found, melanoma or '')
 
   gradcam, explanations = None, {'note': 'no predictions', 'cells': {}}
-  if predictions is not None:
+  if gradcam_per_class <= 0:
+    explanations['note'] = ('Grad-CAM off (gradcam_per_class '
+                            f'{gradcam_per_class})')
+  elif predictions is not None:
     cells = pick_gradcam_examples(predictions.labels,
                                   predictions.probabilities, len(labels),
                                   gradcam_per_class)

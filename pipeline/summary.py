@@ -155,14 +155,18 @@ def format_ingestion(report: Dict) -> str:
            f'{report["image_files_without_row"]} image files without a row); '
            f'quarantined {report["quarantined"]} '
            f'({report["quarantined_fraction"]:.1%}); converted to RGB JPEG '
-           f'{report["converted_to_rgb_jpeg"]}.', '',
-           f'{"class":<10}' + ''.join(f'{s:>9}' for s in splits)]
+           f'{report["converted_to_rgb_jpeg"]}.', '']
+  # The first column fits the longest class name (folder archives name
+  # classes freely: 'Dermatitis Atopik').
+  width = max([10] + [len(name) + 2 for name in labels])
+  lines.append(f'{"class":<{width}}' + ''.join(f'{s:>9}' for s in splits))
   per = report['examples_per_split_and_class']
   for name in labels:
-    lines.append(f'{name:<10}' + ''.join(f'{per[s][name]:>9}' for s in splits))
-  lines.append(f'{"total":<10}' + ''.join(
+    lines.append(f'{name:<{width}}' +
+                 ''.join(f'{per[s][name]:>9}' for s in splits))
+  lines.append(f'{"total":<{width}}' + ''.join(
       f'{report["examples_per_split"][s]:>9}' for s in splits))
-  lines.append(f'{"lesions":<10}' + ''.join(
+  lines.append(f'{"lesions":<{width}}' + ''.join(
       f'{report["lesions_per_split"][s]:>9}' for s in splits))
   lines.append('')
   if report['quarantined_by_reason']:
