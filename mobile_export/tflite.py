@@ -295,6 +295,14 @@ def read_metadata(model_buffer: bytes) -> Dict[str, Any]:
   return json.loads(displayer.get_metadata_json())
 
 
+def packed_labels(model_buffer: bytes) -> list:
+  """The class names of the label file packed in the model, in order."""
+  displayer = tflite_metadata.MetadataDisplayer.with_model_buffer(
+      model_buffer)
+  return displayer.get_associated_file_buffer(LABELS_FILE).decode(
+      'utf-8').splitlines()
+
+
 def input_spec(model_buffer: bytes) -> Dict[str, Any]:
   """What an app must feed the model, from the tensor and its metadata."""
   details = _input_details(model_buffer)

@@ -34,7 +34,9 @@ from models import preprocessing
 from pipeline import cli
 from pipeline import configs
 from pipeline import summary
+from tests.conftest import LOOSE_GATES
 from tests.conftest import classify_with_task_library
+from tests.conftest import cli_with_settings
 from tests.conftest import open_in_headless_chromium
 
 pytestmark = pytest.mark.e2e
@@ -51,14 +53,8 @@ def _settings(archive, home, **overrides):
   # of agreement.  The default parity gate is exercised in
   # tests/components/test_mobile_components.py.
   values = dict(data_root=archive, home=home, image_size=IMAGE_SIZE, epochs=10,
-                width=0.25, batch_size=16, min_balanced_accuracy=0.0,
-                min_melanoma_recall=0.0, max_subgroup_gap=1.0,
-                min_subgroup_examples=1, min_subgroup_class_examples=1,
-                max_balanced_accuracy_drop=1.0, tflite_min_top1_agreement=0.85,
-                tflite_max_balanced_accuracy_drop=0.1,
-                # Toy data: small splits, a class may miss one by chance.
-                split_buckets={'train': 2, 'eval': 1, 'test': 1},
-                require_every_class_in_every_split=False)
+                width=0.25, batch_size=16, tflite_min_top1_agreement=0.85,
+                tflite_max_balanced_accuracy_drop=0.1, **LOOSE_GATES)
   values.update(overrides)
   return configs.Settings(**values)
 
@@ -67,17 +63,8 @@ def _settings(archive, home, **overrides):
 def first_run(tiny_archive, tmp_path_factory):
   home = str(tmp_path_factory.mktemp('home'))
   settings = _settings(tiny_archive, home)
-  env = settings.to_env()
-  old = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)  # `skinlesion run` reads the SKINLESION_* settings.
-  try:
-    code = cli.main(['run', '--data', tiny_archive, '--home', home])
-  finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+  code = cli_with_settings(settings, ['run', '--data', tiny_archive, '--home',
+                                       home])
   assert code == 0
   return settings, summary.latest_run(settings)
 

@@ -30,10 +30,10 @@ from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from mobile_export import release
-from pipeline import cli
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 from pipeline import summary
+from tests.conftest import cli_with_settings
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -65,18 +65,8 @@ def _env(settings):
 
 def _cli_run(settings):
   """`skinlesion run` in this process (its settings from SKINLESION_*)."""
-  env = settings.to_env()
-  old = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  try:
-    return cli.main(['run', '--data', settings.data_root, '--home',
-                     settings.home])
-  finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+  return cli_with_settings(settings, ['run', '--data', settings.data_root,
+                                      '--home', settings.home])
 
 
 def _running_trainers(metadata_path):

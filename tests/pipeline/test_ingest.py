@@ -113,3 +113,32 @@ def test_real_ham10000_ingests_and_validates(shared_ham10000, tmp_path, capsys):
   for chart in ('class_counts.png', 'sex_counts.png', 'site_counts.png',
                 'age_histogram.png'):
     assert os.path.getsize(os.path.join(run.charts_uri, chart)) > 5000
+
+
+def test_a_span_with_another_label_set_is_a_drift_anomaly(
+    tmp_path, capsys, toy_env):
+  """--labels auto on a folder archive whose second delivery adds a class:
+  the label indices change meaning, so the run stops on a drift anomaly
+  naming the class (not a crash, not a model of mixed lists)."""
+  from pipeline import demo_data  # pylint: disable=g-import-not-at-top
+  data = tmp_path / 'deliveries'
+  full = str(tmp_path / 'full')
+  demo_data.generate(full, per_class=4, seed=0, layout='folders')
+  new_class = 'Psoriasis'
+  shutil.copytree(full, data / 'span-1',
+                  ignore=lambda d, names: [new_class] if new_class in names
+                  else [])
+  args = ['ingest', '--data', str(data), '--out', str(tmp_path / 'home'),
+          '--layout', 'folders', '--labels', 'auto',
+          '--span-folder', 'span-{SPAN}']
+  assert cli.main(args) == 0
+  out = capsys.readouterr().out
+  assert 'AnomaliesGate                     COMPLETE' in out
+  table = [line for line in out.splitlines()
+           if line.startswith(('class ', 'Dermatitis Atopik', 'total '))]
+  assert len(table) == 3 and len({len(line) for line in table}) == 1, table
+  shutil.copytree(full, data / 'span-2')
+  assert cli.main(args) == 1
+  err = capsys.readouterr().err
+  assert 'drift [train] label: Label set changed' in err
+  assert f"added ['{new_class}']" in err
