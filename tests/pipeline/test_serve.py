@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
+from werkzeug import test as werkzeug_test
 
 from mobile_export import release
 from models import calibration
@@ -88,11 +90,22 @@ def _start(app):
 
 
 @pytest.fixture(scope='module')
-def url(version):
-  """An in-process server of the SavedModel (uploads up to 256 KB)."""
-  app = serve.TryIt(predict.PushedModel(version[0]),
-                    max_upload_bytes=MAX_UPLOAD)
-  server = _start(app)
+def tryit(version):
+  """The page's logic on the SavedModel (uploads up to 256 KB)."""
+  return serve.TryIt(predict.PushedModel(version[0]),
+                     max_upload_bytes=MAX_UPLOAD)
+
+
+@pytest.fixture(scope='module')
+def client(tryit):
+  """The WSGI app without a server (werkzeug.test.Client)."""
+  return werkzeug_test.Client(serve.WsgiApp(tryit))
+
+
+@pytest.fixture(scope='module')
+def url(tryit):
+  """An in-process threaded server of the same app, on a free port."""
+  server = _start(tryit)
   yield serve.url_of(server)
   server.shutdown()
   server.server_close()
@@ -324,10 +337,93 @@ def test_a_tampered_version_is_refused(version, tmp_path, capsys):
   assert 'Refusing the model' in capsys.readouterr().err
 
 
-def test_multipart_parsing():
-  body, headers = _form('a b.jpg', b'\x00\xff\r\n--not-a-boundary\r\n')
-  fields = serve.parse_multipart(headers['Content-Type'], body)
-  assert fields == {'image': ('a b.jpg', b'\x00\xff\r\n--not-a-boundary\r\n')}
+def _client_form(filename, data, **fields):
+  """werkzeug.test.Client keyword arguments for the page's form."""
+  return {'data': {'image': (io.BytesIO(data), filename), **fields},
+          'content_type': 'multipart/form-data'}
+
+
+def test_form_upload_is_parsed_in_memory_byte_for_byte():
+  """The upload arrives intact (a boundary-like line inside the bytes, a
+  space in the name), with the other fields; a photo larger than
+  Werkzeug's 500 KB spooling threshold is still held in memory, never in a
+  temporary file."""
+  data = b'\x00\xff\r\n--not-a-boundary\r\n' + os.urandom(600_000)
+  body, headers = _form('a b.jpg', data)
+  boundary = headers['Content-Type'].split('boundary=')[1]
+  body = (f'--{boundary}\r\nContent-Disposition: form-data; name="age"'
+          '\r\n\r\n63\r\n').encode() + body
+  request = serve.UploadRequest(werkzeug_test.EnvironBuilder(
+      method='POST', data=body, content_type=headers['Content-Type']
+  ).get_environ())
+  assert serve.form_upload(request) == ('a b.jpg', data, {'age': '63'})
+  assert isinstance(request.files['image'].stream, io.BytesIO)
+
+
+def test_every_answer_carries_the_security_headers(client, version):
+  jpeg = open(version[1][0], 'rb').read()
+  answers = {
+      'page': client.get('/'), 'head': client.head('/'),
+      'healthz': client.get('/healthz'),
+      'result': client.post('/', **_client_form('a.jpg', jpeg)),
+      'api': client.post('/api/predict', data=jpeg),
+      'bad upload': client.post('/', **_client_form('a.jpg', b'text')),
+      'too large': client.post('/api/predict',
+                               data=b'x' * (2 * MAX_UPLOAD)),
+      'not found': client.get('/nowhere'),
+      'wrong method': client.get('/api/predict'),
+  }
+  statuses = {name: r.status_code for name, r in answers.items()}
+  assert statuses == {'page': 200, 'head': 200, 'healthz': 200,
+                      'result': 200, 'api': 200, 'bad upload': 400,
+                      'too large': 413, 'not found': 404,
+                      'wrong method': 405}
+  for name, response in answers.items():
+    for key, value in serve._SECURITY_HEADERS.items():  # pylint: disable=protected-access
+      assert response.headers.get(key) == value, (name, key)
+  assert answers['head'].get_data() == b''
+  # The standard reason phrases (the browser test's console filter reads it).
+  assert answers['bad upload'].status == '400 Bad Request'
+  assert answers['too large'].status == '413 Request Entity Too Large'
+  assert answers['not found'].get_data() == b'not found\n'
+  assert answers['not found'].mimetype == 'text/plain'
+  assert answers['wrong method'].headers['Allow'] == 'POST'
+  assert answers['healthz'].get_json()['model_version'] == '7'
+
+
+def test_the_upload_limit(client, version):
+  """An image over --max-upload-mb is refused with 413 and its size, on the
+  page and on the API: a body far over the limit before it is parsed
+  (Request.max_content_length), one just over it after; an oversized form
+  field also answers 413."""
+  big = os.urandom(MAX_UPLOAD + 1000)
+  huge = os.urandom(MAX_UPLOAD + serve.FORM_OVERHEAD + 1)
+  for data in (big, huge):
+    page = client.post('/', **_client_form('big.jpg', data))
+    assert page.status_code == 413
+    html = page.get_data(as_text=True)
+    assert 'accepts images up to 0.2 MB' in _error(html)
+    assert f'The upload is {len(data) / 2**20:.1f} MB' in _error(html)
+    api = client.post('/api/predict', data=data)
+    assert api.status_code == 413
+    assert 'accepts images up to 0.2 MB' in api.get_json()['error']
+  field = client.post('/', **_client_form(
+      'a.jpg', open(version[1][0], 'rb').read(),
+      age='1' * (serve.MAX_FIELD_BYTES + 1)))
+  assert field.status_code == 413
+  assert 'too large' in _error(field.get_data(as_text=True))
+
+
+def test_a_slow_upload_does_not_hold_up_other_requests(url):
+  """The server is threaded: a client that sends half its upload and
+  waits does not keep /healthz waiting."""
+  host, port = re.match(r'http://([^:/]+):(\d+)/', url).groups()
+  with socket.create_connection((host, int(port)), timeout=30) as slow:
+    slow.sendall(b'POST /api/predict HTTP/1.1\r\nHost: x\r\n'
+                 b'Content-Length: 100000\r\n\r\n' + b'x' * 1000)
+    request = urllib.request.Request(url + 'healthz')
+    with urllib.request.urlopen(request, timeout=20) as response:
+      assert json.loads(response.read())['status'] == 'ok'
 
 
 @pytest.fixture(scope='module')
