@@ -34,6 +34,7 @@ from pipeline import configs
 from pipeline import predict
 from pipeline import serve
 from tests.conftest import PROJECT_ROOT
+from tests.conftest import TINY_IMAGE_SIZE
 from tests.conftest import headless_chromium
 from tests.conftest import publish
 from tests.conftest import save_full_page_screenshot
@@ -179,13 +180,13 @@ def test_top3_equals_skinlesion_predict_on_the_same_files(url, version):
     assert "default-src 'none'" in headers['Content-Security-Policy']
 
 
-def test_probabilities_are_the_temperature_scaled_ones(version,
+def test_the_trainer_folds_the_temperature_it_records(version,
                                                        tiny_tfrecords):
-  """The served numbers are softmax(log p / T) of the network's p, with the
-  T recorded beside the SavedModel (the fitted one when the fit improved
-  the eval split, else 1): undoing that T on the eval split gives the
-  network's NLL before the fit, and applying the fitted T to it the NLL the
-  fit reached."""
+  """The trained SavedModel answers softmax(log p / T) of the network's p,
+  with the T recorded beside it (the fitted one when the fit improved the
+  eval split, else 1): undoing that T on the eval split gives the network's
+  NLL that the Trainer measured before the fold, and applying the fitted T
+  to it the NLL the fit reached."""
   fit = json.loads(open(os.path.join(version[0], 'calibration.json')).read())
   assert fit['method'] == 'temperature' and fit['fitted_temperature'] > 0
   assert fit['temperature'] == (fit['fitted_temperature'] if fit['applied']
@@ -209,11 +210,60 @@ def test_probabilities_are_the_temperature_scaled_ones(version,
   assert calibration._scaled_nll(
       network, labels, fit['fitted_temperature']) == pytest.approx(
           fit['nll_after'], abs=1e-4)
-  # And the page serves the same numbers as the signature (same image).
-  model = predict.PushedModel(version[0])
-  with open(version[1][0], 'rb') as f:
-    pixels = model.pixels(f.read())[None]
-  assert abs(model.probabilities(pixels).sum() - 1) < 1e-5
+
+
+def test_probabilities_are_the_temperature_scaled_ones(version, tmp_path):
+  """The page and the API serve softmax(log p / T): p the network's own
+  probabilities, computed here with Keras before the temperature is folded
+  in (as models/trainer.py folds it), T the one the version records
+  (calibration.json beside the SavedModel, and the manifest's
+  blessing.calibration, which the page states)."""
+  from models import export  # pylint: disable=g-import-not-at-top
+  from models import registry  # pylint: disable=g-import-not-at-top
+  tf.keras.utils.set_random_seed(5)
+  network = registry.build('cnn_baseline', num_classes=len(configs.LABELS),
+                           image_size=TINY_IMAGE_SIZE, width=0.25)
+  # Confident logits (an untrained network is near uniform), so that the
+  # temperature visibly moves the numbers.
+  layer = network.get_layer(registry.OUTPUT_LAYER)
+  layer.set_weights([w * 20 for w in layer.get_weights()])
+  jpegs = [open(path, 'rb').read() for path in version[1]]
+  pixels = tf.stack([preprocessing.decode_and_resize(tf.constant(j),
+                                                     TINY_IMAGE_SIZE)
+                     for j in jpegs])
+  untempered = network(preprocessing.to_model_input(pixels),
+                       training=False).numpy().astype(np.float64)
+  fit = {'method': 'temperature', 'fitted_temperature': 1.7,
+         'temperature': 1.7, 'applied': True}
+  calibration.fold_temperature(network, fit['temperature'],
+                               registry.OUTPUT_LAYER)
+  export.export_serving_model(network, str(tmp_path / 'model'),
+                              TINY_IMAGE_SIZE)
+  calibration.write(str(tmp_path / 'model'), fit)
+  version_dir = publish(str(tmp_path / 'serving'), '11',
+                        str(tmp_path / 'model'), with_tflite=False,
+                        blessing={**BLESSING, 'calibration': fit})
+  recorded = calibration.read(version_dir)['temperature']
+  with open(os.path.join(version_dir, release.MANIFEST_FILE)) as f:
+    assert json.load(f)['blessing']['calibration']['temperature'] == recorded
+  expected = calibration.scale(untempered, recorded)
+  # Serving p itself (T ignored) would be off by a thousand tolerances.
+  assert np.abs(expected - untempered).max() > 1e-2
+  client = werkzeug_test.Client(serve.WsgiApp(serve.TryIt(
+      predict.PushedModel(version_dir))))
+  for jpeg, row in zip(jpegs, expected):
+    answer = client.post('/api/predict', data=jpeg).get_json()
+    np.testing.assert_allclose(
+        [answer['probabilities'][k] for k in configs.LABELS], row,
+        rtol=0, atol=1e-5)
+    html = client.post('/', **_client_form('a.jpg', jpeg)).get_data(
+        as_text=True)
+    order = np.argsort(-row, kind='stable')[:3]
+    assert [label for label, _ in _page_top(html)] == [
+        configs.LABELS[i] for i in order]
+    np.testing.assert_allclose([p for _, p in _page_top(html)], row[order],
+                               rtol=0, atol=1e-5)
+    assert f'T = {recorded:.3f}' in html
 
 
 def test_a_png_is_read_like_ingestion_reads_it(url, version, tmp_path):
