@@ -10,10 +10,15 @@ patient metadata (``mixed_input``) gets age, sex and body-site fields
 (empty or 'unknown': missing, as ingestion writes a missing value); it has
 no Grad-CAM (several inputs) and the page says so.
 
-Why a small standard-library web app rather than Streamlit (R2's choice):
-  * no new dependency: Streamlit pulls tornado, altair, pyarrow, protobuf
-    and watchdog constraints into a lock file already pinned around TFX
-    1.16 / kfp 2.5 / protobuf 3.20, for one page;
+Why a small WSGI app on Werkzeug rather than Streamlit (R2's choice):
+  * no new dependency: Werkzeug is already in the lock (TensorBoard pulls
+    it in); Streamlit pulls tornado, altair, pyarrow, protobuf and watchdog
+    constraints into a lock file already pinned around TFX 1.16 / kfp 2.5 /
+    protobuf 3.20, for one page;
+  * Werkzeug parses the requests and the multipart upload (in memory, never
+    on disk), enforces the upload limit (``Request.max_content_length``)
+    and routes; the app (``WsgiApp``) is tested with ``werkzeug.test.Client``
+    without a server;
   * the page is plain server-rendered HTML with a file form: it works
     without JavaScript, over no network but localhost, and a headless
     browser test drives it deterministically (Streamlit's page is a
@@ -22,15 +27,17 @@ Why a small standard-library web app rather than Streamlit (R2's choice):
   * the model is loaded once, verified against its manifest first, through
     the same ``pipeline.predict.PushedModel`` as ``skinlesion predict``, so
     the page and the CSV agree to the last digit on the same file;
-  * it serves many reviewers at once (one thread per request; inference
-    serialized): measured on 2 cores, 9 s to start, then 47 ms per upload
-    with Grad-CAM (BENCHMARKS.md, benchmarks/serve_latency.py).
+  * it serves many reviewers at once (Werkzeug's threaded server, one thread
+    per request; inference serialized): measured on 2 cores, 9 s to start,
+    then 47 ms per upload with Grad-CAM (BENCHMARKS.md,
+    benchmarks/serve_latency.py, measured on the earlier http.server
+    version).
 
 Endpoints: ``GET /`` the page; ``POST /`` (multipart form, field ``image``,
 and ``age`` / ``sex`` / ``localization`` for a metadata model) the page with
 the result or a clear error message; ``POST /api/predict`` (the raw image
 bytes as the body, metadata as query parameters) the same result as JSON;
-``GET /healthz``.
+``GET /healthz``; any other path 404, another method 405.
 Bad uploads (no file, not an image, corrupt or truncated, unsupported
 format, too many pixels, larger than ``--max-upload-mb``) answer 4xx with a
 message on the page; any other failure answers 500 with a message.  The
@@ -40,24 +47,25 @@ otherwise: an uploaded photo of a patient's skin is health data.
 
 import base64
 import dataclasses
-import email.parser
-import email.policy
 import http
-import http.server
 import io
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import traceback
-import urllib.parse
 from typing import Any, Dict, List, Optional, Tuple
 
 import jinja2
 import numpy as np
 from PIL import Image
 import tensorflow as tf
+from werkzeug import exceptions
+from werkzeug import routing
+from werkzeug import serving
+from werkzeug import wrappers
 
 from components import image_example_gen
 from components import interval_gate
@@ -76,8 +84,6 @@ TOP_K = 3
 # The uploaded image and its overlay are shown at most this many pixels on
 # their longer side.
 DISPLAY_MAX_SIDE = 448
-# A request body larger than this is not even read: the connection closes.
-_HARD_BODY_LIMIT = 512 * 1024 * 1024
 DISCLAIMER = (
     'Decision support, not a diagnosis. This model was trained and tested '
     'on one archive of dermoscopic images; its probabilities are calibrated '
@@ -177,13 +183,17 @@ class TryIt:
     # time keeps the 2-core machines responsive.
     self._lock = threading.Lock()
 
-  def check_size(self, size: int) -> None:
-    if size > self.max_upload_bytes:
+  def check_size(self, size: Optional[int]) -> None:
+    """UploadError 413 when ``size`` bytes (None: unknown, but over a
+    limit) is more than this page takes."""
+    if size is None or size > self.max_upload_bytes:
+      got = (f'The upload is {size / 2**20:.1f} MB' if size is not None
+             else 'The upload is too large')
       raise UploadError(
           http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-          f'The upload is {size / 2**20:.1f} MB; this page accepts images '
-          f'up to {self.max_upload_bytes / 2**20:.1f} MB. Resize or '
-          're-export the photo and try again.')
+          f'{got}; this page accepts images up to '
+          f'{self.max_upload_bytes / 2**20:.1f} MB. Resize or re-export the '
+          'photo and try again.')
 
   def metadata(self, fields: Dict[str, str]) -> Dict[str, Any]:
     """The model's metadata inputs from form / query fields (empty or
@@ -286,27 +296,6 @@ def upload_problem_message(filename: str, reason: str, detail: str) -> str:
   detail = re.sub(r' ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>', '', detail)
   return (f'{name} is not a readable JPEG or PNG image: it may be '
           f'truncated or corrupt, or another kind of file ({detail}).')
-
-
-def parse_multipart(content_type: str, body: bytes
-                    ) -> Dict[str, Tuple[str, bytes]]:
-  """{field name: (file name, bytes)} of a multipart/form-data body."""
-  if not content_type.lower().startswith('multipart/form-data'):
-    raise UploadError(http.HTTPStatus.BAD_REQUEST,
-                      f'Expected a form upload (multipart/form-data), got '
-                      f'{content_type or "no content type"}.')
-  message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-      b'Content-Type: ' + content_type.encode('latin-1') + b'\r\n\r\n' + body)
-  if not message.is_multipart():
-    raise UploadError(http.HTTPStatus.BAD_REQUEST,
-                      'The form upload could not be read (no parts).')
-  fields = {}
-  for part in message.iter_parts():
-    name = part.get_param('name', header='content-disposition')
-    if name:
-      fields[name] = (part.get_filename() or '',
-                      part.get_payload(decode=True) or b'')
-  return fields
 
 
 # --------------------------------------------------------------------------
@@ -470,7 +459,7 @@ def render_page(app: TryIt, analysis: Optional[Analysis] = None,
 
 
 # --------------------------------------------------------------------------
-# HTTP.
+# HTTP: a WSGI application on Werkzeug.
 
 _SECURITY_HEADERS = {
     # The page needs nothing from anywhere: no script at all, images only
@@ -483,139 +472,161 @@ _SECURITY_HEADERS = {
     'Referrer-Policy': 'no-referrer',
     'Cache-Control': 'no-store',
 }
+# A form's overhead (boundaries, part headers, metadata fields) is small: a
+# body over the upload limit plus this is refused (413) before it is parsed;
+# the image's own size is checked again after parsing.
+FORM_OVERHEAD = 64 * 1024
+# A non-file form field (age, sex, localization) over this is refused (413).
+# Werkzeug applies it to each 64 KiB read of the body too: keep it above.
+MAX_FIELD_BYTES = 256 * 1024
+
+_ROUTES = routing.Map([
+    routing.Rule('/', endpoint='page', methods=['GET']),
+    routing.Rule('/', endpoint='form', methods=['POST']),
+    routing.Rule('/api/predict', endpoint='api', methods=['POST']),
+    routing.Rule('/healthz', endpoint='healthz', methods=['GET']),
+])
 
 
-def make_handler(app: TryIt):
-  """The request handler class, bound to one TryIt."""
+class UploadRequest(wrappers.Request):
+  """Parses uploads in memory: an uploaded photo never touches the disk
+  (Werkzeug spools large files to a temporary file by default)."""
+  max_form_memory_size = MAX_FIELD_BYTES
 
-  class Handler(http.server.BaseHTTPRequestHandler):
-    server_version = 'skinlesion-serve'
-    protocol_version = 'HTTP/1.1'
+  def _get_file_stream(self, *unused_args, **unused_kwargs):
+    return io.BytesIO()
 
-    def log_message(self, fmt, *args):  # pylint: disable=arguments-differ
-      _log.info('%s %s', self.address_string(), fmt % args)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-      self.send_response(status)
-      self.send_header('Content-Type', content_type)
-      self.send_header('Content-Length', str(len(body)))
-      for key, value in _SECURITY_HEADERS.items():
-        self.send_header(key, value)
-      self.end_headers()
-      if self.command != 'HEAD':
-        self.wfile.write(body)
+def form_upload(request: wrappers.Request) -> Tuple[str, bytes, Dict[str, str]]:
+  """(file name, bytes, other fields) of the page's form (field ``image``);
+  UploadError when it is not a form or holds no file."""
+  if request.mimetype != 'multipart/form-data':
+    raise UploadError(http.HTTPStatus.BAD_REQUEST,
+                      f'Expected a form upload (multipart/form-data), got '
+                      f'{request.content_type or "no content type"}.')
+  upload = request.files.get('image')
+  data = upload.read() if upload is not None else b''
+  if upload is None or (not upload.filename and not data):
+    raise UploadError(http.HTTPStatus.BAD_REQUEST,
+                      'No file was uploaded: choose a JPEG or PNG photo first.')
+  return upload.filename or '', data, request.form.to_dict()
 
-    def _page(self, status: int, analysis=None, error=None) -> None:
-      self._send(status, render_page(app, analysis, error),
-                 'text/html; charset=utf-8')
 
-    def _json(self, status: int, value: Dict[str, Any]) -> None:
-      self._send(status, json.dumps(value).encode('utf-8'),
-                 'application/json')
+def api_upload(request: wrappers.Request) -> Tuple[str, bytes, Dict[str, str]]:
+  """(file name, bytes, metadata) of ``POST /api/predict``: the raw image as
+  the body, its name in ``X-Filename``, metadata as query parameters."""
+  return (request.headers.get('X-Filename', ''), request.get_data(),
+          {k: v[-1] for k, v in request.args.lists()})
 
-    def _body(self) -> bytes:
-      """The request body; UploadError when absent or too large."""
-      if self.headers.get('Transfer-Encoding', '').lower() == 'chunked':
-        self.close_connection = True
-        raise UploadError(http.HTTPStatus.LENGTH_REQUIRED,
-                          'Chunked uploads are not accepted.')
+
+def _json(status: int, value: Dict[str, Any]) -> wrappers.Response:
+  return wrappers.Response(json.dumps(value), status,
+                           content_type='application/json')
+
+
+class WsgiApp:
+  """The try-it page of one TryIt as a WSGI application: ``GET /``, ``POST
+  /`` (form), ``POST /api/predict``, ``GET /healthz``.  Every response,
+  errors included, carries the security headers."""
+
+  def __init__(self, tryit: TryIt):
+    self.tryit = tryit
+
+  def __call__(self, environ, start_response):
+    request = UploadRequest(environ)
+    request.max_content_length = self.tryit.max_upload_bytes + FORM_OVERHEAD
+    try:
+      endpoint, _ = _ROUTES.bind_to_environ(environ).match()
+      response = getattr(self, endpoint)(request)
+    except exceptions.HTTPException as e:
+      # 404 'not found', 405 'method not allowed' (with Allow), as plain text.
+      response = (e.get_response(environ) if e.code < 400 else
+                  wrappers.Response(f'{e.name.lower()}\n', e.code,
+                                    headers=e.get_headers(environ),
+                                    content_type='text/plain'))
+    except Exception:  # pylint: disable=broad-except
+      _log.error('Failed on a request:\n%s', traceback.format_exc())
+      response = wrappers.Response('internal server error\n', 500,
+                                   content_type='text/plain')
+    response.headers.update(_SECURITY_HEADERS)
+    # The standard reason phrase ('400 Bad Request'; Werkzeug's are upper case).
+    code = response.status_code
+    response.status = f'{code} {http.HTTPStatus(code).phrase}'
+    return response(environ, start_response)
+
+  def _page(self, status: int, analysis=None, error=None) -> wrappers.Response:
+    return wrappers.Response(render_page(self.tryit, analysis, error), status,
+                             content_type='text/html; charset=utf-8')
+
+  def page(self, unused_request) -> wrappers.Response:
+    return self._page(http.HTTPStatus.OK)
+
+  def healthz(self, unused_request) -> wrappers.Response:
+    return _json(http.HTTPStatus.OK, {
+        'status': 'ok',
+        'model_version': self.tryit.model.manifest.get('model_version'),
+        'model_file': self.tryit.model.file})
+
+  def form(self, request) -> wrappers.Response:
+    return self._analyse(request, api=False)
+
+  def api(self, request) -> wrappers.Response:
+    return self._analyse(request, api=True)
+
+  def _analyse(self, request, api: bool) -> wrappers.Response:
+    app = self.tryit
+    try:
       try:
-        length = int(self.headers.get('Content-Length') or 0)
-      except ValueError:
-        length = -1
-      if length < 0:
-        self.close_connection = True
-        raise UploadError(http.HTTPStatus.BAD_REQUEST,
-                          'Invalid Content-Length.')
-      # A form's overhead (boundaries, headers) is small; the image's own
-      # size is checked again after parsing.
-      if length > app.max_upload_bytes + 64 * 1024:
-        if length <= _HARD_BODY_LIMIT:
-          self._discard(length)  # So the browser reads our answer.
-        else:
-          self.close_connection = True
-        app.check_size(length)
-      return self.rfile.read(length)
-
-    def _discard(self, length: int) -> None:
-      while length > 0:
-        chunk = self.rfile.read(min(length, 1 << 20))
-        if not chunk:
-          break
-        length -= len(chunk)
-
-    def do_HEAD(self):  # pylint: disable=invalid-name
-      self.do_GET()
-
-    def do_GET(self):  # pylint: disable=invalid-name
-      path = self.path.split('?', 1)[0]
-      if path == '/':
-        self._page(http.HTTPStatus.OK)
-      elif path == '/healthz':
-        self._json(http.HTTPStatus.OK, {
-            'status': 'ok',
-            'model_version': app.model.manifest.get('model_version'),
-            'model_file': app.model.file})
-      else:
-        self._send(http.HTTPStatus.NOT_FOUND, b'not found\n', 'text/plain')
-
-    def do_POST(self):  # pylint: disable=invalid-name
-      path = self.path.split('?', 1)[0]
-      api = path == '/api/predict'
-      if path not in ('/', '/api/predict'):
-        self._send(http.HTTPStatus.NOT_FOUND, b'not found\n', 'text/plain')
-        return
-      try:
-        body = self._body()
-        if api:
-          filename = self.headers.get('X-Filename', '')
-          data = body
-          query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-          values = {k: v[-1] for k, v in query.items()}
-        else:
-          fields = parse_multipart(self.headers.get('Content-Type', ''), body)
-          filename, data = fields.get('image', ('', b''))
-          if 'image' not in fields or (not filename and not data):
-            raise UploadError(http.HTTPStatus.BAD_REQUEST,
-                              'No file was uploaded: choose a JPEG or PNG '
-                              'photo first.')
-          values = {k: v[1].decode('utf-8', 'replace')
-                    for k, v in fields.items() if k != 'image'}
-        analysis = app.analyse(data, filename, values)
-      except UploadError as e:
-        _log.info('Refused upload: %s', e.message)
-        if api:
-          self._json(e.status, {'error': e.message})
-        else:
-          self._page(e.status, error=e.message)
-        return
-      except Exception as e:  # pylint: disable=broad-except
-        _log.error('Failed on an upload:\n%s', traceback.format_exc())
-        message = (f'The model could not analyse this image ({type(e).__name__}'
-                   f': {e}). The server is still running; try another image.')
-        if api:
-          self._json(http.HTTPStatus.INTERNAL_SERVER_ERROR, {'error': message})
-        else:
-          self._page(http.HTTPStatus.INTERNAL_SERVER_ERROR, error=message)
-        return
-      if api:
-        self._json(http.HTTPStatus.OK, analysis.as_json(app.model))
-      else:
-        self._page(http.HTTPStatus.OK, analysis=analysis)
-
-  return Handler
+        filename, data, fields = (api_upload if api else form_upload)(request)
+      except exceptions.RequestEntityTooLarge:
+        length = request.content_length
+        app.check_size(length if length and length > request.max_content_length
+                       else None)
+        raise
+      analysis = app.analyse(data, filename, fields)
+    except UploadError as e:
+      _log.info('Refused upload: %s', e.message)
+      return (_json(e.status, {'error': e.message}) if api
+              else self._page(e.status, error=e.message))
+    except Exception as e:  # pylint: disable=broad-except
+      _log.error('Failed on an upload:\n%s', traceback.format_exc())
+      message = (f'The model could not analyse this image ({type(e).__name__}'
+                 f': {e}). The server is still running; try another image.')
+      return (_json(http.HTTPStatus.INTERNAL_SERVER_ERROR, {'error': message})
+              if api else self._page(http.HTTPStatus.INTERNAL_SERVER_ERROR,
+                                     error=message))
+    if api:
+      return _json(http.HTTPStatus.OK, analysis.as_json(app.model))
+    return self._page(http.HTTPStatus.OK, analysis=analysis)
 
 
-class Server(http.server.ThreadingHTTPServer):
-  daemon_threads = True
+class _RequestHandler(serving.WSGIRequestHandler):
+  """Werkzeug's dev-server handler, logging to skinlesion.serve (no ANSI
+  colours) under this server's name."""
+  server_version = 'skinlesion-serve'
+  protocol_version = 'HTTP/1.1'
+
+  def log_request(self, code='-', size='-') -> None:
+    _log.info('%s "%s" %s %s', self.address_string(), self.requestline,
+              getattr(code, 'value', code), size)
+
+  def log(self, type, message, *args) -> None:  # pylint: disable=redefined-builtin
+    (_log.error if type == 'error' else _log.info)(
+        '%s %s', self.address_string(), message % args)
 
 
 def make_server(app: TryIt, host: str = DEFAULT_HOST,
-                port: int = DEFAULT_PORT) -> Server:
-  """A bound server (port 0: any free port; see ``server_address``)."""
-  return Server((host, port), make_handler(app))
+                port: int = DEFAULT_PORT) -> serving.BaseWSGIServer:
+  """A bound, threaded server of the page (one thread per request; port 0:
+  any free port, see ``server_address``).  OSError when it cannot bind: the
+  socket is bound here, since Werkzeug would print and exit the process."""
+  family = socket.AF_INET6 if ':' in host else socket.AF_INET
+  with socket.create_server((host, port), family=family) as sock:
+    return serving.make_server(host, port, WsgiApp(app), threaded=True,
+                               request_handler=_RequestHandler,
+                               fd=sock.fileno())
 
 
-def url_of(server: Server) -> str:
+def url_of(server: serving.BaseWSGIServer) -> str:
   host, port = server.server_address[:2]
-  return f'http://{host}:{port}/'
+  return f'http://{f"[{host}]" if ":" in host else host}:{port}/'

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
+from werkzeug import test as werkzeug_test
 
 from mobile_export import release
 from models import calibration
@@ -32,6 +34,7 @@ from pipeline import configs
 from pipeline import predict
 from pipeline import serve
 from tests.conftest import PROJECT_ROOT
+from tests.conftest import TINY_IMAGE_SIZE
 from tests.conftest import headless_chromium
 from tests.conftest import publish
 from tests.conftest import save_full_page_screenshot
@@ -88,11 +91,22 @@ def _start(app):
 
 
 @pytest.fixture(scope='module')
-def url(version):
-  """An in-process server of the SavedModel (uploads up to 256 KB)."""
-  app = serve.TryIt(predict.PushedModel(version[0]),
-                    max_upload_bytes=MAX_UPLOAD)
-  server = _start(app)
+def tryit(version):
+  """The page's logic on the SavedModel (uploads up to 256 KB)."""
+  return serve.TryIt(predict.PushedModel(version[0]),
+                     max_upload_bytes=MAX_UPLOAD)
+
+
+@pytest.fixture(scope='module')
+def client(tryit):
+  """The WSGI app without a server (werkzeug.test.Client)."""
+  return werkzeug_test.Client(serve.WsgiApp(tryit))
+
+
+@pytest.fixture(scope='module')
+def url(tryit):
+  """An in-process threaded server of the same app, on a free port."""
+  server = _start(tryit)
   yield serve.url_of(server)
   server.shutdown()
   server.server_close()
@@ -166,13 +180,13 @@ def test_top3_equals_skinlesion_predict_on_the_same_files(url, version):
     assert "default-src 'none'" in headers['Content-Security-Policy']
 
 
-def test_probabilities_are_the_temperature_scaled_ones(version,
+def test_the_trainer_folds_the_temperature_it_records(version,
                                                        tiny_tfrecords):
-  """The served numbers are softmax(log p / T) of the network's p, with the
-  T recorded beside the SavedModel (the fitted one when the fit improved
-  the eval split, else 1): undoing that T on the eval split gives the
-  network's NLL before the fit, and applying the fitted T to it the NLL the
-  fit reached."""
+  """The trained SavedModel answers softmax(log p / T) of the network's p,
+  with the T recorded beside it (the fitted one when the fit improved the
+  eval split, else 1): undoing that T on the eval split gives the network's
+  NLL that the Trainer measured before the fold, and applying the fitted T
+  to it the NLL the fit reached."""
   fit = json.loads(open(os.path.join(version[0], 'calibration.json')).read())
   assert fit['method'] == 'temperature' and fit['fitted_temperature'] > 0
   assert fit['temperature'] == (fit['fitted_temperature'] if fit['applied']
@@ -196,11 +210,60 @@ def test_probabilities_are_the_temperature_scaled_ones(version,
   assert calibration._scaled_nll(
       network, labels, fit['fitted_temperature']) == pytest.approx(
           fit['nll_after'], abs=1e-4)
-  # And the page serves the same numbers as the signature (same image).
-  model = predict.PushedModel(version[0])
-  with open(version[1][0], 'rb') as f:
-    pixels = model.pixels(f.read())[None]
-  assert abs(model.probabilities(pixels).sum() - 1) < 1e-5
+
+
+def test_probabilities_are_the_temperature_scaled_ones(version, tmp_path):
+  """The page and the API serve softmax(log p / T): p the network's own
+  probabilities, computed here with Keras before the temperature is folded
+  in (as models/trainer.py folds it), T the one the version records
+  (calibration.json beside the SavedModel, and the manifest's
+  blessing.calibration, which the page states)."""
+  from models import export  # pylint: disable=g-import-not-at-top
+  from models import registry  # pylint: disable=g-import-not-at-top
+  tf.keras.utils.set_random_seed(5)
+  network = registry.build('cnn_baseline', num_classes=len(configs.LABELS),
+                           image_size=TINY_IMAGE_SIZE, width=0.25)
+  # Confident logits (an untrained network is near uniform), so that the
+  # temperature visibly moves the numbers.
+  layer = network.get_layer(registry.OUTPUT_LAYER)
+  layer.set_weights([w * 20 for w in layer.get_weights()])
+  jpegs = [open(path, 'rb').read() for path in version[1]]
+  pixels = tf.stack([preprocessing.decode_and_resize(tf.constant(j),
+                                                     TINY_IMAGE_SIZE)
+                     for j in jpegs])
+  untempered = network(preprocessing.to_model_input(pixels),
+                       training=False).numpy().astype(np.float64)
+  fit = {'method': 'temperature', 'fitted_temperature': 1.7,
+         'temperature': 1.7, 'applied': True}
+  calibration.fold_temperature(network, fit['temperature'],
+                               registry.OUTPUT_LAYER)
+  export.export_serving_model(network, str(tmp_path / 'model'),
+                              TINY_IMAGE_SIZE)
+  calibration.write(str(tmp_path / 'model'), fit)
+  version_dir = publish(str(tmp_path / 'serving'), '11',
+                        str(tmp_path / 'model'), with_tflite=False,
+                        blessing={**BLESSING, 'calibration': fit})
+  recorded = calibration.read(version_dir)['temperature']
+  with open(os.path.join(version_dir, release.MANIFEST_FILE)) as f:
+    assert json.load(f)['blessing']['calibration']['temperature'] == recorded
+  expected = calibration.scale(untempered, recorded)
+  # Serving p itself (T ignored) would be off by a thousand tolerances.
+  assert np.abs(expected - untempered).max() > 1e-2
+  client = werkzeug_test.Client(serve.WsgiApp(serve.TryIt(
+      predict.PushedModel(version_dir))))
+  for jpeg, row in zip(jpegs, expected):
+    answer = client.post('/api/predict', data=jpeg).get_json()
+    np.testing.assert_allclose(
+        [answer['probabilities'][k] for k in configs.LABELS], row,
+        rtol=0, atol=1e-5)
+    html = client.post('/', **_client_form('a.jpg', jpeg)).get_data(
+        as_text=True)
+    order = np.argsort(-row, kind='stable')[:3]
+    assert [label for label, _ in _page_top(html)] == [
+        configs.LABELS[i] for i in order]
+    np.testing.assert_allclose([p for _, p in _page_top(html)], row[order],
+                               rtol=0, atol=1e-5)
+    assert f'T = {recorded:.3f}' in html
 
 
 def test_a_png_is_read_like_ingestion_reads_it(url, version, tmp_path):
@@ -324,10 +387,93 @@ def test_a_tampered_version_is_refused(version, tmp_path, capsys):
   assert 'Refusing the model' in capsys.readouterr().err
 
 
-def test_multipart_parsing():
-  body, headers = _form('a b.jpg', b'\x00\xff\r\n--not-a-boundary\r\n')
-  fields = serve.parse_multipart(headers['Content-Type'], body)
-  assert fields == {'image': ('a b.jpg', b'\x00\xff\r\n--not-a-boundary\r\n')}
+def _client_form(filename, data, **fields):
+  """werkzeug.test.Client keyword arguments for the page's form."""
+  return {'data': {'image': (io.BytesIO(data), filename), **fields},
+          'content_type': 'multipart/form-data'}
+
+
+def test_form_upload_is_parsed_in_memory_byte_for_byte():
+  """The upload arrives intact (a boundary-like line inside the bytes, a
+  space in the name), with the other fields; a photo larger than
+  Werkzeug's 500 KB spooling threshold is still held in memory, never in a
+  temporary file."""
+  data = b'\x00\xff\r\n--not-a-boundary\r\n' + os.urandom(600_000)
+  body, headers = _form('a b.jpg', data)
+  boundary = headers['Content-Type'].split('boundary=')[1]
+  body = (f'--{boundary}\r\nContent-Disposition: form-data; name="age"'
+          '\r\n\r\n63\r\n').encode() + body
+  request = serve.UploadRequest(werkzeug_test.EnvironBuilder(
+      method='POST', data=body, content_type=headers['Content-Type']
+  ).get_environ())
+  assert serve.form_upload(request) == ('a b.jpg', data, {'age': '63'})
+  assert isinstance(request.files['image'].stream, io.BytesIO)
+
+
+def test_every_answer_carries_the_security_headers(client, version):
+  jpeg = open(version[1][0], 'rb').read()
+  answers = {
+      'page': client.get('/'), 'head': client.head('/'),
+      'healthz': client.get('/healthz'),
+      'result': client.post('/', **_client_form('a.jpg', jpeg)),
+      'api': client.post('/api/predict', data=jpeg),
+      'bad upload': client.post('/', **_client_form('a.jpg', b'text')),
+      'too large': client.post('/api/predict',
+                               data=b'x' * (2 * MAX_UPLOAD)),
+      'not found': client.get('/nowhere'),
+      'wrong method': client.get('/api/predict'),
+  }
+  statuses = {name: r.status_code for name, r in answers.items()}
+  assert statuses == {'page': 200, 'head': 200, 'healthz': 200,
+                      'result': 200, 'api': 200, 'bad upload': 400,
+                      'too large': 413, 'not found': 404,
+                      'wrong method': 405}
+  for name, response in answers.items():
+    for key, value in serve._SECURITY_HEADERS.items():  # pylint: disable=protected-access
+      assert response.headers.get(key) == value, (name, key)
+  assert answers['head'].get_data() == b''
+  # The standard reason phrases (the browser test's console filter reads it).
+  assert answers['bad upload'].status == '400 Bad Request'
+  assert answers['too large'].status == '413 Request Entity Too Large'
+  assert answers['not found'].get_data() == b'not found\n'
+  assert answers['not found'].mimetype == 'text/plain'
+  assert answers['wrong method'].headers['Allow'] == 'POST'
+  assert answers['healthz'].get_json()['model_version'] == '7'
+
+
+def test_the_upload_limit(client, version):
+  """An image over --max-upload-mb is refused with 413 and its size, on the
+  page and on the API: a body far over the limit before it is parsed
+  (Request.max_content_length), one just over it after; an oversized form
+  field also answers 413."""
+  big = os.urandom(MAX_UPLOAD + 1000)
+  huge = os.urandom(MAX_UPLOAD + serve.FORM_OVERHEAD + 1)
+  for data in (big, huge):
+    page = client.post('/', **_client_form('big.jpg', data))
+    assert page.status_code == 413
+    html = page.get_data(as_text=True)
+    assert 'accepts images up to 0.2 MB' in _error(html)
+    assert f'The upload is {len(data) / 2**20:.1f} MB' in _error(html)
+    api = client.post('/api/predict', data=data)
+    assert api.status_code == 413
+    assert 'accepts images up to 0.2 MB' in api.get_json()['error']
+  field = client.post('/', **_client_form(
+      'a.jpg', open(version[1][0], 'rb').read(),
+      age='1' * (serve.MAX_FIELD_BYTES + 1)))
+  assert field.status_code == 413
+  assert 'too large' in _error(field.get_data(as_text=True))
+
+
+def test_a_slow_upload_does_not_hold_up_other_requests(url):
+  """The server is threaded: a client that sends half its upload and
+  waits does not keep /healthz waiting."""
+  host, port = re.match(r'http://([^:/]+):(\d+)/', url).groups()
+  with socket.create_connection((host, int(port)), timeout=30) as slow:
+    slow.sendall(b'POST /api/predict HTTP/1.1\r\nHost: x\r\n'
+                 b'Content-Length: 100000\r\n\r\n' + b'x' * 1000)
+    request = urllib.request.Request(url + 'healthz')
+    with urllib.request.urlopen(request, timeout=20) as response:
+      assert json.loads(response.read())['status'] == 'ok'
 
 
 @pytest.fixture(scope='module')
