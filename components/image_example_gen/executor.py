@@ -1,10 +1,12 @@
 """The Beam executor: checks the listed images, partitions, writes the report."""
 
+import bisect
 import collections
 import csv
+import hashlib
 import json
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from absl import logging
 import apache_beam as beam
@@ -155,6 +157,35 @@ def archive_root(exec_properties: Dict[str, Any], layout: str) -> str:
                           standard_component_specs.INPUT_BASE_KEY]
 
 
+def cumulative_buckets(split_config: example_gen_pb2.SplitConfig) -> List[int]:
+  """Each split's hash buckets added up: [70, 15, 15] -> [70, 85, 100]."""
+  buckets = []
+  for split in split_config.splits:
+    buckets.append((buckets[-1] if buckets else 0) + split.hash_buckets)
+  return buckets
+
+
+def partition(example: tf.train.Example, num_partitions: int,
+              buckets: Sequence[int], feature_name: str) -> int:
+  """The split index of an example (a beam.Partition function).
+
+  The hash partition of TFX's ExampleGen on ``partition_feature_name``, so
+  that splits stay what they were: sha256 of the feature (the serialized
+  tf.train.Feature) modulo the total buckets, then the first split whose
+  cumulative bucket count (``cumulative_buckets``) exceeds it.
+  """
+  if num_partitions != len(buckets):
+    raise ValueError(f'{num_partitions} partitions for {len(buckets)} '
+                     f'splits {list(buckets)}')
+  feature = example.features.feature
+  if feature_name not in feature:
+    raise ValueError(f'no feature {feature_name!r} to partition on (has '
+                     f'{sorted(feature)})')
+  key = feature[feature_name].SerializeToString(deterministic=True)
+  bucket = int(hashlib.sha256(key).hexdigest(), 16) % buckets[-1]
+  return bisect.bisect(buckets, bucket)
+
+
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
   """Reads an image archive into splits, a quarantine and a report."""
 
@@ -182,17 +213,15 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
         output_config)
     split_config = output_config.split_config
-    buckets = []
-    for split in split_config.splits:
-      buckets.append((buckets[-1] if buckets else 0) + split.hash_buckets)
+    buckets = cumulative_buckets(split_config)
     names = [s.name for s in split_config.splits]
 
     read = pipeline | 'ReadAndCheck' >> _ReadAndCheck(listing, config)  # pylint: disable=no-value-for-parameter
     examples = read['examples']
     parts = (examples
              | 'SplitData' >> beam.Partition(
-                 lambda ex, n: base_example_gen_executor._PartitionFn(  # pylint: disable=protected-access
-                     ex, n, buckets, split_config), len(buckets)))
+                 partition, len(buckets), buckets,
+                 split_config.partition_feature_name))
     splits = {name: parts[i] for i, name in enumerate(names)}
 
     counts = [
