@@ -44,6 +44,6 @@ COPY models/ models/
 COPY mobile_export/ mobile_export/
 RUN python -m pip install --no-cache-dir --no-deps . \
  && python tools/check_lock.py requirements.lock \
- && python -c 'import components.image_example_gen, components.tflite_exporter, models.trainer, pipeline.pipeline'
+ && python -c 'import components.image_example_gen.component, components.mobile_exporter, models.trainer, pipeline.pipeline'
 
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -5,8 +5,8 @@ its base directory), after checking every file against the version's
 manifest (``release.verify_version``: a tampered, truncated, missing or
 added file is refused before anything is loaded).  Each image goes through
 the pipeline's own preprocessing: ingestion's conversion (RGB JPEGs byte for
-byte, PNG re-encoded as RGB JPEG: ``image_example_gen.to_rgb_jpeg``), then
-decode, bilinear resize to the model's input size, round to uint8
+byte, PNG re-encoded as RGB JPEG: ``image_example_gen.images.to_rgb_jpeg``),
+then decode, bilinear resize to the model's input size, round to uint8
 (``models.preprocessing.decode_and_resize``); then either the SavedModel's
 ``serving_images`` signature (pixels / 255) or a pushed .tflite file (its
 input type's normalization).  These are the probabilities the Evaluator's
@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from components import image_example_gen
+from components.image_example_gen import images
 from mobile_export import release
 from mobile_export import tflite
 from models import explain
@@ -76,13 +76,13 @@ def list_images(directory: str) -> List[str]:
                 for name in tf.io.gfile.listdir(directory)
                 if not name.startswith('.')
                 and os.path.splitext(name)[1].lower()
-                in image_example_gen.IMAGE_EXTENSIONS
+                in images.IMAGE_EXTENSIONS
                 and not tf.io.gfile.isdir(os.path.join(directory, name)))
 
 
 def _jpegs(paths: Sequence[str]):
   """(readable [(path, jpeg)], errors [(path, reason, detail)])."""
-  check = image_example_gen.ImageCheck(configs.MAX_IMAGE_PIXELS)
+  check = images.ImageCheck(configs.MAX_IMAGE_PIXELS)
   readable, errors = [], []
   for path in paths:
     ok, problem = check({'path': path})

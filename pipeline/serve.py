@@ -67,7 +67,7 @@ from werkzeug import routing
 from werkzeug import serving
 from werkzeug import wrappers
 
-from components import image_example_gen
+from components.image_example_gen import images
 from components import interval_gate
 from components import intervals as intervals_lib
 from components import run_report
@@ -178,7 +178,7 @@ class TryIt:
     # has a row gets that row's metadata unless the form gives some.
     self.metadata_table = metadata_table
     self.max_upload_bytes = int(max_upload_bytes)
-    self._check = image_example_gen.ImageCheck(max_pixels)
+    self._check = images.ImageCheck(max_pixels)
     # TFLite interpreters are not thread safe; TF is, but one image at a
     # time keeps the 2-core machines responsive.
     self._lock = threading.Lock()
@@ -286,12 +286,12 @@ class TryIt:
 def upload_problem_message(filename: str, reason: str, detail: str) -> str:
   """Ingestion's quarantine reason, said to the person who uploaded."""
   name = f'"{filename}"' if filename else 'The upload'
-  if reason == image_example_gen.EMPTY:
+  if reason == images.EMPTY:
     return f'{name} is empty (0 bytes). Choose a JPEG or PNG photo.'
-  if reason == image_example_gen.UNSUPPORTED:
+  if reason == images.UNSUPPORTED:
     return (f'{name} is an image this page does not take ({detail}). '
             'Upload a JPEG or PNG.')
-  if reason == image_example_gen.TOO_MANY_PIXELS:
+  if reason == images.TOO_MANY_PIXELS:
     return f'{name} has too many pixels ({detail}). Downscale it first.'
   detail = re.sub(r' ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>', '', detail)
   return (f'{name} is not a readable JPEG or PNG image: it may be '
