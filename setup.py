@@ -8,7 +8,8 @@ setuptools.setup(
     description=('TFX pipeline: dermoscopy archives -> validated, evaluated, '
                  'gated classifier as SavedModel and TFLite.'),
     python_requires='>=3.10,<3.11',
-    packages=['pipeline', 'components', 'models', 'mobile_export'],
+    packages=['pipeline', 'components', 'components.run_report', 'models',
+              'mobile_export'],
     install_requires=[
         'tfx==1.16.0',
         'tflite-support==0.4.4',
