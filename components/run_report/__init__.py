@@ -104,11 +104,12 @@ from components.run_report.metrics import (  # pylint: disable=unused-import
     blessing_summary,
     _slice_text)
 from components.run_report.render import (  # pylint: disable=unused-import
-    _CSS,
-    _REPORT_TEMPLATE,
-    _CARD_MD_TEMPLATE,
-    _CARD_HTML_TEMPLATE,
-    _environment)
+    TEMPLATES_DIR,
+    TEMPLATE_FILES,
+    _environment,
+    css,
+    render_model_card,
+    render_report)
 from components.run_report.builder import (  # pylint: disable=unused-import
     REPORT_FILE,
     MODEL_CARD_MD,

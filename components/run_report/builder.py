@@ -8,7 +8,6 @@ import os
 from typing import Any, Dict, Optional, Sequence
 
 from absl import logging
-import jinja2
 import numpy as np
 import tensorflow as tf
 from tfx import types
@@ -56,12 +55,7 @@ from components.run_report.metrics import (
     interval_rows,
     calibration_limitation,
     blessing_summary)
-from components.run_report.render import (
-    _CSS,
-    _REPORT_TEMPLATE,
-    _CARD_MD_TEMPLATE,
-    _CARD_HTML_TEMPLATE,
-    _environment)
+from components.run_report import render
 
 REPORT_FILE = 'report.html'
 MODEL_CARD_MD = 'model_card.md'
@@ -487,20 +481,18 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
       'blessing': _blessing_part(inputs, evaluation, gap, labels),
       'pushed': _pushed_part(inputs),
   }
-  env = _environment()
   tf.io.gfile.makedirs(out_dir)
-  page = env.from_string(_REPORT_TEMPLATE).render(
-      r=r, css=_CSS, sections=SECTIONS, model_card=MODEL_CARD_HTML,
+  page = render.render_report(
+      r=r, sections=SECTIONS, model_card=MODEL_CARD_HTML,
       titles={'data': 'Data', 'training': 'Training',
               'evaluation': 'Evaluation', 'slices': 'Slices and fairness',
               'explanations': 'Explanations', 'blessing': 'Blessing',
               'pushed': 'Pushed artifacts'},
       charts=data_charts, training_charts=training_charts,
       eval_charts=eval_charts, slices=slices, gradcam=gradcam)
-  card = _model_card_context(r, labels, pipeline_name, melanoma)
-  card_md = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
-      _CARD_MD_TEMPLATE).render(c=card)
-  card_html = env.from_string(_CARD_HTML_TEMPLATE).render(c=card, css=_CSS)
+  card = render.render_model_card(
+      _model_card_context(r, labels, pipeline_name, melanoma))
+  card_md, card_html = card['md'], card['html']
   for name, text in ((REPORT_FILE, page), (MODEL_CARD_MD, card_md),
                      (MODEL_CARD_HTML, card_html)):
     with tf.io.gfile.GFile(os.path.join(out_dir, name), 'w') as f:
