@@ -43,89 +43,101 @@ jinja2 templates), ``builder`` (build_report) and ``component``
 (RunReporter, RunReport).
 """
 
-# The package's modules, and every name the single module had (code and tests
-# use them as run_report.X).
-from components.run_report.readers import (  # pylint: disable=unused-import
-    INGESTION_REPORT_FILE,
-    HISTORY_FILE,
-    MODEL_SUMMARY_FILE,
-    MOBILE_REPORT_FILE,
-    STATS_FILE,
-    ANOMALIES_FILE,
-    _read_json,
-    _number,
-    _split_dirs,
-    category_counts,
-    read_anomalies,
-    _slice_key,
-    _metric_name,
-    _metric_value,
-    _candidate,
-    Evaluation,
-    read_evaluation,
-    threshold_text,
-    _threshold_rows,
-    _slicing_text,
-    read_thresholds,
-    Predictions,
-    predict_split,
-    gradcam_signature_answers,
-    read_gate_report,
-    _blessed,
-    _artifact_property)
-from components.run_report.charts import (  # pylint: disable=unused-import
-    _png,
-    png_file_uri,
-    training_curves,
-    confusion_chart,
-    roc_chart,
-    reliability_chart,
-    gradcam_grid)
-from components.run_report.metrics import (  # pylint: disable=unused-import
-    DEFAULT_MELANOMA,
-    _melanoma,
-    RELIABILITY_BINS,
-    fmt,
-    pick_gradcam_examples,
-    confusion_from_tfma,
-    roc_from_tfma,
-    roc_from_predictions,
-    reliability_from_predictions,
-    reliability_from_tfma,
-    _family,
-    _family_of_gate,
-    slice_tables,
-    _count_or_value,
-    _group_name,
-    per_class_table,
-    interval_rows,
-    calibration_limitation,
-    _overall_value,
-    blessing_summary,
-    _slice_text)
-from components.run_report.render import (  # pylint: disable=unused-import
-    TEMPLATES_DIR,
-    TEMPLATE_FILES,
-    _environment,
-    css,
-    render_model_card,
-    render_report)
-from components.run_report.builder import (  # pylint: disable=unused-import
-    REPORT_FILE,
-    MODEL_CARD_MD,
-    MODEL_CARD_HTML,
-    DATA_FILE,
-    SECTIONS,
-    ReportInputs,
-    _clean,
-    _model_dir,
-    _data_part,
-    _training_part,
-    _evaluation_part,
-    _blessing_part,
-    _pushed_part,
-    _model_card_context,
-    build_report)
-from components.run_report.component import (  # pylint: disable=unused-import
-    RunReport,
-    RunReporter)
+
+import importlib
+
+# Every name the single module had, and the package's new ones, as
+# run_report.X (code and tests use them so).  Lazy: importing one module
+# (pipeline/summary.py imports readers) does not import matplotlib and TFX's
+# component machinery.
+_NAMES = {
+    'INGESTION_REPORT_FILE': 'readers',
+    'HISTORY_FILE': 'readers',
+    'MODEL_SUMMARY_FILE': 'readers',
+    'MOBILE_REPORT_FILE': 'readers',
+    'STATS_FILE': 'readers',
+    'ANOMALIES_FILE': 'readers',
+    '_read_json': 'readers',
+    '_number': 'readers',
+    '_split_dirs': 'readers',
+    'category_counts': 'readers',
+    'read_anomalies': 'readers',
+    '_slice_key': 'readers',
+    '_metric_name': 'readers',
+    '_metric_value': 'readers',
+    '_candidate': 'readers',
+    'Evaluation': 'readers',
+    'read_evaluation': 'readers',
+    'threshold_text': 'readers',
+    '_threshold_rows': 'readers',
+    '_slicing_text': 'readers',
+    'read_thresholds': 'readers',
+    'Predictions': 'readers',
+    'predict_split': 'readers',
+    'read_gate_report': 'readers',
+    '_blessed': 'readers',
+    '_artifact_property': 'readers',
+    '_png': 'charts',
+    'png_file_uri': 'charts',
+    'training_curves': 'charts',
+    'confusion_chart': 'charts',
+    'roc_chart': 'charts',
+    'reliability_chart': 'charts',
+    'gradcam_grid': 'charts',
+    'DEFAULT_MELANOMA': 'metrics',
+    '_melanoma': 'metrics',
+    'RELIABILITY_BINS': 'metrics',
+    'fmt': 'metrics',
+    'pick_gradcam_examples': 'metrics',
+    'confusion_from_tfma': 'metrics',
+    'roc_from_tfma': 'metrics',
+    'roc_from_predictions': 'metrics',
+    'reliability_from_predictions': 'metrics',
+    'reliability_from_tfma': 'metrics',
+    '_family': 'metrics',
+    '_family_of_gate': 'metrics',
+    'slice_tables': 'metrics',
+    '_count_or_value': 'metrics',
+    '_group_name': 'metrics',
+    'per_class_table': 'metrics',
+    'interval_rows': 'metrics',
+    'calibration_limitation': 'metrics',
+    '_overall_value': 'metrics',
+    'blessing_summary': 'metrics',
+    '_slice_text': 'metrics',
+    'TEMPLATES_DIR': 'render',
+    'TEMPLATE_FILES': 'render',
+    '_environment': 'render',
+    'css': 'render',
+    'render_model_card': 'render',
+    'render_report': 'render',
+    'REPORT_FILE': 'builder',
+    'MODEL_CARD_MD': 'builder',
+    'MODEL_CARD_HTML': 'builder',
+    'DATA_FILE': 'builder',
+    'SECTIONS': 'builder',
+    'ReportInputs': 'builder',
+    '_clean': 'builder',
+    '_model_dir': 'builder',
+    '_data_part': 'builder',
+    '_training_part': 'builder',
+    '_evaluation_part': 'builder',
+    '_blessing_part': 'builder',
+    '_pushed_part': 'builder',
+    '_model_card_context': 'builder',
+    'build_report': 'builder',
+    'gradcam_signature_answers': 'builder',
+    'RunReport': 'component',
+    'RunReporter': 'component',
+}
+
+
+def __getattr__(name):
+  if name in _NAMES:
+    module = importlib.import_module(f'{__name__}.{_NAMES[name]}')
+    return getattr(module, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_NAMES))

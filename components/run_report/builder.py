@@ -14,11 +14,10 @@ from tfx import types
 from tfx.types import artifact_utils
 
 from components import intervals as intervals_lib
-from components import interval_gate
+from models import explain
 from models import features
 from models import preprocessing
 from components.run_report.readers import (
-    INGESTION_REPORT_FILE,
     HISTORY_FILE,
     MODEL_SUMMARY_FILE,
     MOBILE_REPORT_FILE,
@@ -28,8 +27,9 @@ from components.run_report.readers import (
     Evaluation,
     read_evaluation,
     predict_split,
-    gradcam_signature_answers,
     read_gate_report,
+    read_ingestion_report,
+    read_intervals,
     _blessed,
     _artifact_property)
 from components.run_report.charts import (
@@ -103,10 +103,25 @@ def _model_dir(model: types.Artifact) -> str:
   return path_utils.serving_model_path(model.uri)
 
 
+def gradcam_signature_answers(loaded, jpegs: Sequence[bytes]):
+  """((images, probabilities, heatmaps), None) from the SavedModel's
+  serving_gradcam signature, or (None, the reason it has none)."""
+  if explain.GRADCAM_SIGNATURE not in loaded.signatures:
+    return None, (f'the SavedModel has no {explain.GRADCAM_SIGNATURE} '
+                  'signature (see models/export.py: a model with several '
+                  'inputs or without a feature_map layer)')
+  signature = loaded.signatures[explain.GRADCAM_SIGNATURE]
+  spec = signature.structured_input_signature[1]['images']
+  size = int(spec.shape[1])
+  images = preprocessing.decode_batch(tf.constant(list(jpegs)), size)
+  answer = signature(images=images)
+  return (images.numpy(), answer[features.PREDICTION_KEY].numpy(),
+          answer[explain.HEATMAP_KEY].numpy()), None
+
+
 def _data_part(inputs: ReportInputs):
   data: Dict[str, Any] = {
-      'ingestion': _read_json(os.path.join(inputs.examples.uri,
-                                           INGESTION_REPORT_FILE)),
+      'ingestion': read_ingestion_report(inputs.examples.uri),
       'anomalies': (read_anomalies(inputs.anomalies.uri)
                     if inputs.anomalies is not None else None),
       'sources': {}, 'source_values': [], 'sex': {}}
@@ -428,7 +443,7 @@ def build_report(inputs: ReportInputs, out_dir: str, pipeline_name: str,
   eval_part, eval_charts = _evaluation_part(evaluation, labels, predictions,
                                             split, prediction_note, melanoma)
   gap = read_gate_report(inputs.gate_blessing)
-  found = (interval_gate.read_intervals(inputs.gate_blessing.uri)
+  found = (read_intervals(inputs.gate_blessing.uri)
            if inputs.gate_blessing is not None else None)
   eval_part['interval_rows'], eval_part['class_interval_rows'] = (
       interval_rows(found, labels, melanoma or ''))

@@ -18,9 +18,7 @@ from tfx import types
 
 from components import interval_gate
 from components import predictions as predictions_lib
-from models import explain
 from models import features
-from models import preprocessing
 
 # Files the other components write (spelled here to keep this module free of
 # their imports; tests check they agree).
@@ -153,26 +151,54 @@ class Evaluation:
     return self.metrics.get((), {})
 
 
-def read_evaluation(evaluation_uri: str) -> Evaluation:
-  """The Evaluator's output for the candidate model (baseline's dropped)."""
+def metric_records(evaluation_uri: str) -> Tuple[str, List[Tuple[Tuple, Any]]]:
+  """(the candidate's model name, [(slice key, MetricsForSlice)]).
+
+  The Evaluator's metrics (``tfma.load_metrics``) by slice, cross-slice
+  records left out.  The candidate is ``'candidate'`` when the Evaluator
+  compared with a baseline, else the one unnamed model.
+  """
   import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
   records = list(tfma.load_metrics(evaluation_uri))
   names = {kv.key.model_name for r in records
            for kv in r.metric_keys_and_values}
-  candidate = _candidate(sorted(names))
+  return _candidate(sorted(names)), [
+      (_slice_key(r.slice_key), r) for r in records
+      if not r.HasField('cross_slice_key')]
+
+
+def candidate_values(record, candidate: str, model_independent: bool = False):
+  """(MetricKey, value, kind) of one record's scalar metrics of the candidate.
+
+  kind is the MetricValue's 'double_value' or 'bounded_value' (its point
+  value); others (arrays, matrices) are left out.  NaN is kept.
+  ``model_independent``: also the metrics of no model name, which
+  ``tfma.load_eval_result`` adds to every model's.
+  """
+  for kv in record.metric_keys_and_values:
+    name = kv.key.model_name
+    if name != candidate and not (model_independent and name == ''):
+      continue
+    kind = kv.value.WhichOneof('type')
+    if kind in ('double_value', 'bounded_value'):
+      yield kv.key, _metric_value(kv.value), kind
+
+
+def read_validation(evaluation_uri: str):
+  """The Evaluator's ValidationResult (raises when it has none)."""
+  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+  return tfma.load_validation_result(evaluation_uri)
+
+
+def read_evaluation(evaluation_uri: str) -> Evaluation:
+  """The Evaluator's output for the candidate model (baseline's dropped)."""
+  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+  candidate, records = metric_records(evaluation_uri)
   metrics: Dict[Tuple, Dict[str, Optional[float]]] = {}
   per_class: Dict[Tuple, Dict[int, Dict[str, Optional[float]]]] = {}
-  for record in records:
-    if record.HasField('cross_slice_key'):
-      continue
-    key = _slice_key(record.slice_key)
-    for kv in record.metric_keys_and_values:
-      if kv.key.model_name != candidate:
-        continue
-      value = _metric_value(kv.value)
-      if value is None and kv.value.WhichOneof('type') != 'double_value':
-        continue
-      name, class_id = _metric_name(kv.key)
+  for key, record in records:
+    for metric_key, value, _ in candidate_values(record, candidate):
+      name, class_id = _metric_name(metric_key)
       value = _number(value)
       if class_id is None:
         metrics.setdefault(key, {})[name] = value
@@ -199,7 +225,7 @@ def read_evaluation(evaluation_uri: str) -> Evaluation:
           plots[field.name] = data
   validation_ok, failures = None, []
   try:
-    validation = tfma.load_validation_result(evaluation_uri)
+    validation = read_validation(evaluation_uri)
   except Exception as e:  # pylint: disable=broad-except
     logging.warning('No TFMA validation result: %s', e)
   else:
@@ -227,14 +253,38 @@ def threshold_text(threshold, kind: Optional[str] = None) -> str:
     if t.HasField('upper_bound'):
       parts.append(f'<= {t.upper_bound.value:.4g}')
   if threshold.HasField('change_threshold') and kind in (None, 'change'):
-    t = threshold.change_threshold
-    if t.HasField('absolute'):
-      parts.append(f'change vs baseline >= {t.absolute.value:+.4g}'
-                   if t.absolute.value <= 0 else
-                   f'change vs baseline <= {t.absolute.value:+.4g}')
-    if t.HasField('relative'):
-      parts.append(f'relative change vs baseline {t.relative.value:+.4g}')
+    text = change_threshold_text(threshold.change_threshold)
+    if text:
+      parts.append(text)
   return ' and '.join(parts) or 'configured'
+
+
+def change_lower_is_better(t) -> bool:
+  """Whether a GenericChangeThreshold passes on a change at most its bound.
+
+  Its direction (TFMA checks ``diff <= absolute`` for LOWER_IS_BETTER,
+  ``>=`` for HIGHER_IS_BETTER); unset, a positive bound is read as an upper
+  one.
+  """
+  directions = t.DESCRIPTOR.fields_by_name['direction'].enum_type
+  if t.direction == directions.values_by_name['LOWER_IS_BETTER'].number:
+    return True
+  if t.direction == directions.values_by_name['HIGHER_IS_BETTER'].number:
+    return False
+  return t.HasField('absolute') and t.absolute.value > 0
+
+
+def change_threshold_text(t) -> str:
+  """A GenericChangeThreshold in words: the report's, the manifest's and the
+  run summary's one wording ('' when it has no bound)."""
+  parts = []
+  if t.HasField('absolute'):
+    parts.append(f'change vs baseline '
+                 f'{"<=" if change_lower_is_better(t) else ">="} '
+                 f'{t.absolute.value:+.4g}')
+  if t.HasField('relative'):
+    parts.append(f'relative change vs baseline {t.relative.value:+.4g}')
+  return ' and '.join(parts)
 
 
 def _threshold_rows(metric: str, slices: str, threshold) -> List[Dict]:
@@ -264,6 +314,9 @@ def read_thresholds(evaluation_uri: str) -> List[Dict[str, Any]]:
   except Exception as e:  # pylint: disable=broad-except
     logging.warning('No EvalConfig in %s: %s', evaluation_uri, e)
     return []
+  if config is None:  # No eval_config file (load_eval_run returns None).
+    logging.warning('No EvalConfig in %s', evaluation_uri)
+    return []
   out = []
   for spec in config.metrics_specs:
     for metric in spec.metrics:
@@ -288,20 +341,14 @@ Predictions = predictions_lib.Predictions
 predict_split = predictions_lib.predict_split
 
 
-def gradcam_signature_answers(loaded, jpegs: Sequence[bytes]):
-  """((images, probabilities, heatmaps), None) from the SavedModel's
-  serving_gradcam signature, or (None, the reason it has none)."""
-  if explain.GRADCAM_SIGNATURE not in loaded.signatures:
-    return None, (f'the SavedModel has no {explain.GRADCAM_SIGNATURE} '
-                  'signature (see models/export.py: a model with several '
-                  'inputs or without a feature_map layer)')
-  signature = loaded.signatures[explain.GRADCAM_SIGNATURE]
-  spec = signature.structured_input_signature[1]['images']
-  size = int(spec.shape[1])
-  images = preprocessing.decode_batch(tf.constant(list(jpegs)), size)
-  answer = signature(images=images)
-  return (images.numpy(), answer[features.PREDICTION_KEY].numpy(),
-          answer[explain.HEATMAP_KEY].numpy()), None
+def read_gate_report_file(blessing_uri: str) -> Optional[Dict[str, Any]]:
+  """gate_report.json at a blessing's URI (None: not the IntervalGate's)."""
+  return _read_json(os.path.join(blessing_uri, interval_gate.GATE_REPORT_FILE))
+
+
+def read_intervals(blessing_uri: str) -> Optional[Dict[str, Any]]:
+  """The IntervalGate's intervals.json (None when absent)."""
+  return _read_json(os.path.join(blessing_uri, interval_gate.INTERVALS_FILE))
 
 
 def read_gate_report(gate_blessing: Optional[types.Artifact]
@@ -310,12 +357,17 @@ def read_gate_report(gate_blessing: Optional[types.Artifact]
   if gate_blessing is None:
     return None
   name = interval_gate.GATE_REPORT_FILE
-  report = _read_json(os.path.join(gate_blessing.uri, name))
+  report = read_gate_report_file(gate_blessing.uri)
   if report is None:
     report = {'gates': [], 'blessed': _blessed(gate_blessing),
               'note': f'{name} missing in {gate_blessing.uri}'}
   report.setdefault('blessed', _blessed(gate_blessing))
   return report
+
+
+def read_ingestion_report(examples_uri: str) -> Optional[Dict[str, Any]]:
+  """ImageExampleGen's ingestion_report.json (None when absent)."""
+  return _read_json(os.path.join(examples_uri, INGESTION_REPORT_FILE))
 
 
 def _blessed(blessing: types.Artifact) -> Optional[bool]:
@@ -328,7 +380,23 @@ def _blessed(blessing: types.Artifact) -> Optional[bool]:
   return None
 
 
-def _artifact_property(artifact: Optional[types.Artifact], name: str):
-  if artifact is None or not artifact.has_custom_property(name):
+def artifact_property(artifact, name: str):
+  """A custom property's value, None when unset.
+
+  ``artifact``: a TFX Artifact, an ML Metadata Artifact proto (what
+  pipeline/summary.py reads from the store) or None.
+  """
+  if artifact is None:
+    return None
+  if not isinstance(artifact, types.Artifact):  # metadata_store_pb2.Artifact
+    value = artifact.custom_properties.get(name)
+    if value is None:
+      return None
+    which = value.WhichOneof('value')
+    return getattr(value, which) if which else None
+  if not artifact.has_custom_property(name):
     return None
   return artifact.get_custom_property(name)
+
+
+_artifact_property = artifact_property
