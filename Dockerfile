@@ -46,4 +46,9 @@ RUN python -m pip install --no-cache-dir --no-deps . \
  && python tools/check_lock.py requirements.lock \
  && python -c 'import components.image_example_gen.component, components.mobile_exporter, models.trainer, pipeline.pipeline'
 
+# The installed copy (outside /pipeline) has the run report's templates.
+RUN cd / && python -c "import os; from components.run_report import render as r; \
+assert not r.TEMPLATES_DIR.startswith('/pipeline'), r.TEMPLATES_DIR; \
+assert all(os.path.exists(os.path.join(r.TEMPLATES_DIR, f)) for f in r.TEMPLATE_FILES)"
+
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -9,7 +9,11 @@ setuptools.setup(
                  'gated classifier as SavedModel and TFLite.'),
     python_requires='>=3.10,<3.11',
     packages=['pipeline', 'components', 'components.image_example_gen',
-              'models', 'mobile_export'],
+              'components.run_report', 'models', 'mobile_export'],
+    # The run report's jinja2 templates and CSS (components/run_report/render.py).
+    package_data={'components.run_report': ['templates/*.html',
+                                            'templates/*.md',
+                                            'templates/*.css']},
     install_requires=[
         'tfx==1.16.0',
         'tflite-support==0.4.4',

@@ -29,7 +29,8 @@ components/intervals.py's seeded bootstrap over *lesions*:
 
 Output: a standard ``ModelBlessing`` (custom property ``blessed`` 1 when both
 gates pass; ``current_model`` / ``current_model_id``) holding
-``gate_report.json``, ``intervals.json`` and ``predictions.npz`` (the
+``gate_report.json``, ``intervals.json`` and ``predictions.npz`` (read
+back by components/run_report/readers.py; the
 candidate's test-split probabilities, labels, image and lesion ids and
 slice features, ``slice/<feature>``: every number above can be recomputed
 from it).  MobilePusher
@@ -266,19 +267,6 @@ def failures(report: Dict[str, Any]) -> List[str]:
                                   if 'slice_family' in g else '')
           + f': {g["note"]}'
           for g in report.get('gates', []) if not g.get('passed')]
-
-
-def read_report(blessing_uri: str) -> Dict[str, Any]:
-  with tf.io.gfile.GFile(os.path.join(blessing_uri, GATE_REPORT_FILE)) as f:
-    return json.load(f)
-
-
-def read_intervals(blessing_uri: str) -> Optional[Dict[str, Any]]:
-  path = os.path.join(blessing_uri, INTERVALS_FILE)
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
 
 
 def _write_json(uri: str, name: str, value: Any) -> None:

@@ -40,7 +40,6 @@ from tfx.types import component_spec
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
-from components import interval_gate
 from components import mobile_exporter
 from mobile_export import release
 from mobile_export import tflite
@@ -158,7 +157,7 @@ def blessing_section(input_dict: Dict[str, List[types.Artifact]],
                              'failed_groups', 'bound', 'confidence', 'passed',
                              'note') if k in g}
       for g in (gap or {}).get('gates', [])]
-  found = (interval_gate.read_intervals(gate_blessing.uri)
+  found = (run_report.read_intervals(gate_blessing.uri)
            if gate_blessing is not None else None)
   if found:
     # 95% intervals, {"value", "lower", "upper"} (bootstrap over lesions).

@@ -16,14 +16,12 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import ml_metadata as mlmd
-import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
-import tensorflow_model_analysis as tfma
 
-from components import image_example_gen
 from components import interval_gate
 from components import intervals as intervals_lib
 from components import tfma_metrics
+from components.run_report import readers
 from pipeline import configs
 
 _STATE_NAMES = {v: k for k, v in
@@ -77,11 +75,7 @@ class RunSummary:
   def ingestion_report(self) -> Optional[Dict]:
     if not self.examples_uri:
       return None
-    path = os.path.join(self.examples_uri, image_example_gen.REPORT_FILE)
-    if not tf.io.gfile.exists(path):
-      return None
-    with tf.io.gfile.GFile(path) as f:
-      return json.load(f)
+    return readers.read_ingestion_report(self.examples_uri)
 
   def format(self) -> str:
     lines = [f'Run {self.run_id}', '', f'{"component":<34}{"status":<10}time']
@@ -238,55 +232,48 @@ def _outputs(store: mlmd.MetadataStore, execution_id: int
   return {key: store.get_artifacts_by_id(ids) for key, ids in by_key.items()}
 
 
-def _prop(artifact: metadata_store_pb2.Artifact, name: str):
-  value = artifact.custom_properties.get(name)
-  if value is None:
-    return None
-  which = value.WhichOneof('value')
-  return getattr(value, which) if which else None
+# Custom properties of an ML Metadata artifact (None when unset).
+_prop = readers.artifact_property
 
 
-def _metric_value(value) -> Optional[float]:
-  if isinstance(value, dict):
-    if 'doubleValue' in value:
-      return float(value['doubleValue'])
-    return None
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    return None
-
-
-def _class_id(sub_key: str) -> int:
-  """'classId:3' or 'classId:3 topK:1' -> 3."""
-  return int(sub_key.split()[0].split(':')[1])
+def _summary_metric_name(key) -> str:
+  """A MetricKey named as ``tfma.load_eval_result`` names it, aggregates
+  shortened ('macro_auc'): '<name>_diff' for a change vs the baseline."""
+  if key.is_diff:
+    return f'{key.name}_diff'
+  if key.HasField('aggregation_type'):
+    return _plain_metric_name(f'{key.aggregation_type}_{key.name}')
+  return key.name
 
 
 def read_evaluation(evaluation_uri: str, labels: Sequence[str]):
-  """(overall metrics, per-class recall, failed thresholds, has_baseline)."""
-  result = tfma.load_eval_result(evaluation_uri)
+  """(overall metrics, per-class recall, failed thresholds, has_baseline).
+
+  From the run report's reader (components/run_report/readers.py): the
+  candidate's overall slice, double values (NaN kept), the metrics of no
+  model name included.
+  """
   metrics: Dict[str, float] = {}
   recall: Dict[str, float] = {}
   has_baseline = False
-  for slice_key, slice_metrics in result.slicing_metrics:
+  candidate, records = readers.metric_records(evaluation_uri)
+  for slice_key, record in records:
     if slice_key != ():
       continue
-    for _, by_sub_key in slice_metrics.items():
-      for sub_key, values in by_sub_key.items():
-        for name, value in values.items():
-          number = _metric_value(value)
-          if number is None:
-            continue
-          name = _plain_metric_name(name)
-          if name.endswith('_diff'):
-            has_baseline = True
-          if sub_key.startswith('classId:'):
-            if name == tfma_metrics.CLASS_RECALL_NAME:
-              recall[labels[_class_id(sub_key)]] = number
-          elif sub_key == '':
-            metrics[name] = number
+    for key, number, kind in readers.candidate_values(
+        record, candidate, model_independent=True):
+      if kind != 'double_value':  # A bounded value: load_eval_result's dict.
+        continue
+      name = _summary_metric_name(key)
+      if name.endswith('_diff'):
+        has_baseline = True
+      if key.sub_key.HasField('class_id'):
+        if name == tfma_metrics.CLASS_RECALL_NAME:
+          recall[labels[key.sub_key.class_id.value]] = number
+      elif not (key.sub_key.HasField('top_k') or key.sub_key.HasField('k')):
+        metrics[name] = number
   failures = []
-  validation = tfma.load_validation_result(evaluation_uri)
+  validation = readers.read_validation(evaluation_uri)
   for per_slice in validation.metric_validations_per_slice:
     for failure in per_slice.failures:
       failures.append(threshold_failure_text(failure, labels))
@@ -344,9 +331,14 @@ def _threshold_text(threshold, value: Optional[float] = None):
     return ' and '.join(parts), (max(misses) if misses else None)
   if threshold.HasField('change_threshold'):
     t = threshold.change_threshold
-    miss = (t.absolute.value - value
-            if value is not None and value < t.absolute.value else None)
-    return f'change >= {t.absolute.value:.4f}', miss
+    miss = None
+    if value is not None and t.HasField('absolute'):
+      if readers.change_lower_is_better(t):
+        miss = (value - t.absolute.value if value > t.absolute.value
+                else None)
+      elif value < t.absolute.value:
+        miss = t.absolute.value - value
+    return readers.change_threshold_text(t), miss
   return str(threshold), None
 
 
@@ -374,12 +366,11 @@ def latest_run(settings: configs.Settings) -> RunSummary:
     outputs = _outputs(store, execution.id)
     if 'blessing' in outputs and outputs['blessing']:
       blessing = outputs['blessing'][0]
-      report_path = os.path.join(blessing.uri,
-                                 interval_gate.GATE_REPORT_FILE)
-      if tf.io.gfile.exists(report_path):  # The IntervalGate's.
+      gate_report = readers.read_gate_report_file(blessing.uri)
+      if gate_report is not None:  # The IntervalGate's.
         summary.gate_blessed = bool(_prop(blessing, 'blessed'))
-        summary.gate_report = interval_gate.read_report(blessing.uri)
-        summary.intervals = interval_gate.read_intervals(blessing.uri)
+        summary.gate_report = gate_report
+        summary.intervals = readers.read_intervals(blessing.uri)
       else:  # The Evaluator's.
         summary.evaluator_blessed = bool(_prop(blessing, 'blessed'))
       summary.blessed = (summary.evaluator_blessed is not False

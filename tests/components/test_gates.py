@@ -29,6 +29,7 @@ from tfx.utils import proto_utils
 from components import mobile_exporter
 from components import mobile_pusher
 from components import interval_gate
+from components.run_report import readers as report_readers
 from components import tfma_metrics
 from pipeline import cli
 from pipeline import configs
@@ -280,14 +281,14 @@ def _run_interval_gate(evaluated, tiny_tfrecords, tmp_path, baseline=True,
     inputs['baseline_model'] = [model]
   executor = interval_gate.IntervalGate.EXECUTOR_SPEC.executor_class()
   executor.Do(inputs, {'blessing': [blessing]}, properties)
-  return blessing, interval_gate.read_report(blessing.uri)
+  return blessing, report_readers.read_gate_report_file(blessing.uri)
 
 
 def test_interval_gate_point_values_equal_tfmas(evaluated, tiny_tfrecords,
                                                 tmp_path):
   evaluation, _, _ = evaluated
   blessing, report = _run_interval_gate(evaluated, tiny_tfrecords, tmp_path)
-  found = interval_gate.read_intervals(blessing.uri)
+  found = report_readers.read_intervals(blessing.uri)
   overall = found['overall']['metrics']
   metrics = _overall_metrics(evaluation.uri)
   assert found['overall']['examples'] == _value(metrics, 'example_count')

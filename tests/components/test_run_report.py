@@ -1,4 +1,4 @@
-"""The run report and model card (components/run_report.py).
+"""The run report and model card (components/run_report/).
 
 Unit tests on crafted inputs (slice tables and gate marks, the interval
 gate's report, TFMA plot protos, reliability and Grad-CAM picks), then one
