@@ -13,7 +13,7 @@ Markdown table of wall-clock seconds.  BENCHMARKS.md records the runs.
       --ham10000 ../shared/data/ham10000 --ham10000-copies 1 3 \\
       --modes in_memory flink --flink localhost:8081
 
-``flink``: configs.local_flink_beam_args (FlinkRunner, Beam's job server,
+``flink``: pipeline/beam_args.local_flink_beam_args (FlinkRunner, Beam's job server,
 LOOPBACK SDK harness in the launching process, parallelism 2).
 
 Archives: generated ones (pipeline/demo_data.py, ``--per-class`` N gives
@@ -41,10 +41,10 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def beam_args(mode: str) -> list:
   """A mode of --one: N (DirectRunner workers) or flink=HOST:PORT."""
   sys.path.insert(0, PROJECT_ROOT)
-  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  from pipeline import beam_args as beam_args_lib  # pylint: disable=g-import-not-at-top
   if mode.startswith('flink='):
-    return configs.local_flink_beam_args(mode.split('=', 1)[1])
-  return configs.direct_beam_args(int(mode))
+    return beam_args_lib.local_flink_beam_args(mode.split('=', 1)[1])
+  return beam_args_lib.direct_beam_args(int(mode))
 
 
 def _flink_get(master: str, path: str):
@@ -77,6 +77,7 @@ def run_stages(data_root: str, mode: str, work_dir: str) -> dict:
   from tfx.types import standard_artifacts
   from tfx.utils import proto_utils
   from components import image_example_gen
+  from pipeline import beam_args as beam_args_lib
   from pipeline import configs
   from pipeline import pipeline as pipeline_lib
   # pylint: enable=g-import-not-at-top
@@ -97,7 +98,7 @@ def run_stages(data_root: str, mode: str, work_dir: str) -> dict:
         beam_pipeline_args=list(settings.beam_pipeline_args),
         tmp_dir=os.path.join(work_dir, 'tmp'), unique_id='1')
 
-  master = configs.flink_master_of(settings.beam_pipeline_args)
+  master = beam_args_lib.flink_master_of(settings.beam_pipeline_args)
   out = {}
 
   def timed(stage, run):

@@ -64,15 +64,15 @@ def _settings_from(args):
 def _beam_args(args) -> Optional[List[str]]:
   """--beam / --beam-workers (None: the settings' own, or
   SKINLESION_BEAM_PIPELINE_ARGS)."""
-  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  from pipeline import beam_args  # pylint: disable=g-import-not-at-top
   beam = getattr(args, 'beam', None)
   workers = getattr(args, 'beam_workers', None)
   if workers is not None:
     if beam not in (None, 'direct'):
       raise SystemExit('skinlesion: --beam-workers is for --beam direct')
-    return configs.direct_beam_args(workers)
+    return beam_args.direct_beam_args(workers)
   try:
-    return configs.beam_args_for(beam) if beam else None
+    return beam_args.beam_args_for(beam) if beam else None
   except ValueError as e:
     raise SystemExit(f'skinlesion: {e}') from None
 
@@ -248,8 +248,9 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from pipeline import demo_data  # pylint: disable=g-import-not-at-top
+  from pipeline import beam_args  # pylint: disable=g-import-not-at-top
   from pipeline import configs  # pylint: disable=g-import-not-at-top
+  from pipeline import demo_data  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog='skinlesion',
       description='Skin-lesion classification pipeline on TFX.')
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='where the Beam stages (ImageExampleGen, '
                    'StatisticsGen, Evaluator) run: direct (default) or '
                    f'flink[=HOST:PORT] (a Flink 1.19 cluster; default '
-                   f'{configs.FLINK_MASTER}, tools/flink_cluster.sh start)')
+                   f'{beam_args.FLINK_MASTER}, tools/flink_cluster.sh start)')
 
   ingest = sub.add_parser(
       'ingest', help='ingest and validate an archive (no training)')

@@ -14,7 +14,7 @@ credentials).  Settings come from the environment (``configs.Settings``):
   SKINLESION_DATA_ROOT        gs:// (or s3://) archive root
   SKINLESION_SERVING_DIR      optional: where blessed models are pushed
   SKINLESION_BEAM_PIPELINE_ARGS  Beam flags for the data components (e.g.
-                              configs.dataflow_beam_args)
+                              beam_args.dataflow_beam_args)
   SKINLESION_TRAINER_CPU_LIMIT, _MEMORY_LIMIT, _ACCELERATOR_TYPE,
   _ACCELERATOR_COUNT          the Trainer's container resources
 
@@ -50,6 +50,7 @@ if __package__ in (None, ''):
 from absl import logging  # pylint: disable=g-import-not-at-top
 from tfx import v1 as tfx
 
+from pipeline import beam_args
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 

@@ -29,6 +29,7 @@ if __package__ in (None, ''):
 from absl import logging  # pylint: disable=g-import-not-at-top
 from tfx import v1 as tfx
 
+from pipeline import beam_args
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 
@@ -77,11 +78,11 @@ class FlinkUnavailableError(RuntimeError):
   """The Beam arguments name a Flink cluster that cannot run the job."""
 
 
-def check_flink(beam_args, timeout: float = 5.0) -> None:
+def check_flink(pipeline_args, timeout: float = 5.0) -> None:
   """Fails in seconds, naming the master, when FlinkRunner arguments point at
   a Flink cluster whose REST API does not answer (Beam itself would retry the
   submission for minutes), or at a job-server jar that is not there."""
-  master = configs.flink_master_of(list(beam_args))
+  master = beam_args.flink_master_of(list(pipeline_args))
   if master is None:
     return
   if master not in ('[auto]', '[local]'):  # Not embedded in the job server.
@@ -95,7 +96,7 @@ def check_flink(beam_args, timeout: float = 5.0) -> None:
           f'the Flink master {master} does not answer ({reason}): start the '
           'local cluster (tools/flink_cluster.sh start) or name a running '
           'one (--beam flink=HOST:PORT)') from None
-  jars = [a.split('=', 1)[1] for a in beam_args
+  jars = [a.split('=', 1)[1] for a in pipeline_args
           if a.startswith('--flink_job_server_jar=')]
   if jars and not os.path.exists(jars[-1]):
     raise FlinkUnavailableError(

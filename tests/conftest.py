@@ -327,12 +327,12 @@ class FlinkCluster:
 
 def _flink_missing():
   """Why the Flink tests cannot run here, or None."""
-  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  from pipeline import beam_args  # pylint: disable=g-import-not-at-top
   for tool in ('java', 'mvn'):
     if not shutil.which(tool):
       return f'{tool} is not on PATH'
-  if not os.path.exists(configs.FLINK_JOB_SERVER_JAR):
-    return f'{configs.FLINK_JOB_SERVER_JAR} is missing (make flink)'
+  if not os.path.exists(beam_args.FLINK_JOB_SERVER_JAR):
+    return f'{beam_args.FLINK_JOB_SERVER_JAR} is missing (make flink)'
   return None
 
 

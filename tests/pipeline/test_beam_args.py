@@ -16,6 +16,7 @@ from apache_beam.transforms import environments
 from tfx.utils import dependency_utils
 
 from pipeline import cli
+from pipeline import beam_args
 from pipeline import configs
 
 IMAGE = 'europe-west4-docker.pkg.dev/proj/repo/skin-lesion-tfx:3f9c2e1'
@@ -32,15 +33,15 @@ def _options(args):
 
 
 def test_direct_runner_in_process_or_multi_processing():
-  assert configs.direct_beam_args(1) == configs.BEAM_PIPELINE_ARGS
-  direct = _options(configs.direct_beam_args(4)).view_as(po.DirectOptions)
+  assert beam_args.direct_beam_args(1) == configs.BEAM_PIPELINE_ARGS
+  direct = _options(beam_args.direct_beam_args(4)).view_as(po.DirectOptions)
   assert (direct.direct_running_mode, direct.direct_num_workers) == (
       'multi_processing', 4)
   # 0: Beam starts one worker per CPU core.
-  assert _options(configs.direct_beam_args(0)).view_as(
+  assert _options(beam_args.direct_beam_args(0)).view_as(
       po.DirectOptions).direct_num_workers == 0
   with pytest.raises(ValueError):
-    configs.direct_beam_args(-1)
+    beam_args.direct_beam_args(-1)
 
 
 def test_cli_beam_workers_flag_sets_the_direct_runner_args(tmp_path):
@@ -54,7 +55,7 @@ def test_cli_beam_workers_flag_sets_the_direct_runner_args(tmp_path):
 
 
 def test_dataflow_args():
-  args = configs.dataflow_beam_args(
+  args = beam_args.dataflow_beam_args(
       project='proj', region='europe-west4',
       temp_location='gs://bucket/tmp', sdk_container_image=IMAGE,
       max_num_workers=20, machine_type='n2-standard-8')
@@ -70,15 +71,15 @@ def test_dataflow_args():
   # The project's own setup.py ships the code: TFX adds no package of its own.
   assert dependency_utils.make_beam_dependency_flags(args) == args
   with pytest.raises(ValueError, match='gs://'):
-    configs.dataflow_beam_args('proj', 'europe-west4', '/tmp/local')
+    beam_args.dataflow_beam_args('proj', 'europe-west4', '/tmp/local')
 
 
 @pytest.mark.parametrize('builder,runner,master', [
-    (lambda **kw: configs.flink_beam_args('flink-jobmanager:8081', **kw),
+    (lambda **kw: beam_args.flink_beam_args('flink-jobmanager:8081', **kw),
      'FlinkRunner', ('flink_master', 'flink-jobmanager:8081')),
-    (lambda **kw: configs.spark_beam_args('spark://spark-master:7077', **kw),
+    (lambda **kw: beam_args.spark_beam_args('spark://spark-master:7077', **kw),
      'SparkRunner', ('spark_master_url', 'spark://spark-master:7077')),
-    (lambda **kw: configs.portable_beam_args('beam-job-server:8099', **kw),
+    (lambda **kw: beam_args.portable_beam_args('beam-job-server:8099', **kw),
      'PortableRunner', ('job_endpoint', 'beam-job-server:8099')),
 ])
 def test_portable_runner_args(builder, runner, master):
@@ -108,7 +109,7 @@ def test_portable_runner_args(builder, runner, master):
 
 
 def test_flink_and_spark_specific_flags():
-  flink = _options(configs.flink_beam_args(
+  flink = _options(beam_args.flink_beam_args(
       'jm:8081', environment_type='LOOPBACK', parallelism=8,
       flink_version='1.18', job_server_jar='/jars/flink-job-server.jar'))
   options = flink.view_as(po.FlinkRunnerOptions)
@@ -116,34 +117,34 @@ def test_flink_and_spark_specific_flags():
           options.flink_job_server_jar) == (8, '1.18',
                                             '/jars/flink-job-server.jar')
   assert flink.view_as(po.PortableOptions).environment_type == 'LOOPBACK'
-  spark = _options(configs.spark_beam_args(
+  spark = _options(beam_args.spark_beam_args(
       'spark://m:7077', environment_type='LOOPBACK',
       job_server_jar='/jars/spark-job-server.jar'))
   assert spark.view_as(po.SparkRunnerOptions).spark_version == '3'
   assert spark.view_as(po.SparkRunnerOptions).spark_job_server_jar == (
       '/jars/spark-job-server.jar')
   with pytest.raises(ValueError, match='environment_type'):
-    configs.flink_beam_args('jm:8081', environment_type='KUBERNETES')
+    beam_args.flink_beam_args('jm:8081', environment_type='KUBERNETES')
 
 
 def test_local_flink_args_loopback_parallelism_2_and_the_local_job_server():
-  args = configs.local_flink_beam_args()
+  args = beam_args.local_flink_beam_args()
   options = _options(args)
   flink = options.view_as(po.FlinkRunnerOptions)
   assert options.view_as(po.StandardOptions).runner == 'FlinkRunner'
   assert (flink.flink_master, flink.flink_version, flink.parallelism,
           flink.flink_job_server_jar) == (
-              configs.FLINK_MASTER, '1.19', 2, configs.FLINK_JOB_SERVER_JAR)
+              beam_args.FLINK_MASTER, '1.19', 2, beam_args.FLINK_JOB_SERVER_JAR)
   # No Docker engine: this process is the SDK harness.
   assert options.view_as(po.PortableOptions).environment_type == 'LOOPBACK'
-  assert configs.flink_master_of(args) == configs.FLINK_MASTER
-  assert configs.flink_master_of(configs.direct_beam_args()) is None
-  assert configs.flink_master_of(
-      configs.local_flink_beam_args('jm:9081')) == 'jm:9081'
+  assert beam_args.flink_master_of(args) == beam_args.FLINK_MASTER
+  assert beam_args.flink_master_of(beam_args.direct_beam_args()) is None
+  assert beam_args.flink_master_of(
+      beam_args.local_flink_beam_args('jm:9081')) == 'jm:9081'
 
 
 @pytest.mark.parametrize('spec,master', [
-    ('flink', configs.FLINK_MASTER), ('flink=jm.example:18081',
+    ('flink', beam_args.FLINK_MASTER), ('flink=jm.example:18081',
                                       'jm.example:18081')])
 def test_cli_beam_flag_runs_the_data_stages_on_flink(tmp_path, spec, master):
   for command in (['run', '--data', str(tmp_path)],
@@ -152,7 +153,7 @@ def test_cli_beam_flag_runs_the_data_stages_on_flink(tmp_path, spec, master):
     if command[0] == 'ingest':
       parsed.home = parsed.out
     settings = cli._settings_from(parsed)  # pylint: disable=protected-access
-    assert settings.beam_pipeline_args == configs.local_flink_beam_args(master)
+    assert settings.beam_pipeline_args == beam_args.local_flink_beam_args(master)
     # The TFX CLI path: the same arguments through the environment.
     assert configs.Settings.from_env(
         settings.to_env()).beam_pipeline_args == settings.beam_pipeline_args

@@ -28,6 +28,7 @@ from tfx.types import standard_artifacts
 
 from components import image_example_gen
 from pipeline import cli
+from pipeline import beam_args
 from pipeline import configs
 from pipeline import summary
 from tests.e2e.test_pipeline_e2e import _settings
@@ -89,7 +90,7 @@ def flink_run(flink_cluster, tiny_archive, tmp_path_factory):
   assert code == 0
   jobs = [job for job in flink_cluster.get('/jobs/overview')['jobs']
           if job['jid'] not in before]
-  settings.beam_pipeline_args = configs.local_flink_beam_args(
+  settings.beam_pipeline_args = beam_args.local_flink_beam_args(
       flink_cluster.master)
   return settings, summary.latest_run(settings), jobs, seconds
 
@@ -129,7 +130,7 @@ def test_beam_stages_ran_as_flink_jobs_on_both_taskmanagers(flink_run,
         job['name'])
     parallelism = {v['parallelism'] for v in
                    flink_cluster.get(f'/jobs/{job["jid"]}')['vertices']}
-    assert configs.FLINK_PARALLELISM in parallelism, job['name']
+    assert beam_args.FLINK_PARALLELISM in parallelism, job['name']
 
 
 def test_examples_and_statistics_equal_the_direct_runners(

@@ -20,6 +20,7 @@ from tfx.utils import import_utils
 from components import data_report
 from components import mobile_exporter
 from components import run_report
+from pipeline import beam_args
 from pipeline import configs
 from pipeline import kubeflow_runner
 from tests.conftest import PROJECT_ROOT
@@ -28,7 +29,7 @@ IMAGE = 'europe-west4-docker.pkg.dev/proj/repo/skin-lesion-tfx:3f9c2e1'
 HOME = 'gs://skin-bucket/tfx'
 DATA = 'gs://skin-bucket/ham10000'
 PIPELINE_ROOT = 'gs://skin-bucket/tfx/pipelines/skin-lesion-tfx'
-DATAFLOW_ARGS = configs.dataflow_beam_args(
+DATAFLOW_ARGS = beam_args.dataflow_beam_args(
     project='proj', region='europe-west4',
     temp_location='gs://skin-bucket/dataflow-tmp',
     setup_file=configs.PROJECT_DIR_IN_IMAGE + '/setup.py',

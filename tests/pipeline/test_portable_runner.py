@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from components import image_example_gen
+from pipeline import beam_args
 from pipeline import configs
 from tests.pipeline.beam_stages import run_stages
 from tests.pipeline.beam_stages import split_examples
@@ -39,7 +40,7 @@ def runs(tiny_archive, tmp_path_factory):
   port = job_service.start_grpc_server(0)
   try:
     portable = run_stages(
-        settings, configs.portable_beam_args(f'localhost:{port}',
+        settings, beam_args.portable_beam_args(f'localhost:{port}',
                                              environment_type='LOOPBACK'),
         out / 'portable')
     jobs = job_service.GetJobs(beam_job_api_pb2.GetJobsRequest()).job_info
