@@ -1,7 +1,8 @@
 """The tf.Example contract shared by ingestion, training, evaluation and export.
 
 Every component reads feature keys from here; nothing else spells them out.
-The label list is a pipeline setting (``pipeline/configs.py``) and reaches the
+The label list is a pipeline setting (``pipeline/configs.py``; the named sets
+are in ``models/domain.py``) and reaches the
 code that needs it as a parameter, so a dataset with other classes needs no
 code change.
 """
@@ -14,7 +15,7 @@ AGE_KEY = 'age'              # float, may be missing
 SEX_KEY = 'sex'              # bytes: male | female | unknown
 LOCALIZATION_KEY = 'localization'  # bytes: anatomical site or 'unknown'
 DATASET_KEY = 'dataset'      # bytes: acquisition source
-AGE_BAND_KEY = 'age_band'    # bytes: pipeline/configs.AGE_BAND_NAMES (derived from age)
+AGE_BAND_KEY = 'age_band'    # bytes: models/domain.AGE_BAND_NAMES (derived from age)
 
 # What mixed_input reads besides the image (its serving_images inputs too).
 METADATA_KEYS = (AGE_KEY, SEX_KEY, LOCALIZATION_KEY)

@@ -44,6 +44,7 @@ from keras import ops
 
 from models import augmentation
 from models import cnn_baseline
+from models import domain
 from models import efficientnet_lite
 from models import features
 
@@ -282,7 +283,6 @@ def build_mixed_input(num_classes: int, image_size: int,
                       **unused) -> keras.Model:
   """Image backbone + metadata MLP, concatenated, dense head (R2)."""
   del unused
-  from pipeline import configs  # pylint: disable=g-import-not-at-top
   if backbone == 'mixed_input' or (backbone not in BACKBONES
                                    and backbone != 'cnn_baseline'):
     raise ValueError(f'mixed_input backbone must be cnn_baseline or one of '
@@ -292,15 +292,15 @@ def build_mixed_input(num_classes: int, image_size: int,
   x = _image_features(image, backbone, image_size, weights, alpha,
                       augment if augment is not None else {}, width,
                       synchronized_batch_norm)
-  age = AgeFeatures(configs.AGE_SCALE, name='age_features')(
+  age = AgeFeatures(domain.AGE_SCALE, name='age_features')(
       meta[features.AGE_KEY])
   # One-hot over the vocabulary plus one bucket (index 0) for any other
   # value, 'unknown' included.
   sex = keras.layers.StringLookup(
-      vocabulary=list(configs.SEX_VOCABULARY), num_oov_indices=1,
+      vocabulary=list(domain.SEX_VOCABULARY), num_oov_indices=1,
       output_mode='one_hot', name='sex_one_hot')(meta[features.SEX_KEY])
   site = keras.layers.StringLookup(
-      vocabulary=list(configs.LOCALIZATION_VOCABULARY), num_oov_indices=1,
+      vocabulary=list(domain.LOCALIZATION_VOCABULARY), num_oov_indices=1,
       output_mode='one_hot', name='localization_one_hot')(
           meta[features.LOCALIZATION_KEY])
   m = keras.layers.Concatenate(name='metadata')([age, sex, site])

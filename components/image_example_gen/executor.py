@@ -35,8 +35,8 @@ from components.image_example_gen.layouts import MALFORMED_ROW
 from components.image_example_gen.layouts import NO_ROW
 from components.image_example_gen.layouts import OUTSIDE_ROOT
 from components.image_example_gen.layouts import UNKNOWN_LABEL
+from models import domain
 from models import features
-from pipeline import configs
 
 REPORT_FILE = 'ingestion_report.json'
 QUARANTINE_FILE = 'quarantine.csv'
@@ -70,9 +70,9 @@ def record_to_example(record: Dict[str, Any], jpeg: bytes) -> tf.train.Example:
   if record[features.AGE_KEY] is not None:
     feature[features.AGE_KEY] = tf.train.Feature(
         float_list=tf.train.FloatList(value=[record[features.AGE_KEY]]))
-  # Derived, for slicing the evaluation (bands: pipeline/configs.AGE_BANDS).
+  # Derived, for slicing the evaluation (bands: models/domain.AGE_BANDS).
   feature[features.AGE_BAND_KEY] = tf.train.Feature(bytes_list=tf.train.BytesList(
-      value=[configs.age_band(record[features.AGE_KEY]).encode('utf-8')]))
+      value=[domain.age_band(record[features.AGE_KEY]).encode('utf-8')]))
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 

@@ -18,14 +18,14 @@ from components.image_example_gen.images import _is_local
 from components.image_example_gen.images import IMAGE_EXTENSIONS
 from components.image_example_gen.images import MISSING_IMAGE
 from components.image_example_gen.images import UNSUPPORTED
+from models import domain
 from models import features
-from pipeline import configs
 
-HAM10000_CSV = configs.HAM10000_CSV
-ISIC2019_GROUND_TRUTH = configs.ISIC2019_GROUND_TRUTH
-ISIC2019_METADATA = configs.ISIC2019_METADATA
-GENERIC_CSV = configs.GENERIC_CSV
-ISIC2019_CLASSES = configs.ISIC2019_COLUMN_ORDER
+HAM10000_CSV = domain.HAM10000_CSV
+ISIC2019_GROUND_TRUTH = domain.ISIC2019_GROUND_TRUTH
+ISIC2019_METADATA = domain.ISIC2019_METADATA
+GENERIC_CSV = domain.GENERIC_CSV
+ISIC2019_CLASSES = domain.ISIC2019_COLUMN_ORDER
 
 # Quarantine reasons of the listing (besides images.MISSING_IMAGE and
 # images.UNSUPPORTED).
