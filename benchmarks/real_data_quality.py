@@ -1,11 +1,13 @@
-"""Real-data quality: train registry models on HAM10000, score the test split.
+"""Real-data quality: train registry models on HAM10000, score one split.
 
 Uses the project's own ingestion output (``skinlesion ingest``: lesion-
 disjoint train / eval / test splits by lesion_id hash) and the Trainer's
 ``run_fn`` itself (the same code the pipeline runs), then scores the exported
-``serving_default`` signature on the untouched test split: balanced accuracy,
+``serving_default`` signature on one split (``--split``): balanced accuracy,
 accuracy, macro F1, per-class recall (melanoma first), wall time, and the
-test-split ECE / NLL with the Trainer's temperature scaling and without it.
+split's ECE / NLL with the Trainer's temperature scaling and without it.
+Choosing between configurations is done on ``--split eval`` (the default);
+``--split test`` is for the one final score of the chosen configuration.
 
   skinlesion ingest --data ../shared/data/ham10000 --out /tmp/ham_home
   nice -n 10 .venv/bin/python benchmarks/real_data_quality.py \
@@ -40,17 +42,17 @@ from models import trainer  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 
-def score(serving_dir: str, test_files, labels) -> dict:
+def score(serving_dir: str, files, labels) -> dict:
   model = tf.saved_model.load(serving_dir)
   serve = model.signatures[features.EXAMPLE_SIGNATURE]
   spec = {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
   y_true, probabilities = [], []
-  for batch in preprocessing.read_examples(test_files).batch(64):
+  for batch in preprocessing.read_examples(files).batch(64):
     probabilities.append(serve(examples=batch)[features.PREDICTION_KEY].numpy())
     y_true.extend(tf.io.parse_example(batch, spec)[features.LABEL_KEY].numpy())
   probabilities = np.concatenate(probabilities)
   y_true, y_pred = np.array(y_true), probabilities.argmax(axis=1)
-  # Calibration on the test split, with the Trainer's temperature (folded
+  # Calibration on the scored split, with the Trainer's temperature (folded
   # into the model when applied) and without it: softmax(log p * T) undoes
   # the fold exactly.
   fit = calibration.read(serving_dir)
@@ -62,7 +64,7 @@ def score(serving_dir: str, test_files, labels) -> dict:
   order = sorted(range(len(labels)),
                  key=lambda i: (labels[i] != configs.MELANOMA_LABEL, i))
   return {
-      'test_examples': int(len(y_true)),
+      'examples': int(len(y_true)),
       'balanced_accuracy': float(skm.balanced_accuracy_score(y_true, y_pred)),
       'accuracy': float(skm.accuracy_score(y_true, y_pred)),
       'macro_f1': float(skm.f1_score(y_true, y_pred, average='macro')),
@@ -70,13 +72,13 @@ def score(serving_dir: str, test_files, labels) -> dict:
       'confusion': skm.confusion_matrix(
           y_true, y_pred, labels=range(len(labels))).tolist(),
       'calibration_fit': fit,
-      'test_ece': calibration.expected_calibration_error(
+      'ece': calibration.expected_calibration_error(
           probabilities, y_true, bins),
-      'test_ece_without_temperature': calibration.expected_calibration_error(
+      'ece_without_temperature': calibration.expected_calibration_error(
           uncalibrated, y_true, bins),
-      'test_nll': float(skm.log_loss(y_true, probabilities,
+      'nll': float(skm.log_loss(y_true, probabilities,
                                      labels=range(len(labels)))),
-      'test_nll_without_temperature': float(skm.log_loss(
+      'nll_without_temperature': float(skm.log_loss(
           y_true, uncalibrated, labels=range(len(labels)))),
   }
 
@@ -88,6 +90,8 @@ def main():
   parser.add_argument('--out', required=True)
   parser.add_argument('--run', action='append', required=True,
                       help='MODEL:JSON overrides of REAL_DATA_PRESET')
+  parser.add_argument('--split', default='eval', choices=('eval', 'test'),
+                      help='the split scored (choose on eval; test once)')
   parser.add_argument('--work', default='')
   args = parser.parse_args()
   split = lambda name: [os.path.join(args.examples, f'Split-{name}', '*')]
@@ -116,7 +120,8 @@ def main():
               'epochs_run': len(history['history']['loss']),
               'phases': history['phases'],
               'train_counts': history['train_counts'],
-              **score(fn_args.serving_model_dir, split('test'), labels)}
+              'split': args.split,
+              **score(fn_args.serving_model_dir, split(args.split), labels)}
     print(json.dumps({k: v for k, v in result.items()
                       if k not in ('config', 'confusion', 'phases')}),
           flush=True)

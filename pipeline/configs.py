@@ -69,7 +69,8 @@ FAIRNESS_THRESHOLDS: Tuple[float, ...] = (0.25, 0.5)
 # thresholds (TFMA's default).  Fewer make the Evaluator faster (1,000:
 # about half the time) but the sum coarser where a class's scores crowd into
 # a narrow range (on a near-constant model 1,000 was 0.036 off
-# scikit-learn's exact AUC, 10,000 0.0035): see BENCHMARKS.md.
+# scikit-learn's exact AUC, 10,000 0.0035): see BENCHMARKS.md.  The default
+# of Settings.auc_thresholds.
 AUC_THRESHOLDS = 10000
 # Reliability diagram / expected calibration error: equal-width bins of the
 # top-1 probability.
@@ -300,6 +301,9 @@ class Settings:
   # Run report (components/run_report.py): Grad-CAM test images per true
   # class, this many correct and this many wrong.
   report_gradcam_per_class: int = 2
+  # The Evaluator's one-vs-rest AUC: this many thresholds (AUC_THRESHOLDS
+  # above: what the cost and the precision are).
+  auc_thresholds: int = AUC_THRESHOLDS
   beam_pipeline_args: List[str] = dataclasses.field(
       default_factory=lambda: list(BEAM_PIPELINE_ARGS))
   enable_cache: bool = True
@@ -403,6 +407,9 @@ class Settings:
     if self.imbalance not in IMBALANCE_METHODS:
       raise ValueError(f'imbalance must be one of {IMBALANCE_METHODS}, got '
                        f'{self.imbalance!r}')
+    if self.auc_thresholds < 2:
+      raise ValueError(f'auc_thresholds must be >= 2, got '
+                       f'{self.auc_thresholds}')
     if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
       raise ValueError(f'labels must be >= 2 distinct names: {self.labels}')
     self.melanoma_class  # Raises when it names an absent class.

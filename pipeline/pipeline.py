@@ -208,7 +208,7 @@ def build_eval_config(settings: configs.Settings) -> tfma.EvalConfig:
                   class_weights={c: 1.0 for c in class_ids}),
               metrics=[tfma.MetricConfig(
                   class_name='AUC', config=json.dumps(
-                      {'num_thresholds': configs.AUC_THRESHOLDS}))]),
+                      {'num_thresholds': settings.auc_thresholds}))]),
           tfma.MetricsSpec(binarize=per_class, metrics=[
               tfma.MetricConfig(
                   class_name='CalibrationPlot',

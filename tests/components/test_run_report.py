@@ -27,6 +27,7 @@ from models import trainer
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 from tests.conftest import open_in_headless_chromium
+from tests.conftest import TINY_AUC_THRESHOLDS
 
 LABELS = list(configs.LABELS)
 MEL = LABELS.index('mel')
@@ -327,7 +328,8 @@ def built_report(trained_model, tiny_tfrecords, tmp_path_factory):
   model_uri = root / 'model'
   os.makedirs(model_uri)
   os.symlink(trained_model.serving_model_dir, model_uri / 'Format-Serving')
-  settings = configs.Settings(min_balanced_accuracy=0.0)
+  settings = configs.Settings(min_balanced_accuracy=0.0,
+                              auc_thresholds=TINY_AUC_THRESHOLDS)
   eval_config = pipeline_lib.build_eval_config(settings)
   for spec in eval_config.metrics_specs:  # No baseline: no change gate.
     for metric in spec.metrics:

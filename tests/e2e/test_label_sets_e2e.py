@@ -28,6 +28,7 @@ from pipeline import configs
 from pipeline import demo_data
 from pipeline import summary
 from tests.conftest import LOOSE_GATES
+from tests.conftest import TINY_AUC_THRESHOLDS
 from tests.conftest import classify_with_task_library
 from tests.conftest import cli_with_settings
 
@@ -52,7 +53,8 @@ def _settings(layout, archive, home):
       data_root=archive, home=home, layout=layout, image_size=IMAGE_SIZE,
       epochs=3, width=0.25, batch_size=16, tflite_min_top1_agreement=0.0,
       tflite_max_balanced_accuracy_drop=1.0, tflite_representative_examples=50,
-      bootstrap_draws=100, report_gradcam_per_class=0, **LOOSE_GATES)
+      bootstrap_draws=100, report_gradcam_per_class=0,
+      auc_thresholds=TINY_AUC_THRESHOLDS, **LOOSE_GATES)
 
 
 @pytest.fixture(scope='module', params=sorted(CASES))

@@ -35,6 +35,7 @@ from pipeline import cli
 from pipeline import configs
 from pipeline import summary
 from tests.conftest import LOOSE_GATES
+from tests.conftest import TINY_AUC_THRESHOLDS
 from tests.conftest import classify_with_task_library
 from tests.conftest import cli_with_settings
 from tests.conftest import open_in_headless_chromium
@@ -54,7 +55,8 @@ def _settings(archive, home, **overrides):
   # tests/components/test_mobile_components.py.
   values = dict(data_root=archive, home=home, image_size=IMAGE_SIZE, epochs=10,
                 width=0.25, batch_size=16, tflite_min_top1_agreement=0.85,
-                tflite_max_balanced_accuracy_drop=0.1, **LOOSE_GATES)
+                tflite_max_balanced_accuracy_drop=0.1,
+                auc_thresholds=TINY_AUC_THRESHOLDS, **LOOSE_GATES)
   values.update(overrides)
   return configs.Settings(**values)
 

@@ -35,6 +35,7 @@ from pipeline import pipeline as pipeline_lib
 from pipeline import summary
 from tests.conftest import cli_with_settings
 from tests.conftest import PROJECT_ROOT
+from tests.conftest import TINY_AUC_THRESHOLDS
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,8 @@ def _settings(archive, home, **overrides):
                 max_balanced_accuracy_drop=1.0, tflite_min_top1_agreement=0.0,
                 tflite_max_balanced_accuracy_drop=1.0,
                 split_buckets={'train': 2, 'eval': 1, 'test': 1},
-                require_every_class_in_every_split=False)
+                require_every_class_in_every_split=False,
+                auc_thresholds=TINY_AUC_THRESHOLDS)
   values.update(overrides)
   return configs.Settings(**values)
 

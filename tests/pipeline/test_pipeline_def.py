@@ -161,6 +161,18 @@ def test_gate_thresholds_apply_to_the_overall_slice_only():
                     ['dataset'], ['sex', 'age_band']]
 
 
+def test_auc_thresholds_setting_reaches_every_auc():
+  for value in (configs.AUC_THRESHOLDS, 1000):
+    config = pipeline_lib.build_eval_config(configs.Settings(
+        auc_thresholds=value))
+    aucs = [json.loads(m.config) for s in config.metrics_specs
+            for m in s.metrics if m.class_name == 'AUC']
+    assert aucs and all(a['num_thresholds'] == value for a in aucs), aucs
+  assert configs.Settings().auc_thresholds == configs.AUC_THRESHOLDS
+  with pytest.raises(ValueError, match='auc_thresholds'):
+    configs.Settings(auc_thresholds=1).validate()
+
+
 def test_interval_gate_settings_flow_into_its_component(tmp_path):
   _, p = _pipeline(tmp_path, subgroup_gap_metric='melanoma_recall',
                    max_subgroup_gap=0.12, min_subgroup_examples=17,
