@@ -10,7 +10,7 @@ DEMO_DATA ?= demo_data
 DEMO_HOME ?= tfx_home
 PYTEST_ARGS ?=
 
-.PHONY: setup flink demo demo-data test fuzz clean
+.PHONY: setup flink demo demo-data test test-fast fuzz clean
 
 setup: $(STAMP) $(TFLITE_STAMP)
 
@@ -44,6 +44,11 @@ test: $(STAMP) $(TFLITE_STAMP) flink
 	@bash tools/apt_packages.sh $(BROWSER_PACKAGES) || echo "WARNING: browser tests will be skipped"
 	SKINLESION_TFLITE_PYTHON=$(abspath $(TFLITE_VENV))/bin/python \
 	  $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+# The tests that train no model and run no pipeline (tests/conftest.py,
+# FAST_MODULES): under 3 minutes, for every commit.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest tests -m fast $(PYTEST_ARGS)
 
 # The long fuzz run of ingestion's image check (make test runs a bounded one).
 FUZZ_SECONDS ?= 600

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from models import domain
 from pipeline import configs
 from tests.conftest import PROJECT_ROOT
@@ -18,6 +20,7 @@ def test_imports_nothing_beyond_the_standard_library():
   assert out.strip() == '[]'
 
 
+@pytest.mark.slow  # Imports every module in a fresh interpreter.
 def test_components_and_models_do_not_import_the_pipeline_package():
   code = ('import sys; import models.registry, models.trainer, '
           'components.image_example_gen.executor, '

@@ -181,6 +181,7 @@ def test_a_modified_weights_file_is_refused(weights_path, tmp_path):
     efficientnet_lite.EfficientNetLite0(weights=str(copy))
 
 
+@pytest.mark.slow  # Trains: about 40 s.
 def test_classifier_trains_from_imagenet_on_tiny_data(tiny_tfrecords,
                                                       tmp_path):
   fn_args, history = test_registry._train(  # pylint: disable=protected-access
