@@ -2,13 +2,10 @@
 end through run_fn (logit adjustment, label smoothing, the cosine schedule,
 test-time augmentation, Shades of Gray colour constancy)."""
 
-import json
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfx.components.trainer.fn_args_utils import FnArgs
 
 from mobile_export import tflite
 from models import color
@@ -20,6 +17,7 @@ from models import registry
 from models import trainer
 from models import tta
 from pipeline import configs
+from tests.conftest import train_tiny
 
 
 def _log_softmax(z):
@@ -263,17 +261,8 @@ def test_views_are_the_flips_and_rotations(mode, count):
 
 
 def _train(tiny_tfrecords, out, **settings):
-  config = configs.Settings(**{
-      'model': 'cnn_baseline', 'image_size': 32, 'width': 0.25,
-      'epochs': 1, 'batch_size': 8, 'steps_per_epoch': 2, 'weights': 'none',
-      **settings}).trainer_config()
-  fn_args = FnArgs(train_files=[tiny_tfrecords[0]],
-                   eval_files=[tiny_tfrecords[1]],
-                   serving_model_dir=str(out / 'serving'),
-                   model_run_dir=str(out / 'run'), custom_config=config)
-  trainer.run_fn(fn_args)
-  with open(out / 'run' / trainer.HISTORY_FILE) as f:
-    return fn_args, json.load(f)
+  return train_tiny(tiny_tfrecords, out, model='cnn_baseline', image_size=32,
+                    width=0.25, **settings)
 
 
 def _images(n=3, size=32, seed=0):
