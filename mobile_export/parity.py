@@ -173,9 +173,12 @@ def compare(fmt: str, reference: np.ndarray, candidate: np.ndarray,
 
 def saved_model_predict(saved_model_dir: str, pixels: np.ndarray,
                         batch_size: int = 64) -> np.ndarray:
-  """The SavedModel's raw-image signature on uint8 images [N, S, S, 3]."""
+  """The SavedModel's raw-image signature on uint8 images [N, S, S, 3]:
+  the single-view one the .tflite files are converted from
+  (``features.single_view_image_signature``)."""
   loaded = tf.saved_model.load(saved_model_dir)
-  signature = loaded.signatures[features.IMAGE_SIGNATURE]
+  signature = loaded.signatures[
+      features.single_view_image_signature(loaded.signatures)]
   outputs = []
   for start in range(0, len(pixels), batch_size):
     images = preprocessing.to_model_input(

@@ -1,7 +1,8 @@
 """SavedModel (raw-image signature) -> float16 / int8 TFLite with metadata.
 
-Conversion reads the ``serving_images`` signature of a Keras 3
-``ExportArchive`` SavedModel (the only path that converts with TF 2.16 and
+Conversion reads the ``serving_images`` signature (the single-view
+``serving_images_single_view`` when the model was exported with test-time
+augmentation) of a Keras 3 ``ExportArchive`` SavedModel (the only path that converts with TF 2.16 and
 Keras 3, see ../shared/STACK.md).  Two formats:
 
 * ``float16``: weights stored as float16, float32 input in [0, 1] and float32
@@ -65,9 +66,16 @@ class MetadataInputsNotSupported(ValueError):
   """The model's image signature also takes patient metadata."""
 
 
-def check_image_only(saved_model_dir: str) -> None:
-  """Refuses models whose ``serving_images`` signature takes more than the
-  image (``mixed_input``: age, sex, localization).
+def check_image_only(saved_model_dir: str) -> str:
+  """The name of the signature the converter reads; refuses models whose
+  ``serving_images`` signature takes more than the image (``mixed_input``:
+  age, sex, localization).
+
+  The converter reads the single-view image signature
+  (``features.single_view_image_signature``): ``serving_images``, or, when
+  the Trainer exported test-time augmentation, ``serving_images_single_view``
+  (the plain model, one pass per image on the phone; the parity gate
+  compares the .tflite with that same signature).
 
   Decision (docs/android.md): no TFLite export for them.  The Task Library
   and MediaPipe image classifiers feed exactly one image tensor, and the
@@ -77,7 +85,8 @@ def check_image_only(saved_model_dir: str) -> None:
   image-only registry model for mobile.
   """
   loaded = tf.saved_model.load(saved_model_dir)
-  _, inputs = loaded.signatures[features.IMAGE_SIGNATURE].structured_input_signature
+  name = features.single_view_image_signature(loaded.signatures)
+  _, inputs = loaded.signatures[name].structured_input_signature
   extra = sorted(set(inputs) - {'images'})
   if extra:
     raise MetadataInputsNotSupported(
@@ -86,12 +95,12 @@ def check_image_only(saved_model_dir: str) -> None:
         'one image tensor and TFLite builtins cannot take the string '
         'metadata; use an image-only model (e.g. mobilenet_v2) for mobile, '
         'see docs/android.md')
+  return name
 
 
 def _converter(saved_model_dir: str) -> tf.lite.TFLiteConverter:
-  check_image_only(saved_model_dir)
   return tf.lite.TFLiteConverter.from_saved_model(
-      saved_model_dir, signature_keys=[features.IMAGE_SIGNATURE])
+      saved_model_dir, signature_keys=[check_image_only(saved_model_dir)])
 
 
 def convert_float16(saved_model_dir: str) -> bytes:

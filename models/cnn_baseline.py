@@ -10,6 +10,7 @@ size (1.0 is R5's network) so the demo fits 2 CPU cores.
 import keras
 
 from models import augmentation
+from models import color
 
 BLOCK_FILTERS = (32, 64, 128)
 BLOCK_DROPOUT = (0.15, 0.20, 0.25)
@@ -46,7 +47,8 @@ def conv_features(x, width: float = 1.0, synchronized_batch_norm: bool = False):
 
 def build(num_classes: int, image_size: int, width: float = 1.0,
           synchronized_batch_norm: bool = False, dropout: float = HEAD_DROPOUT,
-          augment: dict = None, **unused) -> keras.Model:
+          augment: dict = None, color_constancy: str = 'none',
+          **unused) -> keras.Model:
   """Input: float32 [N, S, S, 3] in [0, 1]. Output: class probabilities.
 
   ``synchronized_batch_norm``: normalize with the statistics of the whole
@@ -59,10 +61,14 @@ def build(num_classes: int, image_size: int, width: float = 1.0,
 
   ``augment``: augmentation.layers' options (default: random flips, R5's
   network with the demo's augmentation); active in training only.
+
+  ``color_constancy``: models/color.py's method on the input (first layer,
+  training and inference).
   """
   del unused
   inputs = keras.Input((image_size, image_size, 3), name='image')
-  x = augmentation.apply(inputs, **(augment if augment is not None else {}))
+  x = color.apply(inputs, color_constancy)
+  x = augmentation.apply(x, **(augment if augment is not None else {}))
   x = conv_features(x, width, synchronized_batch_norm)
   x = keras.layers.GlobalAveragePooling2D(name='gap')(x)
   x = keras.layers.Dense(max(16, int(round(DENSE_UNITS * width))),

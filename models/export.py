@@ -12,10 +12,17 @@ Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
 Both return ``{'probabilities': float32 [N, num_classes]}`` (temperature
 scaled when the Trainer applied a fit: it is folded into the softmax layer,
 ``models/calibration.py``).
+With test-time augmentation (``tta``: 'flips' or 'dihedral', models/tta.py)
+both average the probabilities over the flipped / rotated views, and
+  * ``serving_images_single_view`` (same inputs and output as
+    ``serving_images``; image-only models, mixed_input has no TFLite
+    export) is the plain model on one view: the TFLite converter and the
+    parity gate read it (mobile_export/tflite.py).
   * ``serving_gradcam``: the same images -> ``probabilities`` and ``heatmap``
     (float32 [N, h, w] in [0, 1], Grad-CAM of the top class at the feature
     map's resolution; ``models/explain.py``), so the SavedModel alone can
-    explain its predictions.  Left out, with a logged reason, for a model
+    explain its predictions (of the plain view, also with test-time
+    augmentation: a heatmap belongs to one image).  Left out, with a logged reason, for a model
     Grad-CAM cannot take (several inputs, no ``feature_map`` layer).
 """
 
@@ -26,6 +33,7 @@ import tensorflow as tf
 from models import explain
 from models import features
 from models import preprocessing
+from models import tta as tta_views
 
 METADATA_SIGNATURE_INPUTS = {
     features.AGE_KEY: tf.float32,
@@ -35,13 +43,19 @@ METADATA_SIGNATURE_INPUTS = {
 
 
 def export_serving_model(model: keras.Model, export_dir: str,
-                         image_size: int, with_metadata: bool = False) -> None:
+                         image_size: int, with_metadata: bool = False,
+                         tta: str = 'none') -> None:
+  """Writes the signatures above; ``tta``: one of configs.TTA_MODES (an
+  unknown one raises ValueError when the signatures are traced)."""
   archive = keras.export.ExportArchive()
   archive.track(model)
 
+  def probabilities(inputs):
+    return tf.cast(model(inputs, training=False), tf.float32)
+
   def predict(inputs):
-    return {features.PREDICTION_KEY: tf.cast(model(inputs, training=False),
-                                             tf.float32)}
+    return {features.PREDICTION_KEY: tta_views.average(probabilities, inputs,
+                                                       tta)}
 
   spec = preprocessing.image_spec()
   if with_metadata:
@@ -73,6 +87,11 @@ def export_serving_model(model: keras.Model, export_dir: str,
   else:
     archive.add_endpoint(
         name=features.IMAGE_SIGNATURE, fn=lambda images: predict(images),
+        input_signature=[image_input])
+  if tta != 'none' and not with_metadata:
+    archive.add_endpoint(
+        name=features.SINGLE_VIEW_IMAGE_SIGNATURE,
+        fn=lambda images: {features.PREDICTION_KEY: probabilities(images)},
         input_signature=[image_input])
   reason = explain.unsupported_reason(model)
   if reason:

@@ -26,9 +26,22 @@ STRING_FEATURES = (IMAGE_ID_KEY, LESION_ID_KEY, SEX_KEY, LOCALIZATION_KEY,
 # Names of the serving signatures written by the Trainer.
 EXAMPLE_SIGNATURE = 'serving_default'   # serialized tf.Example -> probabilities
 IMAGE_SIGNATURE = 'serving_images'      # float32 [N, H, W, 3] in [0, 1] -> probabilities
+# With test-time augmentation (models/tta.py) the two above average over the
+# views; this one, then also written, is the plain model on the images (what
+# the TFLite files are converted from and compared with).
+SINGLE_VIEW_IMAGE_SIGNATURE = 'serving_images_single_view'
 PREDICTION_KEY = 'probabilities'
 
 UNKNOWN = 'unknown'
+
+
+def single_view_image_signature(signature_names) -> str:
+  """The raw-image signature of one view among a SavedModel's signature
+  names: SINGLE_VIEW_IMAGE_SIGNATURE when it has one (test-time
+  augmentation on), else IMAGE_SIGNATURE."""
+  return (SINGLE_VIEW_IMAGE_SIGNATURE
+          if SINGLE_VIEW_IMAGE_SIGNATURE in signature_names
+          else IMAGE_SIGNATURE)
 
 # Written by ingestion into the Examples artifact: the label list the int64
 # labels index, one name per line.  Readers find it beside the Split-* dirs.

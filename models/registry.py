@@ -15,6 +15,8 @@ Contracts every model keeps:
   * the image input is float32 [N, S, S, 3] in [0, 1]; the backbone's own
     input preprocessing (ImageNet scaling) is a layer inside the model, so
     the serving signatures get exactly the training preprocessing;
+  * colour constancy (``color_constancy``, models/color.py), when on, is the
+    first layer on that input, in training and inference alike;
   * training augmentation (models/augmentation.py) is inside the model and
     active only in training;
   * a layer named ``feature_map`` outputs the last spatial feature map,
@@ -44,6 +46,7 @@ from keras import ops
 
 from models import augmentation
 from models import cnn_baseline
+from models import color
 from models import domain
 from models import efficientnet_lite
 from models import features
@@ -234,9 +237,12 @@ def build_backbone(name: str, image_size: int, weights: str = 'none',
 
 def _image_features(inputs, name: str, image_size: int, weights: str,
                     alpha: float, augment: dict, width: float,
-                    synchronized_batch_norm: bool):
-  """Augmentation, preprocessing, backbone -> feature_map -> pooled vector."""
-  x = augmentation.apply(inputs, **augment)
+                    synchronized_batch_norm: bool,
+                    color_constancy: str = 'none'):
+  """Colour constancy, augmentation, preprocessing, backbone -> feature_map
+  -> pooled vector."""
+  x = color.apply(inputs, color_constancy)
+  x = augmentation.apply(x, **augment)
   if name == 'cnn_baseline':
     x = cnn_baseline.conv_features(x, width, synchronized_batch_norm)
   else:
@@ -254,11 +260,12 @@ def _image_features(inputs, name: str, image_size: int, weights: str,
 def _build_backbone_model(name):
   def build(num_classes: int, image_size: int, weights: str = 'none',
             alpha: float = 1.0, dropout: float = 0.3, augment: dict = None,
-            **unused) -> keras.Model:
+            color_constancy: str = 'none', **unused) -> keras.Model:
     del unused
     inputs = keras.Input((image_size, image_size, 3), name='image')
     x = _image_features(inputs, name, image_size, weights, alpha,
-                        augment if augment is not None else {}, 1.0, False)
+                        augment if augment is not None else {}, 1.0, False,
+                        color_constancy)
     x = keras.layers.Dropout(dropout, name='head_dropout')(x)
     outputs = keras.layers.Dense(num_classes, activation='softmax',
                                  dtype='float32', name=OUTPUT_LAYER)(x)
@@ -280,6 +287,7 @@ def build_mixed_input(num_classes: int, image_size: int,
                       alpha: float = 1.0, dropout: float = 0.3,
                       augment: dict = None, width: float = 1.0,
                       synchronized_batch_norm: bool = False,
+                      color_constancy: str = 'none',
                       **unused) -> keras.Model:
   """Image backbone + metadata MLP, concatenated, dense head (R2)."""
   del unused
@@ -291,7 +299,7 @@ def build_mixed_input(num_classes: int, image_size: int,
   meta = metadata_inputs()
   x = _image_features(image, backbone, image_size, weights, alpha,
                       augment if augment is not None else {}, width,
-                      synchronized_batch_norm)
+                      synchronized_batch_norm, color_constancy)
   age = AgeFeatures(domain.AGE_SCALE, name='age_features')(
       meta[features.AGE_KEY])
   # One-hot over the vocabulary plus one bucket (index 0) for any other
@@ -346,6 +354,7 @@ def options_from_config(cfg: dict, synchronized_batch_norm: bool = False
               backbone=cfg.get('backbone', 'mobilenet_v2'),
               dropout=cfg.get('dropout', 0.3),
               augment=augmentation.from_config(cfg),
+              color_constancy=cfg.get('color_constancy', 'none'),
               synchronized_batch_norm=synchronized_batch_norm)
 
 

@@ -13,7 +13,12 @@ Training (``fit_phases``): a pretrained backbone trains in two phases (head
 over the frozen backbone, then its top ``fine_tune_layers`` layers at
 ``fine_tune_learning_rate``); other models in one.  ``imbalance`` picks
 class weights, class-balanced sampling (``make_dataset``) or focal loss
-(models/losses.py).  Mixed precision (``precision_policy``) and XLA
+(models/losses.py).  The recipe for balanced accuracy (docs/training.md),
+each off by default: logit adjustment and label smoothing in the loss
+(``make_loss``), a per-phase cosine learning rate with warm-up
+(``learning_rate_schedule``; it replaces ReduceLROnPlateau), colour
+constancy in the model (models/color.py) and test-time augmentation in the
+exported signatures (models/tta.py).  Mixed precision (``precision_policy``) and XLA
 (``jit_compile``) are settings; ``history.json`` keeps the per-epoch curves
 of every phase, the phase boundaries and the model summary.  ``tuner_fn``
 (models/tuner.py) is the TFX Tuner's entry point in the same module.
@@ -251,18 +256,70 @@ def build_model(cfg: Dict, num_classes: int, synchronized_batch_norm: bool,
     keras.mixed_precision.set_global_policy(previous)
 
 
-def make_loss(cfg: Dict):
-  if cfg.get('imbalance') == 'focal_loss':
+def make_loss(cfg: Dict, class_counts=None):
+  """The training loss of cfg (models/losses.py).
+
+  ``imbalance`` 'focal_loss' gives the focal loss; ``logit_adjustment_tau``
+  > 0 the logit-adjusted cross-entropy, whose prior is the train split's
+  class frequencies (``class_counts``); ``label_smoothing`` > 0 smooths the
+  targets of either.  Everything off: Keras' sparse cross-entropy.
+  """
+  tau = float(cfg.get('logit_adjustment_tau') or 0.0)
+  smoothing = float(cfg.get('label_smoothing') or 0.0)
+  imbalance = cfg.get('imbalance', 'class_weights')
+  if tau and imbalance != 'none':
+    raise ValueError(f'logit_adjustment_tau > 0 needs imbalance \'none\' '
+                     f'(it corrects the class prior itself), got '
+                     f'{imbalance!r}')
+  if imbalance == 'focal_loss':
     return losses.SparseCategoricalFocalLoss(
-        gamma=float(cfg.get('focal_gamma', 2.0)))
-  return 'sparse_categorical_crossentropy'
+        gamma=float(cfg.get('focal_gamma', 2.0)), label_smoothing=smoothing)
+  if not tau and not smoothing:
+    return 'sparse_categorical_crossentropy'
+  prior = None
+  if tau:
+    if class_counts is None:
+      raise ValueError('logit adjustment needs the train split\'s class '
+                       'counts (class_counts)')
+    prior = [c / sum(class_counts) for c in class_counts]
+  return losses.SparseCategoricalAdjustedCrossentropy(
+      class_prior=prior, tau=tau, label_smoothing=smoothing)
+
+
+def epoch_steps(counts, batch_size: int) -> int:
+  """Batches in one pass over a split with these class counts."""
+  return max(1, -(-sum(counts) // batch_size))
+
+
+def learning_rate_schedule(cfg: Dict, learning_rate: float, epochs: int,
+                           steps_per_epoch: int):
+  """One phase's learning rate: the constant ``learning_rate``, or with
+  ``lr_schedule`` 'cosine' a cosine decay from it to 0 over the phase's
+  ``epochs * steps_per_epoch`` steps, after a linear warm-up from 0 over its
+  first ``warmup_epochs`` epochs (a fraction of an epoch allowed)."""
+  schedule = cfg.get('lr_schedule', 'constant')
+  if schedule == 'constant':
+    return learning_rate
+  if schedule != 'cosine':
+    raise ValueError(f'unknown lr_schedule {schedule!r} (see '
+                     'configs.LR_SCHEDULES)')
+  total = max(1, int(epochs) * int(steps_per_epoch))
+  warmup = min(total, int(round(float(cfg.get('warmup_epochs') or 0.0)
+                                * steps_per_epoch)))
+  if not warmup:
+    return keras.optimizers.schedules.CosineDecay(learning_rate, total)
+  return keras.optimizers.schedules.CosineDecay(
+      0.0, max(1, total - warmup), warmup_target=learning_rate,
+      warmup_steps=warmup)
 
 
 def compile_model(model: keras.Model, cfg: Dict, num_classes: int,
-                  learning_rate: float) -> None:
+                  learning_rate, class_counts=None) -> None:
+  """Compiles with Adam at ``learning_rate`` (a float or a Keras schedule)
+  and make_loss(cfg, class_counts)."""
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
-      loss=make_loss(cfg),
+      loss=make_loss(cfg, class_counts),
       metrics=['accuracy', metrics.BalancedAccuracy(num_classes)],
       jit_compile=bool(cfg.get('jit_compile', False)),
       run_eagerly=bool(cfg.get('run_eagerly', False)))
@@ -298,11 +355,14 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
                eval_ds, strategy: tf.distribute.Strategy,
                callbacks_fn: Callable[[], list], class_weight=None,
                steps_per_epoch: Optional[int] = None,
-               verbose: int = 2) -> Tuple[Dict, list]:
+               verbose: int = 2, class_counts=None) -> Tuple[Dict, list]:
   """Runs training_phases; returns (per-epoch history, phase boundaries).
 
-  Each phase recompiles (a new optimizer at its learning rate) and gets
-  fresh callbacks (early stopping restores the phase's best weights).
+  Each phase recompiles (a new optimizer at its learning rate, or its own
+  cosine schedule from it over its own steps: learning_rate_schedule) and
+  gets fresh callbacks (early stopping restores the phase's best weights).
+  ``class_counts``: the train split's, for logit adjustment's prior and, when
+  ``steps_per_epoch`` is None (one pass), a cosine schedule's length.
   """
   history: Dict[str, list] = {}
   boundaries = []
@@ -319,10 +379,19 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
       left = budget - (time.monotonic() - start)
       share = epochs / sum(p[1] for p in phases[index:])
       extra = [TimeBudget(max(0.0, left * share))]
+    if steps_per_epoch is None and cfg.get('lr_schedule') == 'cosine':
+      if class_counts is None:
+        raise ValueError('a cosine schedule over one pass per epoch needs '
+                         'the train split\'s class_counts')
+      steps = epoch_steps(class_counts, int(cfg['batch_size']))
+    else:
+      steps = steps_per_epoch
     with strategy.scope():
       if fine_tune_layers is not None:
         registry.set_trainable(model, fine_tune_layers)
-      compile_model(model, cfg, num_classes, learning_rate)
+      compile_model(model, cfg, num_classes,
+                    learning_rate_schedule(cfg, learning_rate, epochs, steps),
+                    class_counts)
     result = model.fit(train_ds, validation_data=eval_ds,
                        initial_epoch=epoch, epochs=epoch + epochs,
                        steps_per_epoch=steps_per_epoch,
@@ -337,12 +406,23 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
     boundaries.append({'phase': name, 'first_epoch': epoch,
                        'epochs': ran, 'max_epochs': epochs,
                        'learning_rate': learning_rate,
+                       'lr_schedule': cfg.get('lr_schedule', 'constant'),
                        'fine_tune_layers': fine_tune_layers,
                        'trainable_weights': len(model.trainable_weights),
                        'stopped_by_time_budget': bool(
                            extra and extra[0].stopped)})
     epoch += ran
   return history, boundaries
+
+
+def plateau_callbacks(cfg: Dict) -> list:
+  """ReduceLROnPlateau (halve the rate after 2 epochs without a lower
+  val_loss) with a constant learning rate; none with a schedule, whose rate
+  Keras does not let a callback set."""
+  if cfg.get('lr_schedule', 'constant') != 'constant':
+    return []
+  return [keras.callbacks.ReduceLROnPlateau(
+      monitor='val_loss', factor=0.5, patience=2, min_lr=1e-6)]
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -450,7 +530,7 @@ def run_fn(fn_args: FnArgs) -> None:
   if balanced and steps_per_epoch is None:
     # An epoch of the balanced (infinite) stream: as many images as the
     # train split has.
-    steps_per_epoch = max(1, -(-sum(counts) // batch_size))
+    steps_per_epoch = epoch_steps(counts, batch_size)
   policy = precision_policy(bool(cfg.get('mixed_precision', True)))
   logging.info('dtype policy %s, XLA %s', policy,
                bool(cfg.get('jit_compile', False)))
@@ -468,14 +548,14 @@ def run_fn(fn_args: FnArgs) -> None:
         keras.callbacks.EarlyStopping(
             monitor='val_balanced_accuracy', mode='max', patience=patience,
             restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor='val_loss', factor=0.5, patience=2, min_lr=1e-6),
+        *plateau_callbacks(cfg),
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir,
                                                          'tensorboard')),
     ]
   history, phases = fit_phases(model, cfg, len(labels), train_ds, eval_ds,
                                strategy, callbacks, class_weight=weights,
-                               steps_per_epoch=steps_per_epoch)
+                               steps_per_epoch=steps_per_epoch,
+                               class_counts=counts)
 
   temperature, calibration_report = fit_calibration(model, cfg, eval_ds)
   calibration.fold_temperature(model, temperature, registry.OUTPUT_LAYER)
@@ -483,13 +563,15 @@ def run_fn(fn_args: FnArgs) -> None:
   # copy is the Trainer's model, the others go to a scratch folder.
   if chief:
     export.export_serving_model(model, fn_args.serving_model_dir, image_size,
-                                with_metadata=with_metadata)
+                                with_metadata=with_metadata,
+                                tta=cfg.get('tta', 'none'))
     calibration.write(fn_args.serving_model_dir, calibration_report)
   else:
     scratch = tempfile.mkdtemp(prefix='skinlesion_worker_export_')
     try:
       export.export_serving_model(model, scratch, image_size,
-                                  with_metadata=with_metadata)
+                                  with_metadata=with_metadata,
+                                  tta=cfg.get('tta', 'none'))
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
     logging.info('Non-chief %s %d: export written to scratch %s, removed',

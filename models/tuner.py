@@ -46,19 +46,21 @@ class SkinLesionHyperModel(kt.HyperModel):
   """Builds the configured registry model; fits it as the Trainer does."""
 
   def __init__(self, cfg: Dict, num_classes: int, class_weight,
-               steps_per_epoch):
+               steps_per_epoch, class_counts=None):
     super().__init__(name=cfg['model'])
     self.cfg = cfg
     self.num_classes = num_classes
     self.class_weight = class_weight
     self.steps_per_epoch = steps_per_epoch
+    self.class_counts = class_counts  # The train split's (trainer.make_loss).
 
   def build(self, hp):
     cfg = search_space(hp, self.cfg)
     model = trainer.build_model(
         cfg, self.num_classes, False,
         trainer.precision_policy(bool(cfg.get('mixed_precision', True))))
-    trainer.compile_model(model, cfg, self.num_classes, cfg['learning_rate'])
+    trainer.compile_model(model, cfg, self.num_classes, cfg['learning_rate'],
+                          self.class_counts)
     return model
 
   def fit(self, hp, model, x, validation_data=None, callbacks=None, **kwargs):
@@ -68,7 +70,8 @@ class SkinLesionHyperModel(kt.HyperModel):
         model, cfg, self.num_classes, x, validation_data,
         tf.distribute.get_strategy(), lambda: list(callbacks or []),
         class_weight=self.class_weight,
-        steps_per_epoch=self.steps_per_epoch, verbose=2)
+        steps_per_epoch=self.steps_per_epoch, verbose=2,
+        class_counts=self.class_counts)
     scores = [v for v in history.get(OBJECTIVE, []) if v is not None]
     return {OBJECTIVE: max(scores) if scores else 0.0}
 
@@ -92,9 +95,9 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
       cache=bool(cfg.get('cache_images', True)))
   steps = int(cfg.get('steps_per_epoch') or 0) or None
   if balanced and steps is None:
-    steps = max(1, -(-sum(counts) // batch_size))
+    steps = trainer.epoch_steps(counts, batch_size)
   hypermodel = SkinLesionHyperModel(
-      cfg, len(labels), trainer.imbalance_weights(cfg, counts), steps)
+      cfg, len(labels), trainer.imbalance_weights(cfg, counts), steps, counts)
   tuner = kt.RandomSearch(
       hypermodel, objective=kt.Objective(OBJECTIVE, direction='max'),
       max_trials=max(1, int(cfg.get('tuner_trials', 1))), seed=seed,

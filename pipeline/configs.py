@@ -121,6 +121,12 @@ REMOTE_URI_SCHEMES = ('gs://', 's3://')
 # Trainer choices (models/registry.py holds the models themselves).
 IMBALANCE_METHODS = ('class_weights', 'balanced_sampling', 'focal_loss', 'none')
 CALIBRATION_METHODS = ('temperature', 'none')  # models/calibration.py
+# The recipe for balanced accuracy (docs/training.md): learning-rate schedules
+# (models/trainer.py), test-time augmentation (models/tta.py), colour
+# constancy (models/color.py).
+LR_SCHEDULES = ('constant', 'cosine')
+TTA_MODES = ('none', 'flips', 'dihedral')
+COLOR_CONSTANCY_METHODS = ('none', 'shades_of_gray')
 
 # The documented configuration for real data (README.md, "Training on real
 # data"; BENCHMARKS.md, "Real-data quality"): Settings(**REAL_DATA_PRESET) or
@@ -213,6 +219,33 @@ class Settings:
   # (tf.data); focal_loss: (1 - p)^focal_gamma-weighted cross-entropy.
   imbalance: str = 'class_weights'
   focal_gamma: float = 2.0
+  # The recipe for balanced accuracy (docs/training.md); each ingredient is
+  # off by default.
+  # Logit adjustment (Menon et al., 2021): the loss sees the logits plus
+  # tau * log(class frequency of the train split), the exported model their
+  # plain softmax, so it is fitted to the balanced error (1.0: the paper's
+  # choice); 0: off.  It corrects the class prior itself: imbalance must then
+  # be 'none'.
+  logit_adjustment_tau: float = 0.0
+  # Label smoothing in the cross-entropy (or focal loss): targets
+  # (1 - eps) * one-hot + eps / classes, eps in [0, 1); 0: off.
+  label_smoothing: float = 0.0
+  # Learning rate of each phase: 'constant' (halved on a val_loss plateau,
+  # ReduceLROnPlateau) or 'cosine': linear warm-up from 0 over the phase's
+  # first warmup_epochs epochs (fractions allowed), then cosine decay to 0 at
+  # the phase's last step (no plateau callback).
+  lr_schedule: str = 'constant'
+  warmup_epochs: float = 0.0
+  # Test-time augmentation in the exported signatures (TFMA, serving,
+  # predict): probabilities averaged over 'flips' (4 views) or 'dihedral'
+  # (8: the 4 rotations by 90 degrees, each mirrored); 'none'.  Grad-CAM and
+  # the TFLite files use the single view (signature
+  # serving_images_single_view).
+  tta: str = 'none'
+  # Colour constancy, a layer on the model's input (training, every
+  # signature, TFLite): 'shades_of_gray' (p = 6) scales each channel so the
+  # image's illuminant is neutral; 'none'.
+  color_constancy: str = 'none'
   # Probability calibration: 'temperature' fits one temperature on the eval
   # split after training and applies it in every exported signature
   # (models/calibration.py); 'none' keeps the network's softmax.
@@ -367,6 +400,12 @@ class Settings:
         'calibration': self.calibration,
         'calibration_bins': CALIBRATION_BINS,
         'focal_gamma': self.focal_gamma,
+        'logit_adjustment_tau': self.logit_adjustment_tau,
+        'label_smoothing': self.label_smoothing,
+        'lr_schedule': self.lr_schedule,
+        'warmup_epochs': self.warmup_epochs,
+        'tta': self.tta,
+        'color_constancy': self.color_constancy,
         'augment_flip': self.augment_flip,
         'augment_rotation': self.augment_rotation,
         'augment_zoom': self.augment_zoom,
@@ -393,6 +432,7 @@ class Settings:
       if value and '://' not in value:
         setattr(self, name, os.path.abspath(os.path.expanduser(value)))
     self.labels = resolve_labels(self.labels)
+    self.validate_recipe()
 
   def validate(self) -> None:
     if self.layout not in LAYOUTS:
@@ -421,12 +461,35 @@ class Settings:
                          f'list {list(self.labels)}: add them to --labels or '
                          'map onto listed classes')
     self.validate_gates()
+    self.validate_recipe()
     # A URI (gs://...) is checked where it is read: on a cluster, or by
     # the ingestion step.
     if '://' not in self.data_root and not os.path.isdir(self.data_root):
       raise FileNotFoundError(
           f'data root {self.data_root!r} does not exist; generate demo data '
           'with `skinlesion demo-data DIR` or point --data at an archive')
+
+  def validate_recipe(self) -> None:
+    """The recipe's settings (checked at construction too): known names,
+    ranges, and no logit adjustment on top of another imbalance method."""
+    for name, choices in (('lr_schedule', LR_SCHEDULES), ('tta', TTA_MODES),
+                          ('color_constancy', COLOR_CONSTANCY_METHODS)):
+      if getattr(self, name) not in choices:
+        raise ValueError(f'{name} must be one of {choices}, got '
+                         f'{getattr(self, name)!r}')
+    if self.logit_adjustment_tau < 0:
+      raise ValueError(f'logit_adjustment_tau must be >= 0, got '
+                       f'{self.logit_adjustment_tau}')
+    if not 0 <= self.label_smoothing < 1:
+      raise ValueError(f'label_smoothing must be in [0, 1), got '
+                       f'{self.label_smoothing}')
+    if self.warmup_epochs < 0:
+      raise ValueError(f'warmup_epochs must be >= 0, got {self.warmup_epochs}')
+    if self.logit_adjustment_tau and self.imbalance != 'none':
+      raise ValueError(
+          f'logit_adjustment_tau > 0 corrects the class prior in the loss; '
+          f'imbalance must then be \'none\' (no class weights, balanced '
+          f'sampling or focal loss on top), got {self.imbalance!r}')
 
   @property
   def melanoma_class(self) -> str:

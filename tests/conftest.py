@@ -127,6 +127,26 @@ def trained_model(tiny_tfrecords, tmp_path_factory):
   return fn_args
 
 
+def train_tiny(tiny_tfrecords, out, **settings):
+  """models.trainer.run_fn on the tiny archive, a few steps (1 epoch per
+  phase, 2 steps of 8 images, random weights) with these settings over
+  the defaults: (fn_args, history.json)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
+  from models import trainer  # pylint: disable=g-import-not-at-top
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  config = configs.Settings(**{
+      'epochs': 1, 'fine_tune_epochs': 1, 'batch_size': 8,
+      'steps_per_epoch': 2, 'weights': 'none', **settings}).trainer_config()
+  fn_args = FnArgs(train_files=[tiny_tfrecords[0]],
+                   eval_files=[tiny_tfrecords[1]],
+                   serving_model_dir=str(out / 'serving'),
+                   model_run_dir=str(out / 'run'), custom_config=config)
+  trainer.run_fn(fn_args)
+  with open(out / 'run' / trainer.HISTORY_FILE) as f:
+    return fn_args, json.load(f)
+
+
 # Blessing gates loose enough for a near-chance toy model on splits of ~20
 # images (a class may miss a split by chance); the default gates are tested
 # in tests/components/ and by the HAM10000 runs.

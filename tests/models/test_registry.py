@@ -5,7 +5,6 @@ run_fn (weights=none, small images), exports both serving signatures, and
 converts to TFLite -- or, for mixed_input, is refused with the reason.
 """
 
-import json
 import os
 import shutil
 
@@ -25,6 +24,7 @@ from models import registry
 from models import trainer
 from pipeline import configs
 from tests.conftest import PROJECT_ROOT
+from tests.conftest import train_tiny
 
 SHARED_WEIGHTS = os.path.join(os.path.dirname(PROJECT_ROOT), 'shared',
                               'weights')
@@ -88,16 +88,7 @@ def shared_weights(tmp_path_factory):
 
 
 def _train(tiny_tfrecords, out, **settings):
-  config = configs.Settings(**{
-      'epochs': 1, 'fine_tune_epochs': 1, 'batch_size': 8,
-      'steps_per_epoch': 2, 'weights': 'none', **settings}).trainer_config()
-  fn_args = FnArgs(train_files=[tiny_tfrecords[0]],
-                   eval_files=[tiny_tfrecords[1]],
-                   serving_model_dir=str(out / 'serving'),
-                   model_run_dir=str(out / 'run'), custom_config=config)
-  trainer.run_fn(fn_args)
-  with open(out / 'run' / trainer.HISTORY_FILE) as f:
-    return fn_args, json.load(f)
+  return train_tiny(tiny_tfrecords, out, **settings)
 
 
 def _eval_examples(tiny_tfrecords, n=4):
