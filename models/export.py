@@ -1,6 +1,6 @@
 """Writes the serving SavedModel with Keras 3's own export API.
 
-Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
+Signatures (see ../shared/STACK.md for why it must be ExportArchive):
   * ``serving_default``: serialized tf.Example strings -> probabilities; used
     by TFMA and by model servers (TF Serving's predict/classify on Examples).
     For ``mixed_input`` it also parses the metadata (age, sex, localization)
@@ -9,7 +9,12 @@ Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
     probabilities; the one the TFLite converter reads.  For ``mixed_input``
     it takes the metadata too: ``age`` float32 [N] (NaN: missing), ``sex``
     and ``localization`` string [N].
-Both return ``{'probabilities': float32 [N, num_classes]}`` (temperature
+  * ``serving_images_metadata_vector`` (``mixed_input`` only): the same
+    images and ``metadata`` float32 [N, K], the encoded metadata
+    (models/metadata_vector.py) -> probabilities.  The same layers as
+    ``serving_images`` after its string encoding
+    (registry.metadata_vector_model); the TFLite converter reads it.
+All return ``{'probabilities': float32 [N, num_classes]}`` (temperature
 scaled when the Trainer applied a fit: it is folded into the softmax layer,
 ``models/calibration.py``).
   * ``serving_gradcam``: the same images -> ``probabilities`` and ``heatmap``
@@ -25,7 +30,9 @@ import tensorflow as tf
 
 from models import explain
 from models import features
+from models import metadata_vector
 from models import preprocessing
+from models import registry
 
 METADATA_SIGNATURE_INPUTS = {
     features.AGE_KEY: tf.float32,
@@ -70,6 +77,17 @@ def export_serving_model(model: keras.Model, export_dir: str,
         input_signature=[image_input] + [
             tf.TensorSpec([None], dtype, name=key)
             for key, dtype in METADATA_SIGNATURE_INPUTS.items()])
+    numeric = registry.metadata_vector_model(model)
+
+    def serve_metadata_vector(images, metadata):
+      return {features.PREDICTION_KEY: tf.cast(
+          numeric({'image': images, features.METADATA_VECTOR_KEY: metadata},
+                  training=False), tf.float32)}
+    archive.add_endpoint(
+        name=features.METADATA_VECTOR_SIGNATURE, fn=serve_metadata_vector,
+        input_signature=[image_input, tf.TensorSpec(
+            [None, metadata_vector.SIZE], tf.float32,
+            name=features.METADATA_VECTOR_KEY)])
   else:
     archive.add_endpoint(
         name=features.IMAGE_SIGNATURE, fn=lambda images: predict(images),

@@ -26,6 +26,10 @@ STRING_FEATURES = (IMAGE_ID_KEY, LESION_ID_KEY, SEX_KEY, LOCALIZATION_KEY,
 # Names of the serving signatures written by the Trainer.
 EXAMPLE_SIGNATURE = 'serving_default'   # serialized tf.Example -> probabilities
 IMAGE_SIGNATURE = 'serving_images'      # float32 [N, H, W, 3] in [0, 1] -> probabilities
+# Models with metadata only: images as above and the encoded metadata
+# (models/metadata_vector.py) -> probabilities; the .tflite files' source.
+METADATA_VECTOR_SIGNATURE = 'serving_images_metadata_vector'
+METADATA_VECTOR_KEY = 'metadata'        # float32 [N, metadata_vector.SIZE]
 PREDICTION_KEY = 'probabilities'
 
 UNKNOWN = 'unknown'
