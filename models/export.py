@@ -81,8 +81,7 @@ def export_serving_model(model: keras.Model, export_dir: str,
 
     def serve_metadata_vector(images, metadata):
       return {features.PREDICTION_KEY: tf.cast(
-          numeric({'image': images, features.METADATA_VECTOR_KEY: metadata},
-                  training=False), tf.float32)}
+          numeric([images, metadata], training=False), tf.float32)}
     archive.add_endpoint(
         name=features.METADATA_VECTOR_SIGNATURE, fn=serve_metadata_vector,
         input_signature=[image_input, tf.TensorSpec(

@@ -334,8 +334,8 @@ def uses_metadata(name: str) -> bool:
 def metadata_vector_model(model: keras.Model) -> keras.Model:
   """The numeric part of a ``mixed_input`` model, sharing its layers.
 
-  Takes ``{'image': float32 [N, S, S, 3], 'metadata': float32 [N,
-  metadata_vector.SIZE]}`` (the encoded metadata) and computes the model
+  Takes ``[image float32 [N, S, S, 3], metadata float32 [N,
+  metadata_vector.SIZE]]`` (the encoded metadata) and computes the model
   from its METADATA_VECTOR_LAYER on: the same layers and weights, so it
   answers exactly as ``model`` does on the raw metadata that encodes to
   that vector.  The SavedModel's metadata-vector signature (and so the
@@ -349,10 +349,10 @@ def metadata_vector_model(model: keras.Model) -> keras.Model:
     raise ValueError(f'{model.name}\'s {METADATA_VECTOR_LAYER!r} layer has '
                      f'{vector.shape[-1]} slots; models/metadata_vector.py '
                      f'defines {metadata_vector.SIZE}')
-  return keras.Model(
-      {'image': model.get_layer('image').output,
-       features.METADATA_VECTOR_KEY: vector}, model.output,
-      name=f'{model.name}_metadata_vector')
+  # A list, not a dict: the vector is an inner tensor, whose name Keras
+  # would want to match a dict key.
+  return keras.Model([model.get_layer('image').output, vector], model.output,
+                     name=f'{model.name}_metadata_vector')
 
 
 def build(name: str, num_classes: int, image_size: int, **options) -> keras.Model:
