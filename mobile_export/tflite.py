@@ -217,7 +217,7 @@ def calibrate(saved_model_dir: str,
   # quantize with some ops denylisted (kept in float).
   calibrating._experimental_calibrate_only = True  # pylint: disable=protected-access
   calibrated = calibrating.convert()
-  _, vector = _inputs(calibrated)
+  _, vector = input_tensors(calibrated)
   return calibrated if vector is None else _float_input(calibrated,
                                                         vector['position'])
 
@@ -237,7 +237,7 @@ def quantize_calibrated(calibrated: bytes, float_ops: Sequence[str] = (),
   buffer = tflite_convert.mlir_quantize(
       calibrated, input_data_type=tf.uint8, output_data_type=tf.float32,
       denylisted_ops=list(float_ops) or None)
-  image, vector = _inputs(buffer)
+  image, vector = input_tensors(buffer)
   scale, zero_point = image['quantization']
   if (zero_point != 0 or
       abs(scale - _PIXEL_SCALE) > _PIXEL_SCALE_TOLERANCE * _PIXEL_SCALE):
@@ -305,7 +305,7 @@ class _InputImageMd(metadata_info.InputImageTensorMd):
     return tensor_metadata
 
 
-def _inputs(model_buffer: bytes
+def input_tensors(model_buffer: bytes
             ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
   """The image input's details and the metadata vector's (None: an
   image-only model); each with ``position``, its place among the inputs."""
@@ -355,7 +355,7 @@ def add_metadata(model_buffer: bytes, labels: Sequence[str], *, name: str,
   Returns:
     The model with metadata.
   """
-  image, vector = _inputs(model_buffer)
+  image, vector = input_tensors(model_buffer)
   input_type = writer_utils.get_input_tensor_types(model_buffer)[
       image['position']]
   output_type = writer_utils.get_output_tensor_types(model_buffer)[0]
@@ -432,7 +432,7 @@ def input_spec(model_buffer: bytes) -> Dict[str, Any]:
   The image input's contract; for a model with metadata, ``metadata`` adds
   the vector input's tensor, dtype, shape and slot names.
   """
-  details, vector = _inputs(model_buffer)
+  details, vector = input_tensors(model_buffer)
   meta = read_metadata(model_buffer)
   tensor = meta['subgraph_metadata'][0]['input_tensor_metadata'][
       details['position']]
@@ -485,7 +485,7 @@ def predict(model_buffer: bytes, pixels: np.ndarray,
   interpreter = tf.lite.Interpreter(model_content=model_buffer,
                                     num_threads=num_threads)
   interpreter.allocate_tensors()
-  inp, vector = _inputs(model_buffer)
+  inp, vector = input_tensors(model_buffer)
   if (vector is None) != (metadata is None):
     raise ValueError('metadata vectors go with a model that has a metadata '
                      f'input, and only with it (model: '

@@ -176,3 +176,20 @@ def test_int8_needs_the_metadata_of_its_representative_images(saved_model,
     tflite.convert(saved_model, tflite.INT8, images)
   with pytest.raises(ValueError, match='8 images'):
     tflite.convert(saved_model, tflite.INT8, images, list(vectors[:3]))
+
+
+def test_skinlesion_predict_feeds_a_metadata_tflite_the_encoded_vector(
+    int8_model, rows, reference, tmp_path):
+  from pipeline import predict  # pylint: disable=g-import-not-at-top
+  pixels, _, vectors = rows
+  path = tmp_path / 'model_int8.tflite'
+  path.write_bytes(int8_model)
+  predictor = predict._TFLitePredictor(str(path))  # pylint: disable=protected-access
+  assert predictor.metadata_keys == features.METADATA_KEYS
+  # As metadata_csv gives them: a missing age is None.
+  given = [{features.AGE_KEY: None if np.isnan(a) else a,
+            features.SEX_KEY: s, features.LOCALIZATION_KEY: l}
+           for a, s, l in zip(AGES, SEXES, SITES)]
+  np.testing.assert_array_equal(predictor(pixels, given),
+                                tflite.predict(int8_model, pixels, vectors))
+  assert np.abs(predictor(pixels, given) - reference).max() < 0.1
