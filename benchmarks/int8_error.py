@@ -71,13 +71,13 @@ def stratified_images(files, image_size, count, seed):
 
 
 def dynamic_range(saved_model_dir):
-  converter = tflite._converter(saved_model_dir)  # pylint: disable=protected-access
+  converter = tflite.converter(saved_model_dir)
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   return converter.convert()
 
 
 def float32(saved_model_dir):
-  return tflite._converter(saved_model_dir).convert()  # pylint: disable=protected-access
+  return tflite.converter(saved_model_dir).convert()
 
 
 def layer_errors(debug_model, float_model, images):

@@ -1,7 +1,9 @@
 """MobileExporter: the blessed model as .tflite files, each judged for parity.
 
 Runs after the Evaluator.  When the blessing says blessed, it converts the
-model's raw-image signature to each configured format (float16; int8 with
+model's raw-image signature (for a model with patient metadata, its
+metadata-vector signature: image plus encoded metadata, on the same
+examples' metadata) to each configured format (float16; int8 with
 uint8 input, calibrated on a seeded sample of the train split), attaches
 TFLite metadata, and runs every .tflite and the SavedModel on the test split:
 a file passes when it agrees with the SavedModel's top-1 on enough images and
@@ -142,36 +144,50 @@ class Executor(base_executor.BaseExecutor):
 
     parity_split = exec_properties['parity_split']
     calibration: List[np.ndarray] = []
+    calibration_metadata = None
     reference_metrics = None
     try:
-      tflite.check_image_only(saved_model_dir)
+      with_metadata = tflite.takes_metadata(saved_model_dir)
     except tflite.MetadataInputsNotSupported as e:
-      # mixed_input: no .tflite (docs/android.md); every format fails with
-      # the reason, and the pusher pushes the SavedModel alone.
+      # A model with metadata exported before the metadata-vector signature:
+      # every format fails with the reason; the pusher pushes the SavedModel
+      # alone.
       logging.warning('No mobile export: %s', e)
       entries = {fmt: {'file': None, 'passed': False,
                        'reasons': [f'not converted: {e}']} for fmt in formats}
     else:
-      pixels, truth = data.load_images(_split_files(examples, parity_split),
-                                       image_size)
+      parity_files = _split_files(examples, parity_split)
+      pixels, truth = data.load_images(parity_files, image_size)
       # The parity intervals resample lesions (images of one lesion are not
       # independent).
-      lesions = data.lesion_ids(_split_files(examples, parity_split))
+      lesions = data.lesion_ids(parity_files)
       logging.info('Parity set: %d images of split %s.', len(pixels),
                    parity_split)
-      reference = parity.saved_model_predict(saved_model_dir, pixels)
+      # A model with metadata: the SavedModel reads the raw metadata, the
+      # .tflite files their encoding (models/metadata_vector.py).
+      raw_metadata = data.load_metadata(parity_files) if with_metadata else None
+      vectors = (data.encode_metadata(raw_metadata) if with_metadata
+                 else None)
+      reference = parity.saved_model_predict(saved_model_dir, pixels,
+                                             metadata=raw_metadata)
       if tflite.INT8 in formats:
-        calibration = self.representative_images(
-            examples, exec_properties['representative_split'], image_size,
-            exec_properties['representative_examples'],
-            exec_properties['seed'])
+        split = exec_properties['representative_split']
+        count = exec_properties['representative_examples']
+        seed = exec_properties['seed']
+        calibration = self.representative_images(examples, split, image_size,
+                                                 count, seed)
+        if with_metadata:
+          calibration_metadata = data.representative_metadata(
+              _split_files(examples, split), count, seed)
 
       entries = {}
       for fmt in formats:
         entries[fmt] = self._export_one(
-            fmt, saved_model_dir, calibration, output.uri, labels,
+            fmt, saved_model_dir, (calibration, calibration_metadata),
+            output.uri, labels,
             json.loads(exec_properties['label_descriptions']), model_version,
-            exec_properties, pixels, truth, lesions, reference, thresholds)
+            exec_properties, (pixels, vectors), truth, lesions, reference,
+            thresholds)
       reference_metrics = dataclasses.asdict(parity.classification_metrics(
           reference, truth, labels))
 
@@ -204,11 +220,15 @@ class Executor(base_executor.BaseExecutor):
 
   def _export_one(self, fmt, saved_model_dir, calibration, output_dir,
                   labels, label_descriptions, model_version, exec_properties,
-                  pixels, truth, lesions, reference, thresholds
+                  parity_inputs, truth, lesions, reference, thresholds
                   ) -> Dict[str, Any]:
-    """Converts one format and judges it; a failed conversion is a verdict."""
+    """Converts one format and judges it; a failed conversion is a verdict.
+
+    ``calibration``: (images, their metadata vectors or None);
+    ``parity_inputs``: (uint8 pixels, their metadata vectors or None).
+    """
     try:
-      buffer = tflite.convert(saved_model_dir, fmt, calibration)
+      buffer = tflite.convert(saved_model_dir, fmt, *calibration)
       buffer = tflite.add_metadata(
           buffer, labels, name=exec_properties['model_name'],
           description=DESCRIPTION, version=model_version,
@@ -225,7 +245,8 @@ class Executor(base_executor.BaseExecutor):
     path = os.path.join(output_dir, name)
     with tf.io.gfile.GFile(path, 'wb') as f:
       f.write(buffer)
-    result = parity.compare(fmt, reference, tflite.predict(buffer, pixels),
+    result = parity.compare(fmt, reference,
+                            tflite.predict(buffer, *parity_inputs),
                             truth, labels, thresholds, lesions,
                             seed=exec_properties['seed'])
     logging.info('%s: %d bytes, top-1 agreement %s, balanced accuracy drop '

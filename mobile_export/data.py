@@ -2,15 +2,18 @@
 
 Both go through the canonical preprocessing (``models/preprocessing.py``:
 decode, bilinear resize, round to uint8), so they are exactly what the
-serving signatures and the mobile apps see.
+serving signatures and the mobile apps see.  For a model with metadata, the
+same examples' raw metadata (``load_metadata``) and encoded vectors
+(models/metadata_vector.py) come in the same order.
 """
 
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from models import features
+from models import metadata_vector
 from models import preprocessing
 
 
@@ -52,6 +55,47 @@ def lesion_ids(file_patterns: Sequence[str]) -> np.ndarray:
   return np.asarray(out)
 
 
+def _raw_metadata(serialized: np.ndarray) -> Dict[str, np.ndarray]:
+  parsed = tf.io.parse_example(tf.constant(serialized),
+                               preprocessing.metadata_spec())
+  return {key: value.numpy() for key, value in parsed.items()}
+
+
+def _concatenate(batches: List[Dict[str, np.ndarray]]
+                 ) -> Dict[str, np.ndarray]:
+  if not batches:
+    return {features.AGE_KEY: np.zeros((0,), np.float32),
+            features.SEX_KEY: np.zeros((0,), object),
+            features.LOCALIZATION_KEY: np.zeros((0,), object)}
+  return {key: np.concatenate([b[key] for b in batches])
+          for key in batches[0]}
+
+
+def load_metadata(file_patterns: Sequence[str]) -> Dict[str, np.ndarray]:
+  """Every example's raw metadata, in load_images' order: ``age`` float32
+  [N] (NaN: missing), ``sex`` and ``localization`` bytes [N] ('unknown' when
+  missing), as the serving_images signature takes them."""
+  return _concatenate([_raw_metadata(batch) for batch in
+                       preprocessing.read_examples(file_patterns).batch(
+                           1024).as_numpy_iterator()])
+
+
+def encode_metadata(raw: Dict[str, np.ndarray]) -> np.ndarray:
+  """load_metadata's arrays -> float32 [N, metadata_vector.SIZE]."""
+  return metadata_vector.encode_batch(raw[features.AGE_KEY],
+                                      raw[features.SEX_KEY],
+                                      raw[features.LOCALIZATION_KEY])
+
+
+def _sample(file_patterns: Sequence[str], count: int,
+            seed: int) -> tf.data.Dataset:
+  if count <= 0:
+    raise ValueError(f'representative image count must be > 0, got {count}')
+  return (preprocessing.read_examples(file_patterns)
+          .shuffle(10_000, seed=seed, reshuffle_each_iteration=False)
+          .take(count))
+
+
 def representative_images(file_patterns: Sequence[str], image_size: int,
                           count: int, seed: int) -> List[np.ndarray]:
   """A seeded random sample of ``count`` images, float32 [S, S, 3] in [0, 1].
@@ -60,11 +104,16 @@ def representative_images(file_patterns: Sequence[str], image_size: int,
   sampled images are decoded); the buffer holds up to 10,000 records, so on
   larger splits the sample favours, but is not limited to, the first files.
   """
-  if count <= 0:
-    raise ValueError(f'representative image count must be > 0, got {count}')
-  dataset = (preprocessing.read_examples(file_patterns)
-             .shuffle(10_000, seed=seed, reshuffle_each_iteration=False)
-             .take(count)
-             .map(lambda s: _decode(s, image_size)[0]))
+  dataset = _sample(file_patterns, count, seed).map(
+      lambda s: _decode(s, image_size)[0])
   return [preprocessing.to_model_input(image).numpy()
           for image in dataset]
+
+
+def representative_metadata(file_patterns: Sequence[str], count: int,
+                            seed: int) -> List[np.ndarray]:
+  """The encoded metadata (float32 [metadata_vector.SIZE]) of the examples
+  representative_images samples with the same arguments, in its order."""
+  raw = _concatenate([_raw_metadata(batch) for batch in _sample(
+      file_patterns, count, seed).batch(1024).as_numpy_iterator()])
+  return list(encode_metadata(raw))

@@ -172,10 +172,18 @@ def compare(fmt: str, reference: np.ndarray, candidate: np.ndarray,
 
 
 def saved_model_predict(saved_model_dir: str, pixels: np.ndarray,
-                        batch_size: int = 64) -> np.ndarray:
+                        batch_size: int = 64,
+                        metadata: Optional[Dict[str, np.ndarray]] = None
+                        ) -> np.ndarray:
   """The SavedModel's raw-image signature on uint8 images [N, S, S, 3]:
   the single-view one the .tflite files are converted from
-  (``features.single_view_image_signature``)."""
+  (``features.single_view_image_signature``).
+
+  ``metadata``: for a model with metadata, the images' raw metadata
+  (mobile_export/data.load_metadata: age [N], sex [N], localization [N]),
+  fed as they are: the reference encodes them inside the model, the .tflite
+  gets metadata_vector's encoding of the same rows.
+  """
   loaded = tf.saved_model.load(saved_model_dir)
   signature = loaded.signatures[
       features.single_view_image_signature(loaded.signatures)]
@@ -183,7 +191,11 @@ def saved_model_predict(saved_model_dir: str, pixels: np.ndarray,
   for start in range(0, len(pixels), batch_size):
     images = preprocessing.to_model_input(
         tf.constant(pixels[start:start + batch_size]))
-    outputs.append(signature(images=images)[features.PREDICTION_KEY].numpy())
+    extra = {} if metadata is None else {
+        key: tf.constant(metadata[key][start:start + batch_size])
+        for key in features.METADATA_KEYS}
+    outputs.append(signature(images=images, **extra)[
+        features.PREDICTION_KEY].numpy())
   if not outputs:
     num_classes = signature.structured_outputs[
         features.PREDICTION_KEY].shape[-1]

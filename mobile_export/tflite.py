@@ -2,8 +2,13 @@
 
 Conversion reads the ``serving_images`` signature (the single-view
 ``serving_images_single_view`` when the model was exported with test-time
-augmentation) of a Keras 3 ``ExportArchive`` SavedModel (the only path that converts with TF 2.16 and
-Keras 3, see ../shared/STACK.md).  Two formats:
+augmentation) of a Keras 3
+``ExportArchive`` SavedModel (the only path that converts with TF 2.16 and
+Keras 3, see ../shared/STACK.md); for a model with patient metadata
+(``mixed_input``) it reads ``serving_images_metadata_vector`` instead: the
+image plus ONE float32 [1, K] tensor ``metadata``, the encoded metadata of
+models/metadata_vector.py (no string ops in the .tflite; the image input is
+the same as an image-only model's).  Two formats:
 
 * ``float16``: weights stored as float16, float32 input in [0, 1] and float32
   probabilities; about half the size of the float32 model, same arithmetic.
@@ -11,13 +16,17 @@ Keras 3, see ../shared/STACK.md).  Two formats:
   float, DEFAULT_FLOAT_OPS: an int8 softmax's 1/256 steps made exact ties,
   BENCHMARKS.md, issue 16); takes uint8 pixels (input quantization scale
   1/255, zero point 0, i.e. the raw pixel values of the resized image) and
-  returns float32 probabilities.
+  returns float32 probabilities.  The metadata vector stays a float32
+  input (it feeds the metadata MLP's Dense layers, kept float).
 
 Metadata (tflite-support writers) carries the model name, description,
 version, author, licence, the label file, the input normalization matching
 the input type (float: mean 0, std 255; uint8: mean 0, std 1), the colour
 space and image size, and tensor descriptions, so the Task Library and
-MediaPipe need no pre-processing code of the app.
+MediaPipe need no pre-processing code of the app.  A metadata model's
+``metadata`` input is described slot by slot; the Task Library's
+ImageClassifier takes one input, so an app runs such a model with the
+Interpreter (docs/android.md).
 """
 
 import json
@@ -28,16 +37,18 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python import convert as tflite_convert
+from tensorflow.lite.tools import flatbuffer_utils
 # Imported module by module: `import tflite_support` fails in a process that
 # also has TensorFlow (see ../shared/STACK.md).
 from tensorflow_lite_support.metadata import metadata_schema_py_generated as metadata_fb
 from tensorflow_lite_support.metadata import schema_py_generated as schema_fb
 from tensorflow_lite_support.metadata.python import metadata as tflite_metadata
-from tensorflow_lite_support.metadata.python.metadata_writers import image_classifier
 from tensorflow_lite_support.metadata.python.metadata_writers import metadata_info
+from tensorflow_lite_support.metadata.python.metadata_writers import metadata_writer
 from tensorflow_lite_support.metadata.python.metadata_writers import writer_utils
 
 from models import features
+from models import metadata_vector
 
 FLOAT16 = 'float16'
 INT8 = 'int8'
@@ -63,52 +74,91 @@ def _check_format(fmt: str) -> None:
 
 
 class MetadataInputsNotSupported(ValueError):
-  """The model's image signature also takes patient metadata."""
+  """The model takes patient metadata, but its SavedModel has no
+  metadata-vector signature (it was exported before there was one)."""
 
 
-def check_image_only(saved_model_dir: str) -> str:
-  """The name of the signature the converter reads; refuses models whose
-  ``serving_images`` signature takes more than the image (``mixed_input``:
-  age, sex, localization).
+def signature_key(saved_model_dir: str) -> str:
+  """The signature the .tflite files are converted from.
 
-  The converter reads the single-view image signature
+  For an image-only model the single-view image signature
   (``features.single_view_image_signature``): ``serving_images``, or, when
   the Trainer exported test-time augmentation, ``serving_images_single_view``
   (the plain model, one pass per image on the phone; the parity gate
-  compares the .tflite with that same signature).
+  compares the .tflite with that same signature).  For a model whose
+  ``serving_images`` also takes metadata (``mixed_input``),
+  ``serving_images_metadata_vector`` (images and the encoded metadata; the
+  plain model on one view as well).
 
-  Decision (docs/android.md): no TFLite export for them.  The Task Library
-  and MediaPipe image classifiers feed exactly one image tensor, and the
-  metadata path would need string inputs (sex, localization lookups), which
-  TFLite builtins do not convert; an app would have to reimplement the
-  one-hot encoding and the missing-age indicator by hand.  Use an
-  image-only registry model for mobile.
+  Raises:
+    MetadataInputsNotSupported: a model with metadata whose SavedModel lacks
+      the metadata-vector signature (re-export it with this code).
   """
   loaded = tf.saved_model.load(saved_model_dir)
-  name = features.single_view_image_signature(loaded.signatures)
-  _, inputs = loaded.signatures[name].structured_input_signature
+  _, inputs = loaded.signatures[features.IMAGE_SIGNATURE].structured_input_signature
+  if set(inputs) == {'images'}:
+    return features.single_view_image_signature(loaded.signatures)
+  if features.METADATA_VECTOR_SIGNATURE in loaded.signatures:
+    return features.METADATA_VECTOR_SIGNATURE
   extra = sorted(set(inputs) - {'images'})
-  if extra:
-    raise MetadataInputsNotSupported(
-        f'no TFLite export for a model with metadata inputs {extra} (e.g. '
-        'mixed_input): the Task Library / MediaPipe image classifiers take '
-        'one image tensor and TFLite builtins cannot take the string '
-        'metadata; use an image-only model (e.g. mobilenet_v2) for mobile, '
-        'see docs/android.md')
-  return name
+  raise MetadataInputsNotSupported(
+      f'{saved_model_dir} takes metadata inputs {extra} but has no '
+      f'{features.METADATA_VECTOR_SIGNATURE} '
+      'signature (TFLite cannot take the string metadata): re-export the '
+      'model with models/export.py, see docs/android.md')
 
 
-def _converter(saved_model_dir: str) -> tf.lite.TFLiteConverter:
-  return tf.lite.TFLiteConverter.from_saved_model(
-      saved_model_dir, signature_keys=[check_image_only(saved_model_dir)])
+def takes_metadata(saved_model_dir: str) -> bool:
+  """Whether the .tflite files of this SavedModel take the metadata vector."""
+  return signature_key(saved_model_dir) == features.METADATA_VECTOR_SIGNATURE
+
+
+def converter(saved_model_dir: str, key: Optional[str] = None
+              ) -> tf.lite.TFLiteConverter:
+  """A converter of the signature ``key`` (default: ``signature_key``);
+  without optimizations it converts to a float32 .tflite.
+
+  The metadata-vector signature is converted as a concrete function held by
+  a module of its own: converted from the SavedModel, the .tflite would
+  carry the SavedModel's initializer, a subgraph filling the string lookup
+  tables of ``serving_images`` (HASHTABLE ops) that this signature never
+  reads.  Its inputs are then ``images`` (0) and ``metadata`` (1), with no
+  signature def.
+  """
+  key = key or signature_key(saved_model_dir)
+  if key != features.METADATA_VECTOR_SIGNATURE:
+    return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
+                                                    signature_keys=[key])
+  loaded = tf.saved_model.load(saved_model_dir)
+  function = loaded.signatures[key]
+  holder = tf.Module()
+  holder.function = function
+  result = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
+  # The variables the function reads belong to ``loaded``: kept alive as
+  # long as the converter.
+  result.skinlesion_saved_model = loaded
+  return result
+
+
+def _float_input(calibrated: bytes, position: int) -> bytes:
+  """The calibrated model with input ``position``'s recorded range dropped.
+
+  The quantizer turns every input with a range into a uint8 input; without
+  one, the metadata vector (read by the float FULLY_CONNECTED layers of the
+  metadata MLP) stays a float32 input.
+  """
+  model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+  subgraph = model.subgraphs[0]
+  subgraph.tensors[subgraph.inputs[position]].quantization = None
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def convert_float16(saved_model_dir: str) -> bytes:
   """float16 weights, float32 input in [0, 1] and float32 probabilities."""
-  converter = _converter(saved_model_dir)
-  converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  converter.target_spec.supported_types = [tf.float16]
-  return converter.convert()
+  float16 = converter(saved_model_dir)
+  float16.optimizations = [tf.lite.Optimize.DEFAULT]
+  float16.target_spec.supported_types = [tf.float16]
+  return float16.convert()
 
 
 def _with_full_pixel_range(images: Sequence[np.ndarray]) -> list:
@@ -134,28 +184,49 @@ DEFAULT_FLOAT_OPS: Tuple[str, ...] = ('FULLY_CONNECTED', 'SOFTMAX')
 
 
 def calibrate(saved_model_dir: str,
-              representative_images: Iterable[np.ndarray]) -> bytes:
+              representative_images: Iterable[np.ndarray],
+              representative_metadata: Optional[Iterable[np.ndarray]] = None
+              ) -> bytes:
   """The float model with activation ranges from the images (not quantized).
 
+  ``representative_metadata``: for a model with metadata, each image's
+  encoded metadata (float32 [metadata_vector.SIZE]), in image order; None
+  for an image-only model.
+
   Raises:
-    ValueError: without representative images.
+    ValueError: without representative images, or when the metadata vectors
+      are missing for a model with metadata (or given to one without).
   """
   images = list(representative_images)
   if not images:
     raise ValueError('int8 conversion needs at least one representative image')
   images = _with_full_pixel_range(images)
+  key = signature_key(saved_model_dir)
+  vectors = (None if representative_metadata is None else
+             [np.asarray(v, np.float32) for v in representative_metadata])
+  if (key == features.METADATA_VECTOR_SIGNATURE) != (vectors is not None):
+    raise ValueError(
+        f'{key} takes representative metadata vectors only for a model with '
+        f'metadata; got {"none" if vectors is None else len(vectors)}')
+  if vectors is not None and len(vectors) != len(images):
+    raise ValueError(f'{len(vectors)} representative metadata vectors for '
+                     f'{len(images)} images')
 
   def representative_dataset():
-    for image in images:
-      yield [image[None]]
+    # In input order (images, then metadata: see ``converter``).
+    for i, image in enumerate(images):
+      yield [image[None]] + ([] if vectors is None else [vectors[i][None]])
 
-  converter = _converter(saved_model_dir)
-  converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  converter.representative_dataset = representative_dataset
+  calibrating = converter(saved_model_dir, key)
+  calibrating.optimizations = [tf.lite.Optimize.DEFAULT]
+  calibrating.representative_dataset = representative_dataset
   # What tf.lite.experimental.QuantizationDebugger does too: calibrate, then
   # quantize with some ops denylisted (kept in float).
-  converter._experimental_calibrate_only = True  # pylint: disable=protected-access
-  return converter.convert()
+  calibrating._experimental_calibrate_only = True  # pylint: disable=protected-access
+  calibrated = calibrating.convert()
+  _, vector = input_tensors(calibrated)
+  return calibrated if vector is None else _float_input(calibrated,
+                                                        vector['position'])
 
 
 def quantize_calibrated(calibrated: bytes, float_ops: Sequence[str] = (),
@@ -173,18 +244,24 @@ def quantize_calibrated(calibrated: bytes, float_ops: Sequence[str] = (),
   buffer = tflite_convert.mlir_quantize(
       calibrated, input_data_type=tf.uint8, output_data_type=tf.float32,
       denylisted_ops=list(float_ops) or None)
-  scale, zero_point = _input_details(buffer)['quantization']
+  image, vector = input_tensors(buffer)
+  scale, zero_point = image['quantization']
   if (zero_point != 0 or
       abs(scale - _PIXEL_SCALE) > _PIXEL_SCALE_TOLERANCE * _PIXEL_SCALE):
     raise ValueError(
         f'int8 input quantized with scale {scale}, zero point {zero_point}; '
         'expected 1/255 and 0 (raw pixels)')
+  if vector is not None and vector['dtype'] != np.float32:
+    raise ValueError(f'the metadata input became {vector["dtype"]}; it must '
+                     'stay float32 (docs/android.md)')
   return buffer
 
 
 def convert_int8(saved_model_dir: str,
                  representative_images: Iterable[np.ndarray],
-                 float_ops: Sequence[str] = DEFAULT_FLOAT_OPS) -> bytes:
+                 float_ops: Sequence[str] = DEFAULT_FLOAT_OPS,
+                 representative_metadata: Optional[Iterable[np.ndarray]] = None
+                 ) -> bytes:
   """Integer conversion with uint8 input and float32 output.
 
   Args:
@@ -192,6 +269,8 @@ def convert_int8(saved_model_dir: str,
     representative_images: float32 [S, S, 3] arrays in [0, 1] (calibration).
     float_ops: TFLite builtin ops kept in float (default: the classifier
       head, DEFAULT_FLOAT_OPS; ``()``: fully integer).
+    representative_metadata: a model with metadata: each image's encoded
+      metadata (models/metadata_vector.py), in image order.
 
   Returns:
     The .tflite flatbuffer (no metadata yet).
@@ -201,17 +280,21 @@ def convert_int8(saved_model_dir: str,
       is not quantized as raw pixels (scale 1/255, zero point 0).
   """
   return quantize_calibrated(
-      calibrate(saved_model_dir, representative_images), float_ops)
+      calibrate(saved_model_dir, representative_images,
+                representative_metadata), float_ops)
 
 
 def convert(saved_model_dir: str, fmt: str,
-            representative_images: Optional[Iterable[np.ndarray]] = None
+            representative_images: Optional[Iterable[np.ndarray]] = None,
+            representative_metadata: Optional[Iterable[np.ndarray]] = None
             ) -> bytes:
-  """Converts to one of FORMATS (int8 needs representative images)."""
+  """Converts to one of FORMATS (int8 needs representative images, and for
+  a model with metadata their encoded metadata)."""
   _check_format(fmt)
   if fmt == FLOAT16:
     return convert_float16(saved_model_dir)
-  return convert_int8(saved_model_dir, representative_images or [])
+  return convert_int8(saved_model_dir, representative_images or [],
+                      representative_metadata=representative_metadata)
 
 
 class _InputImageMd(metadata_info.InputImageTensorMd):
@@ -229,9 +312,33 @@ class _InputImageMd(metadata_info.InputImageTensorMd):
     return tensor_metadata
 
 
-def _input_details(model_buffer: bytes) -> Dict[str, Any]:
+def input_tensors(model_buffer: bytes
+            ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+  """The image input's details and the metadata vector's (None: an
+  image-only model); each with ``position``, its place among the inputs."""
   interpreter = tf.lite.Interpreter(model_content=model_buffer)
-  return interpreter.get_input_details()[0]
+  image, vector = None, None
+  for position, details in enumerate(interpreter.get_input_details()):
+    details = {**details, 'position': position}
+    if len(details['shape']) == 4 and image is None:
+      image = details
+    elif (len(details['shape']) == 2 and vector is None and
+          int(details['shape'][1]) == metadata_vector.SIZE):
+      vector = details
+    else:
+      raise ValueError(f'unexpected input tensor {details["name"]} of shape '
+                       f'{list(details["shape"])}')
+  if image is None:
+    raise ValueError('the model has no [1, S, S, 3] image input')
+  return image, vector
+
+
+def metadata_input_description() -> str:
+  """The ``metadata`` input's contract, slot by slot (TFLite metadata)."""
+  return (f'float32 [1, {metadata_vector.SIZE}]: the patient metadata '
+          'encoded as models/metadata_vector.py lays it out (one-hot slots '
+          'are 1 or 0; strings match exactly). Slots: '
+          + metadata_vector.describe() + '.')
 
 
 def add_metadata(model_buffer: bytes, labels: Sequence[str], *, name: str,
@@ -240,8 +347,9 @@ def add_metadata(model_buffer: bytes, labels: Sequence[str], *, name: str,
   """Attaches image-classifier metadata (labels, normalization, names).
 
   Args:
-    model_buffer: a converted model with one [1, S, S, 3] image input and one
-      [1, len(labels)] float32 probabilities output.
+    model_buffer: a converted model with one [1, S, S, 3] image input (and,
+      for a model with metadata, the [1, metadata_vector.SIZE] ``metadata``
+      input) and one [1, len(labels)] float32 probabilities output.
     labels: class names in output order; packed as ``labels.txt``.
     name: model name.
     description: what the model is for (the input contract is appended).
@@ -254,9 +362,11 @@ def add_metadata(model_buffer: bytes, labels: Sequence[str], *, name: str,
   Returns:
     The model with metadata.
   """
-  input_type = writer_utils.get_input_tensor_types(model_buffer)[0]
+  image, vector = input_tensors(model_buffer)
+  input_type = writer_utils.get_input_tensor_types(model_buffer)[
+      image['position']]
   output_type = writer_utils.get_output_tensor_types(model_buffer)[0]
-  shape = [int(x) for x in _input_details(model_buffer)['shape']]
+  shape = [int(x) for x in image['shape']]
   if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
     raise ValueError(f'expected a [1, S, S, 3] image input, got {shape}')
   image_size = shape[1]
@@ -271,29 +381,40 @@ def add_metadata(model_buffer: bytes, labels: Sequence[str], *, name: str,
             'float32 pixel values / 255 (range 0-1)')
   input_contract = (f'RGB image resized (bilinear, whole image, aspect ratio '
                     f'not kept) to {image_size}x{image_size}; {pixels}.')
+  inputs = {image['position']: _InputImageMd(
+      image_size=image_size, name='image', description=input_contract,
+      norm_mean=[0.0], norm_std=norm_std,
+      color_space_type=metadata_fb.ColorSpaceType.RGB,
+      tensor_type=input_type)}
+  model_contract = f'Input: {input_contract}'
+  if vector is not None:
+    inputs[vector['position']] = metadata_info.TensorMd(
+        name=features.METADATA_VECTOR_KEY,
+        description=metadata_input_description())
+    model_contract = (f'Inputs: image: {input_contract} metadata: float32 '
+                      f'[1, {metadata_vector.SIZE}] encoded patient metadata '
+                      '(layout in its tensor description).')
   with tempfile.TemporaryDirectory() as tmp:
     label_file = os.path.join(tmp, LABELS_FILE)
     with open(label_file, 'w', encoding='utf-8') as f:
       f.write('\n'.join(labels) + '\n')
-    writer = image_classifier.MetadataWriter.create_from_metadata_info(
+    # What image_classifier.MetadataWriter writes, with one tensor entry per
+    # input.
+    writer = metadata_writer.MetadataWriter.create_from_metadata_info(
         model_buffer=bytearray(model_buffer),
         general_md=metadata_info.GeneralMd(
             name=name, version=version,
-            description=f'{description} Input: {input_contract}',
+            description=f'{description} {model_contract}',
             author=author, licenses=licenses),
-        input_md=_InputImageMd(
-            image_size=image_size,
-            name='image', description=input_contract,
-            norm_mean=[0.0], norm_std=norm_std,
-            color_space_type=metadata_fb.ColorSpaceType.RGB,
-            tensor_type=input_type),
-        output_md=metadata_info.ClassificationTensorMd(
+        input_md=[inputs[i] for i in sorted(inputs)],
+        output_md=[metadata_info.ClassificationTensorMd(
             name='probabilities',
             description=('Probability of each class (they sum to 1), in '
                          f'{LABELS_FILE} order: '
                          + ', '.join(label_descriptions or labels)),
             label_files=[metadata_info.LabelFileMd(file_path=label_file)],
-            tensor_type=output_type))
+            tensor_type=output_type)],
+        associated_files=[label_file])
     return bytes(writer.populate())
 
 
@@ -313,10 +434,15 @@ def packed_labels(model_buffer: bytes) -> list:
 
 
 def input_spec(model_buffer: bytes) -> Dict[str, Any]:
-  """What an app must feed the model, from the tensor and its metadata."""
-  details = _input_details(model_buffer)
+  """What an app must feed the model, from the tensors and their metadata.
+
+  The image input's contract; for a model with metadata, ``metadata`` adds
+  the vector input's tensor, dtype, shape and slot names.
+  """
+  details, vector = input_tensors(model_buffer)
   meta = read_metadata(model_buffer)
-  tensor = meta['subgraph_metadata'][0]['input_tensor_metadata'][0]
+  tensor = meta['subgraph_metadata'][0]['input_tensor_metadata'][
+      details['position']]
   norm = next((p['options'] for p in tensor.get('process_units', [])
                if p['options_type'] == 'NormalizationOptions'), None)
   scale, zero_point = details['quantization']
@@ -329,6 +455,11 @@ def input_spec(model_buffer: bytes) -> Dict[str, Any]:
       'normalization': norm,
       'color_space': tensor['content']['content_properties']['color_space'],
       'resize': 'bilinear, whole image to the input size',
+      **({} if vector is None else {features.METADATA_VECTOR_KEY: {
+          'tensor': vector['name'],
+          'dtype': np.dtype(vector['dtype']).name,
+          'shape': [int(x) for x in vector['shape']],
+          'slots': [slot for slot, _ in metadata_vector.SLOTS]}}),
   }
 
 
@@ -347,17 +478,39 @@ def model_input(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def predict(model_buffer: bytes, pixels: np.ndarray,
+            metadata: Optional[np.ndarray] = None,
             num_threads: int = 1) -> np.ndarray:
-  """Probabilities [N, C] for uint8 images [N, S, S, 3], one invoke each."""
+  """Probabilities [N, C] for uint8 images [N, S, S, 3], one invoke each.
+
+  ``metadata``: for a model with metadata, float32 [N, metadata_vector.SIZE]
+  (metadata_vector.encode_batch of each image's metadata); None otherwise.
+
+  Raises:
+    ValueError: metadata missing for a model that takes it, given to one
+      that does not, or not one vector per image.
+  """
   interpreter = tf.lite.Interpreter(model_content=model_buffer,
                                     num_threads=num_threads)
   interpreter.allocate_tensors()
-  inp = interpreter.get_input_details()[0]
+  inp, vector = input_tensors(model_buffer)
+  if (vector is None) != (metadata is None):
+    raise ValueError('metadata vectors go with a model that has a metadata '
+                     f'input, and only with it (model: '
+                     f'{"none" if vector is None else "one"}, given: '
+                     f'{"none" if metadata is None else "some"})')
+  if metadata is not None and np.shape(metadata) != (len(pixels),
+                                                     metadata_vector.SIZE):
+    raise ValueError(f'metadata of shape {np.shape(metadata)} for '
+                     f'{len(pixels)} images; expected [N, '
+                     f'{metadata_vector.SIZE}]')
   out = interpreter.get_output_details()[0]
   results = []
-  for image in pixels:
+  for i, image in enumerate(pixels):
     interpreter.set_tensor(inp['index'],
                            model_input(image[None], inp['dtype']))
+    if vector is not None:
+      interpreter.set_tensor(vector['index'],
+                             np.asarray(metadata[i:i + 1], np.float32))
     interpreter.invoke()
     results.append(np.array(interpreter.get_tensor(out['index'])[0],
                             np.float32))

@@ -1,6 +1,6 @@
 """Writes the serving SavedModel with Keras 3's own export API.
 
-Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
+Signatures (see ../shared/STACK.md for why it must be ExportArchive):
   * ``serving_default``: serialized tf.Example strings -> probabilities; used
     by TFMA and by model servers (TF Serving's predict/classify on Examples).
     For ``mixed_input`` it also parses the metadata (age, sex, localization)
@@ -9,15 +9,21 @@ Two signatures (see ../shared/STACK.md for why it must be ExportArchive):
     probabilities; the one the TFLite converter reads.  For ``mixed_input``
     it takes the metadata too: ``age`` float32 [N] (NaN: missing), ``sex``
     and ``localization`` string [N].
-Both return ``{'probabilities': float32 [N, num_classes]}`` (temperature
+  * ``serving_images_metadata_vector`` (``mixed_input`` only): the same
+    images and ``metadata`` float32 [N, K], the encoded metadata
+    (models/metadata_vector.py) -> probabilities.  The same layers as
+    ``serving_images`` after its string encoding
+    (registry.metadata_vector_model); the TFLite converter reads it.
+All return ``{'probabilities': float32 [N, num_classes]}`` (temperature
 scaled when the Trainer applied a fit: it is folded into the softmax layer,
 ``models/calibration.py``).
 With test-time augmentation (``tta``: 'flips' or 'dihedral', models/tta.py)
 both average the probabilities over the flipped / rotated views, and
   * ``serving_images_single_view`` (same inputs and output as
-    ``serving_images``; image-only models, mixed_input has no TFLite
-    export) is the plain model on one view: the TFLite converter and the
-    parity gate read it (mobile_export/tflite.py).
+    ``serving_images``, metadata included for ``mixed_input``) is the plain
+    model on one view: the TFLite converter (image-only models) and the
+    parity gate read it (mobile_export/tflite.py); the metadata-vector
+    signature is always single-view.
   * ``serving_gradcam``: the same images -> ``probabilities`` and ``heatmap``
     (float32 [N, h, w] in [0, 1], Grad-CAM of the top class at the feature
     map's resolution; ``models/explain.py``), so the SavedModel alone can
@@ -32,8 +38,10 @@ import tensorflow as tf
 
 from models import explain
 from models import features
+from models import metadata_vector
 from models import preprocessing
 from models import tta as tta_views
+from models import registry
 
 METADATA_SIGNATURE_INPUTS = {
     features.AGE_KEY: tf.float32,
@@ -75,24 +83,45 @@ def export_serving_model(model: keras.Model, export_dir: str,
   image_input = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
                               name='images')
   if with_metadata:
-    def serve_images(images, age, sex, localization):
-      return predict({'image': images, **preprocessing.metadata_inputs(
+    metadata_input = [tf.TensorSpec([None], dtype, name=key)
+                      for key, dtype in METADATA_SIGNATURE_INPUTS.items()]
+
+    def with_raw_metadata(images, age, sex, localization):
+      return {'image': images, **preprocessing.metadata_inputs(
           {features.AGE_KEY: age, features.SEX_KEY: sex,
-           features.LOCALIZATION_KEY: localization})})
+           features.LOCALIZATION_KEY: localization})}
+
+    def serve_images(images, age, sex, localization):
+      return predict(with_raw_metadata(images, age, sex, localization))
+
+    def serve_single_view(images, age, sex, localization):
+      return {features.PREDICTION_KEY: probabilities(
+          with_raw_metadata(images, age, sex, localization))}
+    archive.add_endpoint(name=features.IMAGE_SIGNATURE, fn=serve_images,
+                         input_signature=[image_input] + metadata_input)
+    if tta != 'none':
+      archive.add_endpoint(name=features.SINGLE_VIEW_IMAGE_SIGNATURE,
+                           fn=serve_single_view,
+                           input_signature=[image_input] + metadata_input)
+    numeric = registry.metadata_vector_model(model)
+
+    def serve_metadata_vector(images, metadata):
+      return {features.PREDICTION_KEY: tf.cast(
+          numeric([images, metadata], training=False), tf.float32)}
     archive.add_endpoint(
-        name=features.IMAGE_SIGNATURE, fn=serve_images,
-        input_signature=[image_input] + [
-            tf.TensorSpec([None], dtype, name=key)
-            for key, dtype in METADATA_SIGNATURE_INPUTS.items()])
+        name=features.METADATA_VECTOR_SIGNATURE, fn=serve_metadata_vector,
+        input_signature=[image_input, tf.TensorSpec(
+            [None, metadata_vector.SIZE], tf.float32,
+            name=features.METADATA_VECTOR_KEY)])
   else:
     archive.add_endpoint(
         name=features.IMAGE_SIGNATURE, fn=lambda images: predict(images),
         input_signature=[image_input])
-  if tta != 'none' and not with_metadata:
-    archive.add_endpoint(
-        name=features.SINGLE_VIEW_IMAGE_SIGNATURE,
-        fn=lambda images: {features.PREDICTION_KEY: probabilities(images)},
-        input_signature=[image_input])
+    if tta != 'none':
+      archive.add_endpoint(
+          name=features.SINGLE_VIEW_IMAGE_SIGNATURE,
+          fn=lambda images: {features.PREDICTION_KEY: probabilities(images)},
+          input_signature=[image_input])
   reason = explain.unsupported_reason(model)
   if reason:
     logging.warning('No %s signature: %s.', explain.GRADCAM_SIGNATURE, reason)

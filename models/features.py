@@ -30,6 +30,10 @@ IMAGE_SIGNATURE = 'serving_images'      # float32 [N, H, W, 3] in [0, 1] -> prob
 # views; this one, then also written, is the plain model on the images (what
 # the TFLite files are converted from and compared with).
 SINGLE_VIEW_IMAGE_SIGNATURE = 'serving_images_single_view'
+# Models with metadata only: images as above and the encoded metadata
+# (models/metadata_vector.py) -> probabilities; the .tflite files' source.
+METADATA_VECTOR_SIGNATURE = 'serving_images_metadata_vector'
+METADATA_VECTOR_KEY = 'metadata'        # float32 [N, metadata_vector.SIZE]
 PREDICTION_KEY = 'probabilities'
 
 UNKNOWN = 'unknown'

@@ -24,7 +24,9 @@ Contracts every model keeps:
   * the output layer ``probabilities`` is float32 (also under mixed
     precision).
 ``mixed_input`` takes a dict: ``image`` as above, ``age`` float32 [N, 1]
-(NaN: missing), ``sex`` and ``localization`` string [N, 1].
+(NaN: missing), ``sex`` and ``localization`` string [N, 1]; its
+``metadata`` layer encodes them into models/metadata_vector.py's vector,
+and ``metadata_vector_model`` is the model from that vector on.
 
 Backbone weights (``weights``): ``'imagenet'`` loads Keras' ImageNet file
 from Keras' cache (``$KERAS_HOME/models``, default ``~/.keras/models``) and
@@ -47,14 +49,17 @@ from keras import ops
 from models import augmentation
 from models import cnn_baseline
 from models import color
-from models import domain
 from models import efficientnet_lite
 from models import features
+from models import metadata_vector
 
 FEATURE_MAP = cnn_baseline.FEATURE_MAP
 BACKBONE_LAYER = 'backbone'
 OUTPUT_LAYER = 'probabilities'
 METADATA_KEYS = features.METADATA_KEYS
+# mixed_input's layer whose output is the encoded metadata vector
+# (models/metadata_vector.py): everything after it is numeric.
+METADATA_VECTOR_LAYER = 'metadata'
 
 
 @keras.saving.register_keras_serializable('skinlesion')
@@ -300,18 +305,19 @@ def build_mixed_input(num_classes: int, image_size: int,
   x = _image_features(image, backbone, image_size, weights, alpha,
                       augment if augment is not None else {}, width,
                       synchronized_batch_norm, color_constancy)
-  age = AgeFeatures(domain.AGE_SCALE, name='age_features')(
+  # The encoding (strings, NaN ages -> metadata_vector's layout): age
+  # features, then one-hot over each vocabulary plus one bucket (index 0)
+  # for any other value, 'unknown' included.
+  age = AgeFeatures(metadata_vector.AGE_SCALE, name='age_features')(
       meta[features.AGE_KEY])
-  # One-hot over the vocabulary plus one bucket (index 0) for any other
-  # value, 'unknown' included.
   sex = keras.layers.StringLookup(
-      vocabulary=list(domain.SEX_VOCABULARY), num_oov_indices=1,
+      vocabulary=list(metadata_vector.SEX_VOCABULARY), num_oov_indices=1,
       output_mode='one_hot', name='sex_one_hot')(meta[features.SEX_KEY])
   site = keras.layers.StringLookup(
-      vocabulary=list(domain.LOCALIZATION_VOCABULARY), num_oov_indices=1,
-      output_mode='one_hot', name='localization_one_hot')(
+      vocabulary=list(metadata_vector.LOCALIZATION_VOCABULARY),
+      num_oov_indices=1, output_mode='one_hot', name='localization_one_hot')(
           meta[features.LOCALIZATION_KEY])
-  m = keras.layers.Concatenate(name='metadata')([age, sex, site])
+  m = keras.layers.Concatenate(name=METADATA_VECTOR_LAYER)([age, sex, site])
   m = keras.layers.Dense(32, activation='relu', name='metadata_dense1')(m)
   m = keras.layers.Dense(16, activation='relu', name='metadata_dense2')(m)
   x = keras.layers.Concatenate(name='image_and_metadata')([x, m])
@@ -331,6 +337,30 @@ MODELS: Dict[str, Callable[..., keras.Model]] = {
 
 def uses_metadata(name: str) -> bool:
   return name == 'mixed_input'
+
+
+def metadata_vector_model(model: keras.Model) -> keras.Model:
+  """The numeric part of a ``mixed_input`` model, sharing its layers.
+
+  Takes ``[image float32 [N, S, S, 3], metadata float32 [N,
+  metadata_vector.SIZE]]`` (the encoded metadata) and computes the model
+  from its METADATA_VECTOR_LAYER on: the same layers and weights, so it
+  answers exactly as ``model`` does on the raw metadata that encodes to
+  that vector.  The SavedModel's metadata-vector signature (and so the
+  .tflite files) is this model.
+
+  Raises:
+    ValueError: when the model has no metadata vector of that size.
+  """
+  vector = model.get_layer(METADATA_VECTOR_LAYER).output
+  if vector.shape[-1] != metadata_vector.SIZE:
+    raise ValueError(f'{model.name}\'s {METADATA_VECTOR_LAYER!r} layer has '
+                     f'{vector.shape[-1]} slots; models/metadata_vector.py '
+                     f'defines {metadata_vector.SIZE}')
+  # A list, not a dict: the vector is an inner tensor, whose name Keras
+  # would want to match a dict key.
+  return keras.Model([model.get_layer('image').output, vector], model.output,
+                     name=f'{model.name}_metadata_vector')
 
 
 def build(name: str, num_classes: int, image_size: int, **options) -> keras.Model:

@@ -46,6 +46,7 @@ from mobile_export import release
 from mobile_export import tflite
 from models import explain
 from models import features
+from models import metadata_vector
 from models import preprocessing
 from pipeline import configs
 from pipeline import metadata_csv
@@ -156,13 +157,21 @@ class _TFLitePredictor:
   def __init__(self, path: str):
     with tf.io.gfile.GFile(path, 'rb') as f:
       self._buffer = f.read()
-    interpreter = tf.lite.Interpreter(model_content=self._buffer)
-    self.image_size = int(interpreter.get_input_details()[0]['shape'][1])
-    self.metadata_keys = ()  # A pushed .tflite takes the image alone.
+    image, vector = tflite.input_tensors(self._buffer)
+    self.image_size = int(image['shape'][1])
+    # A metadata model's .tflite takes the encoded metadata vector beside
+    # the image (models/metadata_vector.py).
+    self.metadata_keys = () if vector is None else features.METADATA_KEYS
 
-  def __call__(self, pixels: np.ndarray, metadata=None) -> np.ndarray:
-    del metadata
-    return tflite.predict(self._buffer, pixels)
+  def __call__(self, pixels: np.ndarray,
+               metadata: Optional[Sequence[Metadata]] = None) -> np.ndarray:
+    if not self.metadata_keys:
+      return tflite.predict(self._buffer, pixels)
+    # Whatever is not given is missing, as in metadata_tensors.
+    metadata = list(metadata or [{}] * len(pixels))
+    vectors = metadata_vector.encode_batch(
+        *([m.get(key) for m in metadata] for key in features.METADATA_KEYS))
+    return tflite.predict(self._buffer, pixels, vectors)
 
   def gradcam(self, pixels: np.ndarray) -> None:
     del pixels  # A .tflite has no gradients.

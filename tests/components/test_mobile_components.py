@@ -400,12 +400,13 @@ def test_a_push_failing_anywhere_leaves_the_previous_version_intact(
   _intact(base, _version(mobile_b))
 
 
-def test_a_model_with_metadata_inputs_is_pushed_without_tflite(inputs,
-                                                                tmp_path):
+def test_a_model_with_metadata_inputs_is_converted_gated_and_pushed(
+    inputs, tmp_path):
   from models import export  # pylint: disable=g-import-not-at-top
+  from models import metadata_vector  # pylint: disable=g-import-not-at-top
   from models import registry  # pylint: disable=g-import-not-at-top
   _, examples = inputs
-  # mixed_input (untrained: the exporter's decision does not depend on it).
+  # mixed_input (untrained: parity compares it with itself).
   model = standard_artifacts.Model()
   model.uri = str(tmp_path / 'model')
   export.export_serving_model(
@@ -417,15 +418,26 @@ def test_a_model_with_metadata_inputs_is_pushed_without_tflite(inputs,
   blessing = _blessing(True)
   mobile = _export(mobile_exporter.Executor, model, examples, blessing,
                    str(tmp_path / 'mobile'))
-  assert json.loads(mobile.get_string_custom_property('passed_formats')) == []
-  assert os.listdir(mobile.uri) == [mobile_exporter.REPORT_FILE]
-  verdicts = json.loads(mobile.get_string_custom_property('verdicts'))
-  assert set(verdicts) == set(configs.TFLITE_FORMATS)
-  assert all('metadata inputs' in v['reasons'][0] for v in verdicts.values())
+  with open(os.path.join(mobile.uri, mobile_exporter.REPORT_FILE)) as f:
+    report = json.load(f)
+  for fmt in configs.TFLITE_FORMATS:
+    entry = report['formats'][fmt]
+    assert entry['file'] == tflite.file_name(fmt), entry['reasons']
+    assert entry['parity']['examples'] == report['reference']['examples'] > 0
+    vector_input = entry['input'][features.METADATA_VECTOR_KEY]
+    assert vector_input['shape'] == [1, metadata_vector.SIZE]
+    assert vector_input['dtype'] == 'float32'
+  # The float16 file computes what the SavedModel does: it must pass.
+  assert report['formats']['float16']['passed']
+  assert report['formats']['float16']['parity'][
+      'max_probability_difference'] < 1e-3
+  passed = json.loads(mobile.get_string_custom_property('passed_formats'))
+  assert 'float16' in passed
   base = str(tmp_path / 'serving')
   pushed = _push(model, blessing, mobile, str(tmp_path / 'pushed'), base)
   assert pushed.get_int_custom_property('pushed') == 1
   (version,) = os.listdir(base)
   files = os.listdir(os.path.join(base, version))
   assert 'saved_model.pb' in files
-  assert not [f for f in files if f.endswith('.tflite')]
+  assert sorted(f for f in files if f.endswith('.tflite')) == sorted(
+      tflite.file_name(fmt) for fmt in passed)

@@ -361,3 +361,49 @@ def test_no_tta_keeps_the_plain_signatures(tiny_tfrecords, tmp_path):
   assert features.SINGLE_VIEW_IMAGE_SIGNATURE not in loaded.signatures
   assert features.single_view_image_signature(loaded.signatures) == (
       features.IMAGE_SIGNATURE)
+
+
+def test_tta_of_a_metadata_model_keeps_a_single_view_for_tflite(tmp_path):
+  """mixed_input with test-time augmentation: serving_images averages the
+  views; the single-view signature (raw metadata) and the metadata-vector
+  signature (what its .tflite is converted from) are the plain model, so
+  the parity gate compares like with like."""
+  from mobile_export import data  # pylint: disable=g-import-not-at-top
+  from mobile_export import parity  # pylint: disable=g-import-not-at-top
+  model = registry.build('mixed_input', num_classes=7, image_size=32,
+                         weights='none', backbone='cnn_baseline', width=0.25)
+  export.export_serving_model(model, str(tmp_path), 32, with_metadata=True,
+                              tta='flips')
+  loaded = tf.saved_model.load(str(tmp_path))
+  assert features.SINGLE_VIEW_IMAGE_SIGNATURE in loaded.signatures
+  assert tflite.signature_key(str(tmp_path)) == (
+      features.METADATA_VECTOR_SIGNATURE)
+  images = _images(n=4)
+  raw = {features.AGE_KEY: np.asarray([40.0, np.nan, 70.0, 5.0], np.float32),
+         features.SEX_KEY: np.asarray(['female', 'male', 'unknown', ''],
+                                      object),
+         features.LOCALIZATION_KEY: np.asarray(['back', 'face', 'kneecap',
+                                                'trunk'], object)}
+  tensors = {k: tf.constant(v.astype(str) if v.dtype == object else v)
+             for k, v in raw.items()}
+  single = loaded.signatures[features.SINGLE_VIEW_IMAGE_SIGNATURE](
+      images=tf.constant(images), **tensors)[features.PREDICTION_KEY].numpy()
+  averaged = loaded.signatures[features.IMAGE_SIGNATURE](
+      images=tf.constant(images), **tensors)[features.PREDICTION_KEY].numpy()
+  vector = loaded.signatures[features.METADATA_VECTOR_SIGNATURE](
+      images=tf.constant(images),
+      metadata=tf.constant(data.encode_metadata(raw)))[
+          features.PREDICTION_KEY].numpy()
+  np.testing.assert_allclose(vector, single, atol=1e-6)
+  want = np.mean([loaded.signatures[features.SINGLE_VIEW_IMAGE_SIGNATURE](
+      images=tf.constant(np.ascontiguousarray(v)), **tensors)[
+          features.PREDICTION_KEY].numpy()
+                  for v in _numpy_views(images, 'flips')], axis=0)
+  assert np.abs(want - single).max() > 1e-4  # The views differ.
+  np.testing.assert_allclose(averaged, want, atol=1e-5)
+  pixels = np.round(images * 255).astype(np.uint8)
+  np.testing.assert_allclose(
+      parity.saved_model_predict(str(tmp_path), pixels, metadata=raw),
+      loaded.signatures[features.SINGLE_VIEW_IMAGE_SIGNATURE](
+          images=tf.constant(pixels.astype('float32') / 255), **tensors)[
+              features.PREDICTION_KEY].numpy(), atol=1e-5)

@@ -2,7 +2,7 @@
 
 Every registry model builds, trains a few steps through the Trainer's own
 run_fn (weights=none, small images), exports both serving signatures, and
-converts to TFLite -- or, for mixed_input, is refused with the reason.
+converts to TFLite (mixed_input: with the encoded metadata vector).
 """
 
 import os
@@ -19,6 +19,7 @@ from models import augmentation
 from models import explain
 from models import features
 from models import losses
+from models import metadata_vector
 from models import preprocessing
 from models import registry
 from models import trainer
@@ -120,7 +121,8 @@ def test_model_trains_exports_and_converts(name, size, extra, tiny_tfrecords,
   # Grad-CAM's signature is left out for a model with metadata inputs.
   assert set(loaded.signatures) == {features.EXAMPLE_SIGNATURE,
                                     features.IMAGE_SIGNATURE} | (
-                                        set() if with_metadata else
+                                        {features.METADATA_VECTOR_SIGNATURE}
+                                        if with_metadata else
                                         {explain.GRADCAM_SIGNATURE})
   serialized = _eval_examples(tiny_tfrecords)
   by_example = loaded.signatures[features.EXAMPLE_SIGNATURE](
@@ -134,9 +136,16 @@ def test_model_trains_exports_and_converts(name, size, extra, tiny_tfrecords,
   np.testing.assert_allclose(by_example, by_image, atol=1e-5)
 
   if with_metadata:
-    with pytest.raises(tflite.MetadataInputsNotSupported,
-                       match='metadata inputs.*docs/android.md'):
-      tflite.convert(fn_args.serving_model_dir, tflite.FLOAT16)
+    # The .tflite takes the image and the encoded metadata vector.
+    parsed = tf.io.parse_example(tf.constant(serialized),
+                                 preprocessing.metadata_spec())
+    vectors = metadata_vector.encode_batch(
+        *(parsed[k].numpy() for k in registry.METADATA_KEYS))
+    buffer = tflite.convert(fn_args.serving_model_dir, tflite.FLOAT16)
+    images = _image_inputs(serialized, size, True)['images'].numpy()
+    lite = tflite.predict(buffer, (images * 255).round().astype(np.uint8),
+                          vectors)
+    np.testing.assert_allclose(lite, by_image, atol=2e-2)
     return
   gradcam = loaded.signatures[explain.GRADCAM_SIGNATURE](
       **_image_inputs(serialized, size, False))
