@@ -8,6 +8,7 @@ import numpy as np
 
 from components import intervals as intervals_lib
 from components import interval_gate
+from models import calibration
 from models import features
 from components.run_report.readers import Evaluation, Predictions
 
@@ -111,16 +112,14 @@ def roc_from_predictions(predictions: Predictions, labels
 
 def reliability_from_predictions(predictions: Predictions,
                                  bins: int = RELIABILITY_BINS):
-  """Top-1 confidence vs accuracy per bin, and the expected calibration error."""
-  confidence = predictions.probabilities.max(1)
-  correct = predictions.probabilities.argmax(1) == predictions.labels
-  edges = np.linspace(0, 1, bins + 1)
-  which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-  counts = np.bincount(which, minlength=bins).astype(float)
-  mean_conf = np.bincount(which, confidence, bins) / np.maximum(counts, 1)
-  accuracy = np.bincount(which, correct.astype(float), bins) / np.maximum(
-      counts, 1)
-  ece = float(np.sum(counts / counts.sum() * np.abs(accuracy - mean_conf)))
+  """Top-1 confidence vs accuracy per bin (NaN where a bin is empty), the
+  counts, and the expected calibration error: models/calibration.py's
+  reliability, the binning of the Trainer's fit and of the Evaluator's
+  metric (components/tfma_metrics.py)."""
+  probabilities = predictions.probabilities
+  ece, counts, mean_conf, accuracy = calibration.reliability(
+      probabilities.max(1), probabilities.argmax(1) == predictions.labels,
+      np.ones(len(probabilities)), bins)
   return mean_conf, accuracy, counts, ece
 
 

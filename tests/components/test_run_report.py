@@ -22,6 +22,7 @@ from components import interval_gate
 from components import intervals
 from components import mobile_exporter
 from components import run_report
+from models import calibration
 from models import explain
 from models import trainer
 from pipeline import configs
@@ -284,6 +285,19 @@ def test_reliability_and_ece():
   assert accuracy[9] == 0.5 and accuracy[5] == 1.0
   assert confidence[9] == pytest.approx(0.95)
   assert ece == pytest.approx(0.5 * 0.45 + 0.5 * 0.45)
+  assert np.isnan(confidence[0]) and np.isnan(accuracy[0])  # Empty bin.
+
+
+def test_report_ece_bins_as_the_trainer_and_the_evaluator_do():
+  # 0.6 and 0.7 lie on bin edges: [0.6, 0.7) and [0.7, 0.8), as
+  # int(c * bins) puts them (models/calibration, tfma_metrics).
+  probabilities = [[0.6, 0.4], [0.7, 0.3], [0.3, 0.7], [0.2, 0.8]]
+  labels = [0, 1, 1, 0]
+  predictions = _predictions(labels, probabilities)
+  _, _, counts, ece = run_report.reliability_from_predictions(predictions)
+  assert counts[6] == 1 and counts[7] == 2 and counts[8] == 1
+  assert ece == pytest.approx(calibration.expected_calibration_error(
+      np.array(probabilities), np.array(labels), 10))
 
 
 def test_gradcam_picks_most_confident_correct_and_wrong_per_class():
