@@ -22,6 +22,7 @@ from tfx.dsl.component.experimental.decorators import component  # pylint: disab
 from tfx.types import artifact_utils  # pylint: disable=wrong-import-position
 from tfx.types import standard_artifacts  # pylint: disable=wrong-import-position
 
+from components.run_report import readers  # pylint: disable=wrong-import-position
 from models import features  # pylint: disable=wrong-import-position
 from models import preprocessing  # pylint: disable=wrong-import-position
 
@@ -38,30 +39,15 @@ class DataCharts(types.Artifact):
   TYPE_NAME = 'components.DataCharts'
 
 
-def _feature_stats(stats, name: str):
-  """The feature's statistics; None when no example has a value for it (TFDV
-  then lists no such feature: ages of a folder archive, say)."""
-  for feature in stats.datasets[0].features:
-    if feature.path.step and feature.path.step[-1] == name:
-      return feature
-  return None
-
-
-def category_counts(stats, name: str) -> Dict[str, float]:
-  """value -> count of a categorical feature (string or categorical int);
-  empty when no example has a value."""
-  feature = _feature_stats(stats, name)
-  if feature is None:
-    return {}
-  histogram = feature.string_stats.rank_histogram
-  return {bucket.label: bucket.sample_count for bucket in histogram.buckets}
+# value -> count of a categorical feature; the run report reads the same.
+category_counts = readers.statistics_category_counts
 
 
 def age_histogram(stats, name: str = features.AGE_KEY
                   ) -> Tuple[List[Tuple[float, float]], List[float], float]:
   """([(low, high)], [count], missing count) of the standard histogram;
   no buckets and every example missing when no example has a value."""
-  feature = _feature_stats(stats, name)
+  feature = readers.feature_statistics(stats, name)
   if feature is None:
     return [], [], float(stats.datasets[0].num_examples)
   numeric = feature.num_stats

@@ -84,6 +84,8 @@ _NAMES = {
     'change_threshold_text': 'readers',
     'read_gate_report_file': 'readers',
     'read_intervals': 'readers',
+    'feature_statistics': 'readers',
+    'statistics_category_counts': 'readers',
     'read_ingestion_report': 'readers',
     'artifact_property': 'readers',
     '_png': 'charts',

@@ -50,9 +50,30 @@ def _split_dirs(uri: str) -> Dict[str, str]:
           sorted(tf.io.gfile.glob(os.path.join(uri, 'Split-*')))}
 
 
+def feature_statistics(stats, name: str):
+  """The feature's statistics in a DatasetFeatureStatisticsList; None when no
+  example has a value for it (TFDV then lists no such feature: ages of a
+  folder archive, say)."""
+  for feature in stats.datasets[0].features:
+    if feature.path.step and feature.path.step[-1] == name:
+      return feature
+  return None
+
+
+def statistics_category_counts(stats, name: str) -> Dict[str, float]:
+  """value -> count of a categorical feature (string or categorical int) in
+  a DatasetFeatureStatisticsList; empty when no example has a value."""
+  feature = feature_statistics(stats, name)
+  if feature is None:
+    return {}
+  return {bucket.label: bucket.sample_count
+          for bucket in feature.string_stats.rank_histogram.buckets}
+
+
 def category_counts(statistics_uri: str, feature: str
                     ) -> Dict[str, Dict[str, float]]:
-  """split -> value -> count of a string feature, from TFDV statistics."""
+  """split -> value -> count of a string feature, from a Statistics
+  artifact (a split whose statistics lack the feature is left out)."""
   import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
   out = {}
   for split, directory in _split_dirs(statistics_uri).items():
@@ -60,10 +81,8 @@ def category_counts(statistics_uri: str, feature: str
     if not tf.io.gfile.exists(path):
       continue
     stats = tfdv.load_stats_binary(path)
-    for f in stats.datasets[0].features:
-      if f.path.step and f.path.step[-1] == feature:
-        out[split] = {b.label: b.sample_count
-                      for b in f.string_stats.rank_histogram.buckets}
+    if feature_statistics(stats, feature) is not None:
+      out[split] = statistics_category_counts(stats, feature)
   return out
 
 
