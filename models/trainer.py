@@ -20,8 +20,9 @@ each off by default: logit adjustment and label smoothing in the loss
 constancy in the model (models/color.py) and test-time augmentation in the
 exported signatures (models/tta.py).  Mixed precision (``precision_policy``) and XLA
 (``jit_compile``) are settings; ``history.json`` keeps the per-epoch curves
-of every phase, the phase boundaries and the model summary.  ``tuner_fn``
-(models/tuner.py) is the TFX Tuner's entry point in the same module.
+of every phase, the phase boundaries and the model summary.  The TFX
+Tuner's entry point is ``tuner_fn`` in models/tuner.py, which imports this
+module (never the other way round).
 
 Distribution (``distribution_strategy``): MultiWorkerMirroredStrategy when
 ``TF_CONFIG`` names several workers (what Vertex AI multi-replica jobs and
@@ -599,10 +600,3 @@ def run_fn(fn_args: FnArgs) -> None:
                                 'weights_sha256': weights_fingerprint(model)},
                'model_summary': model_summary(model),
                'config': cfg}, f, indent=2)
-
-
-def tuner_fn(fn_args: FnArgs):
-  """TFX Tuner entry point; see models/tuner.py (same module file as the
-  Trainer's, so the Tuner needs no second one)."""
-  from models import tuner  # pylint: disable=g-import-not-at-top
-  return tuner.tuner_fn(fn_args)

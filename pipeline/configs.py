@@ -113,7 +113,7 @@ TFLITE_FORMATS: Tuple[str, ...] = ('float16', 'int8')
 # models/ from the compiling machine into the pipeline root.
 PROJECT_DIR_IN_IMAGE = '/pipeline'
 INSTALLED_TRAINER_RUN_FN = 'models.trainer.run_fn'
-INSTALLED_TUNER_FN = 'models.trainer.tuner_fn'
+INSTALLED_TUNER_FN = 'models.tuner.tuner_fn'
 # Remote file systems the components can read and write (TensorFlow's GCS
 # support is built in; see README.md for S3 / MinIO).
 REMOTE_URI_SCHEMES = ('gs://', 's3://')
@@ -403,7 +403,7 @@ class Settings:
   # How the Trainer finds run_fn.  Empty: TFX packages models/ from this
   # checkout (``module_file``; edits invalidate the Trainer's cache).  A dotted
   # path (INSTALLED_TRAINER_RUN_FN) imports it from the installed project, as
-  # in the container image.
+  # in the container image; the Tuner then imports INSTALLED_TUNER_FN.
   trainer_run_fn: str = ''
   # Kubeflow / Vertex: the image every component runs in, and the Trainer's
   # container resources (0 / empty: the cluster's defaults).  Accelerator

@@ -43,6 +43,9 @@ from pipeline import configs
 # models/ folder, so any model-code edit invalidates the Trainer's cache.
 TRAINER_MODULE_FILE = os.path.join(configs.PROJECT_ROOT, 'models',
                                    'trainer.py')
+# The Tuner's entry point (tuner_fn), packaged from the same models/ folder;
+# tuner.py imports trainer.py, never the other way round.
+TUNER_MODULE_FILE = os.path.join(configs.PROJECT_ROOT, 'models', 'tuner.py')
 
 
 # Orchestrators create_pipeline builds for.
@@ -353,14 +356,14 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
   # image the project is installed, so run_fn is imported from there.
   code = ({'run_fn': settings.trainer_run_fn} if settings.trainer_run_fn
           else {'module_file': TRAINER_MODULE_FILE})
-  # Tuning (off by default): KerasTuner in TFX's Tuner component, same
-  # module (models/trainer.py: tuner_fn); the Trainer takes its best
-  # hyperparameters.
+  # Tuning (off by default): KerasTuner in TFX's Tuner component
+  # (models/tuner.py: tuner_fn, installed or packaged like run_fn); the
+  # Trainer takes its best hyperparameters.
   tuner = None
   if settings.tuner_trials > 0:
-    tuner_code = ({'tuner_fn': settings.trainer_run_fn.rsplit('.', 1)[0]
-                   + '.tuner_fn'} if settings.trainer_run_fn
-                  else {'module_file': TRAINER_MODULE_FILE})
+    tuner_code = ({'tuner_fn': configs.INSTALLED_TUNER_FN}
+                  if settings.trainer_run_fn
+                  else {'module_file': TUNER_MODULE_FILE})
     tuner = tfx.components.Tuner(
         examples=example_gen.outputs['examples'],
         schema=schema_gen.outputs['schema'],
