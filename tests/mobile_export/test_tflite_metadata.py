@@ -22,7 +22,7 @@ from mobile_export import tflite
 from models import features
 from models import metadata_vector
 from pipeline import configs
-from tests.models.test_registry import _train
+from tests.conftest import train_tiny
 
 SIZE = 32
 # Rows with a missing age, unknown / odd sexes, out-of-vocabulary sites.
@@ -34,7 +34,7 @@ SITES = ['back', 'kneecap', 'face', 'unknown', 'posterior torso', 'trunk',
 
 @pytest.fixture(scope='module')
 def saved_model(tiny_tfrecords, tmp_path_factory):
-  fn_args, _ = _train(tiny_tfrecords, tmp_path_factory.mktemp('mixed'),
+  fn_args, _ = train_tiny(tiny_tfrecords, tmp_path_factory.mktemp('mixed'),
                       model='mixed_input', backbone='cnn_baseline',
                       width=0.25, image_size=SIZE)
   return fn_args.serving_model_dir

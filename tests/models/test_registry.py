@@ -88,10 +88,6 @@ def shared_weights(tmp_path_factory):
   return str(path)
 
 
-def _train(tiny_tfrecords, out, **settings):
-  return train_tiny(tiny_tfrecords, out, **settings)
-
-
 def _eval_examples(tiny_tfrecords, n=4):
   return [r.numpy() for r in
           preprocessing.read_examples([tiny_tfrecords[1]]).take(n)]
@@ -110,7 +106,7 @@ def _image_inputs(serialized, image_size, with_metadata):
 @pytest.mark.parametrize('name,size,extra', END_TO_END)
 def test_model_trains_exports_and_converts(name, size, extra, tiny_tfrecords,
                                            tmp_path):
-  fn_args, history = _train(tiny_tfrecords, tmp_path, model=name,
+  fn_args, history = train_tiny(tiny_tfrecords, tmp_path, model=name,
                             image_size=size, **extra)
   assert len(history['history']['loss']) == 1  # weights=none: one phase
   assert [p['phase'] for p in history['phases']] == ['train']
@@ -190,7 +186,7 @@ def test_pretrained_backbone_from_a_path_trains_in_two_phases(
     np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
   assert registry.pretrained_backbone(model) is backbone
 
-  _, history = _train(tiny_tfrecords, tmp_path, model='mobilenet_v2',
+  _, history = train_tiny(tiny_tfrecords, tmp_path, model='mobilenet_v2',
                       image_size=96, alpha=0.35, weights=shared_weights,
                       fine_tune_layers=10)
   head, fine_tune = history['phases']
