@@ -22,7 +22,7 @@ from models import features
 from models import registry
 from models import torch_checkpoint
 from pipeline import configs
-from tests.models import test_registry
+from tests.conftest import train_tiny
 
 SKLEARN_IMAGES = os.path.join(os.path.dirname(sklearn.datasets.__file__),
                               'images')
@@ -184,7 +184,7 @@ def test_a_modified_weights_file_is_refused(weights_path, tmp_path):
 @pytest.mark.slow  # Trains: about 40 s.
 def test_classifier_trains_from_imagenet_on_tiny_data(tiny_tfrecords,
                                                       tmp_path):
-  fn_args, history = test_registry._train(  # pylint: disable=protected-access
+  fn_args, history = train_tiny(
       tiny_tfrecords, tmp_path, model='efficientnet_lite0', weights='imagenet',
       image_size=64, fine_tune_layers=10, steps_per_epoch=1, run_eagerly=True)
   head, fine_tune = history['phases']
