@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from models import explain
+from models import export
 from models import features
 from models import preprocessing
 from models import trainer
@@ -160,10 +161,28 @@ def _signatures(saved_model):
 
 
 def test_exported_model_behaves_like_the_single_worker_one(
-    two_workers, trained_model, tiny_tfrecords):
+    two_workers, trained_model, tiny_tfrecords, tmp_path):
   fn_args, _ = two_workers
   multi = tf.saved_model.load(fn_args['serving_model_dir'])
   single = tf.saved_model.load(trained_model.serving_model_dir)
+  # The chief exported the weights both workers ended with, and that export
+  # predicts what a single-worker export of those weights predicts: the
+  # registry model built without a strategy, given the exported variables
+  # (temperature already folded), exported by the same function.
+  config = fn_args['custom_config']
+  rebuilt = trainer.build_model(config, len(configs.LABELS),
+                                synchronized_batch_norm=False,
+                                policy='float32')
+  assert len(rebuilt.variables) == len(multi.variables)
+  for target, value in zip(rebuilt.variables, multi.variables):
+    assert tuple(target.shape) == tuple(value.shape), (target.path, value.name)
+    target.assign(value.numpy())
+  assert trainer.weights_fingerprint(rebuilt) == _history(
+      fn_args['model_run_dir'])['distribution']['weights_sha256']
+  single_worker_export = str(tmp_path / 'single_worker_export')
+  export.export_serving_model(rebuilt, single_worker_export,
+                              int(config['image_size']))
+  reference = tf.saved_model.load(single_worker_export)
   # The same serving interface: signature names, input and output specs.
   assert _signatures(multi) == _signatures(single)
   assert set(multi.signatures) == {features.EXAMPLE_SIGNATURE,
@@ -185,3 +204,13 @@ def test_exported_model_behaves_like_the_single_worker_one(
     by_gradcam = model.signatures[explain.GRADCAM_SIGNATURE](
         images=images)[features.PREDICTION_KEY].numpy()
     np.testing.assert_allclose(by_gradcam, by_image, atol=1e-5)
+  for name, inputs in ((features.EXAMPLE_SIGNATURE,
+                        {'examples': tf.constant(serialized)}),
+                       (features.IMAGE_SIGNATURE, {'images': images}),
+                       (explain.GRADCAM_SIGNATURE, {'images': images})):
+    got = multi.signatures[name](**inputs)
+    want = reference.signatures[name](**inputs)
+    assert set(got) == set(want)
+    for key in got:
+      np.testing.assert_allclose(got[key].numpy(), want[key].numpy(),
+                                 atol=1e-6, err_msg=f'{name} {key}')
