@@ -39,6 +39,7 @@ from models import calibration  # pylint: disable=g-import-not-at-top
 from models import features  # pylint: disable=g-import-not-at-top
 from models import preprocessing  # pylint: disable=g-import-not-at-top
 from models import trainer  # pylint: disable=g-import-not-at-top
+from models import tta as tta_views  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 
@@ -59,16 +60,9 @@ def score(serving_dir: str, files, labels) -> dict:
   temperature = float(fit.get('temperature', 1.0))
   uncalibrated = calibration.scale(probabilities, 1.0 / temperature)
   bins = configs.CALIBRATION_BINS
-  recall = skm.recall_score(y_true, y_pred, labels=range(len(labels)),
-                            average=None, zero_division=0)
-  order = sorted(range(len(labels)),
-                 key=lambda i: (labels[i] != configs.MELANOMA_LABEL, i))
   return {
       'examples': int(len(y_true)),
-      'balanced_accuracy': float(skm.balanced_accuracy_score(y_true, y_pred)),
-      'accuracy': float(skm.accuracy_score(y_true, y_pred)),
-      'macro_f1': float(skm.f1_score(y_true, y_pred, average='macro')),
-      'recall': {labels[i]: float(recall[i]) for i in order},
+      **decision_metrics(y_true, probabilities, labels),
       'confusion': skm.confusion_matrix(
           y_true, y_pred, labels=range(len(labels))).tolist(),
       'calibration_fit': fit,
@@ -83,6 +77,57 @@ def score(serving_dir: str, files, labels) -> dict:
   }
 
 
+def decision_metrics(y_true, probabilities, labels) -> dict:
+  """Balanced accuracy, accuracy, macro F1 and per-class recall (melanoma
+  first) of the top-1 decisions."""
+  y_pred = probabilities.argmax(axis=1)
+  recall = skm.recall_score(y_true, y_pred, labels=range(len(labels)),
+                            average=None, zero_division=0)
+  order = sorted(range(len(labels)),
+                 key=lambda i: (labels[i] != configs.MELANOMA_LABEL, i))
+  return {
+      'balanced_accuracy': float(skm.balanced_accuracy_score(y_true, y_pred)),
+      'accuracy': float(skm.accuracy_score(y_true, y_pred)),
+      'macro_f1': float(skm.f1_score(y_true, y_pred, average='macro')),
+      'recall': {labels[i]: float(recall[i]) for i in order},
+  }
+
+
+def tta_probabilities(serving_dir: str, files, image_size: int, modes):
+  """(labels [N], {mode: probabilities [N, K]}): the single-view image
+  signature averaged over each mode's views (what ``tta=<mode>`` puts inside
+  the exported signatures), for a model trained and exported without it."""
+  model = tf.saved_model.load(serving_dir)
+  names = set(model.signatures)
+  signature = model.signatures[features.single_view_image_signature(names)]
+  with_metadata = features.METADATA_VECTOR_SIGNATURE in names
+  spec = {**preprocessing.image_label_spec(),
+          **(preprocessing.metadata_spec() if with_metadata else {})}
+  predict = lambda inputs: signature(**inputs)[features.PREDICTION_KEY]
+  y_true, by_mode = [], {mode: [] for mode in modes}
+  for batch in preprocessing.read_examples(files).batch(32):
+    parsed = tf.io.parse_example(batch, spec)
+    y_true.extend(parsed[features.LABEL_KEY].numpy())
+    inputs = {'images': preprocessing.decode_batch(parsed[features.IMAGE_KEY],
+                                                   image_size)}
+    if with_metadata:
+      inputs.update({key: parsed[key]
+                     for key in preprocessing.metadata_spec()})
+    for mode in modes:
+      by_mode[mode].append(
+          tta_views.average(predict, inputs, mode, image_key='images').numpy())
+  return np.array(y_true), {mode: np.concatenate(chunks)
+                            for mode, chunks in by_mode.items()}
+
+
+def score_tta(serving_dir: str, files, labels, image_size: int,
+              modes=('flips', 'dihedral')) -> dict:
+  """decision_metrics with test-time augmentation applied after training."""
+  y_true, by_mode = tta_probabilities(serving_dir, files, image_size, modes)
+  return {mode: decision_metrics(y_true, probabilities, labels)
+          for mode, probabilities in by_mode.items()}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--examples', required=True,
@@ -92,7 +137,10 @@ def main():
                       help='MODEL:JSON overrides of REAL_DATA_PRESET')
   parser.add_argument('--split', default='eval', choices=('eval', 'test'),
                       help='the split scored (choose on eval; test once)')
-  parser.add_argument('--work', default='')
+  parser.add_argument('--work', default='',
+                      help='keep the trained models here (default: a temp dir)')
+  parser.add_argument('--no-tta', action='store_true',
+                      help='skip scoring flips / dihedral TTA after training')
   args = parser.parse_args()
   split = lambda name: [os.path.join(args.examples, f'Split-{name}', '*')]
   labels = preprocessing.read_labels(split('train'))
@@ -122,6 +170,10 @@ def main():
               'train_counts': history['train_counts'],
               'split': args.split,
               **score(fn_args.serving_model_dir, split(args.split), labels)}
+    if cfg.get('tta', 'none') == 'none' and not args.no_tta:
+      result['tta_after_training'] = score_tta(
+          fn_args.serving_model_dir, split(args.split), labels,
+          cfg['image_size'])
     print(json.dumps({k: v for k, v in result.items()
                       if k not in ('config', 'confusion', 'phases')}),
           flush=True)

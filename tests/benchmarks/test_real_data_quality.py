@@ -1,0 +1,66 @@
+"""benchmarks/real_data_quality.py's scoring, on a tiny trained model.
+
+The ablation in BENCHMARKS.md reads every run with test-time augmentation
+applied after training (``score_tta``); these tests pin that it scores the
+same decisions as the exported signatures: with no views it is the
+examples signature's score, with flips it is the hand-made average of the
+four flipped images' probabilities.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import real_data_quality
+from models import features
+from models import preprocessing
+from tests.conftest import TINY_IMAGE_SIZE
+from tests.conftest import train_tiny
+
+
+@pytest.fixture(scope='module', params=['cnn_baseline', 'mixed_input'])
+def tiny_model(request, tiny_tfrecords, tmp_path_factory):
+  out = tmp_path_factory.mktemp(request.param)
+  settings = {'model': request.param, 'image_size': TINY_IMAGE_SIZE}
+  if request.param == 'mixed_input':
+    settings['backbone'] = 'cnn_baseline'
+  fn_args, _ = train_tiny(tiny_tfrecords, out, **settings)
+  labels = preprocessing.read_labels([tiny_tfrecords[0]])
+  return fn_args.serving_model_dir, [tiny_tfrecords[1]], labels
+
+
+def test_no_views_scores_what_the_examples_signature_scores(tiny_model):
+  serving, files, labels = tiny_model
+  whole = real_data_quality.score(serving, files, labels)
+  after = real_data_quality.score_tta(serving, files, labels, TINY_IMAGE_SIZE,
+                                      modes=('none',))['none']
+  for key in ('balanced_accuracy', 'accuracy', 'macro_f1', 'recall'):
+    assert after[key] == whole[key], key
+
+
+def test_flips_average_the_four_flipped_images(tiny_model):
+  serving, files, _ = tiny_model
+  model = tf.saved_model.load(serving)
+  signature = model.signatures[
+      features.single_view_image_signature(set(model.signatures))]
+  with_metadata = features.METADATA_VECTOR_SIGNATURE in model.signatures
+  spec = {**preprocessing.image_label_spec(),
+          **(preprocessing.metadata_spec() if with_metadata else {})}
+  parsed = tf.io.parse_example(
+      next(iter(preprocessing.read_examples(files).batch(1000))), spec)
+  images = preprocessing.decode_batch(parsed[features.IMAGE_KEY],
+                                      TINY_IMAGE_SIZE).numpy()
+  metadata = ({key: parsed[key] for key in preprocessing.metadata_spec()}
+              if with_metadata else {})
+  views = [signature(images=tf.constant(view), **metadata)[
+      features.PREDICTION_KEY].numpy()
+           for view in (images, images[:, :, ::-1], images[:, ::-1],
+                        images[:, ::-1, ::-1])]
+  y_true, scored = real_data_quality.tta_probabilities(
+      serving, files, TINY_IMAGE_SIZE, modes=('none', 'flips'))
+  np.testing.assert_array_equal(y_true, parsed[features.LABEL_KEY].numpy())
+  np.testing.assert_allclose(scored['none'], views[0], atol=1e-6)
+  np.testing.assert_allclose(scored['flips'], np.mean(views, axis=0),
+                             atol=1e-6)
+  # The views differ, so the average is not the single view's.
+  assert np.abs(scored['flips'] - scored['none']).max() > 1e-4
