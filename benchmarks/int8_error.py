@@ -18,6 +18,14 @@ when asked for the final number):
       converter's default, tflite.DEFAULT_FLOAT_OPS); ``_mean``,
       ``_depthwise``, ``_conv2d``: those ops in float too;
     - ``int8_stratified``: full integer, calibration stratified by class;
+    - ``int8_float_head_bias_corrected``: the float-head model with its
+      head's bias corrected on the calibration images
+      (tflite.correct_head_bias: each class's mean log-probability ratio to
+      the SavedModel);
+    - ``int8_float_head_top{k}_nodes`` (and ``_bias_corrected``): the k
+      nodes of largest whole-model-verify error (RMSE / scale) kept in
+      float as well (``--float-nodes``);
+    - ``float16``: the pipeline's float16 file, as a reference;
 * agreement binned by the float model's top-1 margin (p1 - p2).
 
   PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/int8_error.py \\
@@ -108,9 +116,10 @@ def layer_errors(debug_model, float_model, images):
   return out
 
 
-def activation_correlation(quant_model, float_model, images, limit=16):
+def activation_correlation(quant_model, float_model, pixels, limit=16):
   """Pearson correlation of every int8 tensor (dequantized) with the float
-  model's tensor of the same name, over ``limit`` images."""
+  model's tensor of the same name, over ``limit`` uint8 images [S, S, 3]
+  (each model gets them as an app would: tflite.model_input)."""
   def tensors(buffer, image):
     it = tf.lite.Interpreter(model_content=buffer,
                              experimental_preserve_all_tensors=True)
@@ -130,7 +139,7 @@ def activation_correlation(quant_model, float_model, images, limit=16):
       out[d['name']] = np.asarray(v, np.float32)
     return out
   pairs = {}
-  for image in images[:limit]:
+  for image in pixels[:limit]:
     q, f = tensors(quant_model, image), tensors(float_model, image)
     for name, qv in q.items():
       if name in f and f[name].shape == qv.shape and qv.size > 1:
@@ -174,6 +183,10 @@ def main():
   parser.add_argument('--seed', type=int, default=42)
   parser.add_argument('--debug-images', type=int, default=50)
   parser.add_argument('--max-drop', type=float, default=0.08)
+  parser.add_argument('--float-nodes', type=int, nargs='*',
+                      default=[5, 10, 20],
+                      help='variants keeping the k nodes of largest '
+                           'whole-model-verify error in float')
   parser.add_argument('--out', required=True)
   args = parser.parse_args()
   start = time.time()
@@ -183,38 +196,74 @@ def main():
   files = split_files(args.examples, args.split)
   pixels, truth = data.load_images(files, args.image_size)
   lesions = data.lesion_ids(files)
-  reference = parity.saved_model_predict(args.saved_model, pixels)
+  # A model with metadata: the SavedModel reads the raw metadata, the
+  # .tflite files its encoding (as MobileExporter does).
+  with_metadata = tflite.takes_metadata(args.saved_model)
+  raw_metadata = data.load_metadata(files) if with_metadata else None
+  vectors = data.encode_metadata(raw_metadata) if with_metadata else None
+  reference = parity.saved_model_predict(args.saved_model, pixels,
+                                         metadata=raw_metadata)
   thresholds = parity.Thresholds(0.98, args.max_drop)
 
   train = split_files(args.examples, 'train')
   random_cal = data.representative_images(train, args.image_size,
                                           args.calibration, args.seed)
-  strat_cal = stratified_images(train, args.image_size, args.calibration,
-                                args.seed)
-  calibrated = tflite.calibrate(args.saved_model, random_cal)
-  strat_calibrated = tflite.calibrate(args.saved_model, strat_cal)
+  cal_vectors = (data.representative_metadata(train, args.calibration,
+                                              args.seed)
+                 if with_metadata else None)
+  calibrated = tflite.calibrate(args.saved_model, random_cal, cal_vectors)
   float_model = float32(args.saved_model)
+  head = list(tflite.DEFAULT_FLOAT_OPS)
+  cal_pixels = np.stack([np.round(x * 255).astype(np.uint8)
+                         for x in random_cal])
+  cal_reference = tflite.reference_probabilities(args.saved_model, random_cal,
+                                                 cal_vectors)
+  cal_vector_array = (None if cal_vectors is None else np.stack(cal_vectors))
+  float_head = tflite.quantize_calibrated(calibrated, head)
+  bias_corrected, bias_shift = tflite.correct_head_bias(
+      float_head, cal_reference, cal_pixels, cal_vector_array)
   variants = {
       'float32': float_model,
+      'float16': tflite.convert_float16(args.saved_model),
       'dynamic_range': dynamic_range(args.saved_model),
       'int8': tflite.quantize_calibrated(calibrated),
       'int8_float_softmax': tflite.quantize_calibrated(calibrated,
                                                        ['SOFTMAX']),
-      'int8_float_head': tflite.quantize_calibrated(
-          calibrated, ['FULLY_CONNECTED', 'SOFTMAX']),
+      'int8_float_head': float_head,
       'int8_float_head_mean': tflite.quantize_calibrated(
-          calibrated, ['FULLY_CONNECTED', 'SOFTMAX', 'MEAN']),
+          calibrated, head + ['MEAN']),
       'int8_float_head_depthwise': tflite.quantize_calibrated(
-          calibrated, ['FULLY_CONNECTED', 'SOFTMAX', 'DEPTHWISE_CONV_2D']),
+          calibrated, head + ['DEPTHWISE_CONV_2D']),
       'int8_float_head_conv2d': tflite.quantize_calibrated(
-          calibrated, ['FULLY_CONNECTED', 'SOFTMAX', 'MEAN', 'CONV_2D']),
-      'int8_stratified': tflite.quantize_calibrated(strat_calibrated),
-      'int8_float_head_stratified': tflite.quantize_calibrated(
-          strat_calibrated, ['FULLY_CONNECTED', 'SOFTMAX']),
+          calibrated, head + ['MEAN', 'CONV_2D']),
+      'int8_float_head_bias_corrected': bias_corrected,
   }
+  layers, ranked, correlation = [], [], {}
+  if not with_metadata:
+    # (The debugger and the per-node sweep read one image input.)
+    strat_calibrated = tflite.calibrate(
+        args.saved_model, stratified_images(train, args.image_size,
+                                            args.calibration, args.seed))
+    variants['int8_stratified'] = tflite.quantize_calibrated(strat_calibrated)
+    variants['int8_float_head_stratified'] = tflite.quantize_calibrated(
+        strat_calibrated, head)
+    # Whole-model verify: its ranking picks the nodes kept in float.
+    layers = layer_errors(tflite.quantize_calibrated(calibrated, debug=True),
+                          float_model, random_cal[:args.debug_images])
+    ranked = [l['tensor'] for l in sorted(
+        (l for l in layers if l['rmse_over_scale'] is not None),
+        key=lambda l: -l['rmse_over_scale'])]
+    for k in args.float_nodes:
+      name = f'int8_float_head_top{k}_nodes'
+      variants[name] = tflite.quantize_calibrated(calibrated, head,
+                                                  float_nodes=ranked[:k])
+      variants[name + '_bias_corrected'] = tflite.correct_head_bias(
+          variants[name], cal_reference, cal_pixels)[0]
+    correlation = activation_correlation(variants['int8'], float_model,
+                                         cal_pixels[:args.debug_images])
   results = {}
   for name, buffer in variants.items():
-    probs = tflite.predict(buffer, pixels)
+    probs = tflite.predict(buffer, pixels, vectors)
     r = parity.compare(name, reference, probs, truth, class_names, thresholds,
                        lesions)
     results[name] = {
@@ -230,19 +279,17 @@ def main():
                             ('top1_agreement', 'balanced_accuracy_drop',
                              'exact_top1_ties')}), flush=True)
 
-  debug_images = random_cal[:args.debug_images]
-  layers = layer_errors(tflite.quantize_calibrated(calibrated, debug=True),
-                        float_model, debug_images)
-  correlation = activation_correlation(variants['int8'], float_model,
-                                       debug_images)
   report = {
       'saved_model': args.saved_model, 'split': args.split,
+      'metadata_input': with_metadata,
       'images': int(len(pixels)), 'lesions': int(len(np.unique(lesions))),
       'reference_predicted_counts': np.bincount(
           reference.argmax(1), minlength=len(class_names)).tolist(),
       'reference_exact_top1_ties': ties(reference),
       'calibration': {'split': 'train', 'images': args.calibration,
                       'seed': args.seed},
+      'head_bias_shift': bias_shift.tolist(),
+      'float_nodes_ranked': ranked[:max(args.float_nodes, default=0)],
       'variants': results, 'layers_whole_model_verify': layers,
       'activation_correlation': correlation,
       'seconds': round(time.time() - start, 1)}

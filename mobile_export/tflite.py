@@ -230,9 +230,12 @@ def calibrate(saved_model_dir: str,
 
 
 def quantize_calibrated(calibrated: bytes, float_ops: Sequence[str] = (),
-                        debug: bool = False) -> bytes:
+                        debug: bool = False,
+                        float_nodes: Sequence[str] = ()) -> bytes:
   """int8 weights and activations, uint8 input and float32 output, except
-  the ops named in ``float_ops`` (TFLite builtin names), which stay float.
+  the ops named in ``float_ops`` (TFLite builtin names) and the nodes named
+  in ``float_nodes`` (output tensor names, as the QuantizationDebugger's
+  layer statistics list them), which stay float.
 
   ``debug``: instrumented with whole-model numeric verification (for
   tf.lite.experimental.QuantizationDebugger; float input, not for release).
@@ -240,10 +243,12 @@ def quantize_calibrated(calibrated: bytes, float_ops: Sequence[str] = (),
   if debug:
     return tflite_convert.mlir_quantize(
         calibrated, fully_quantize=True, enable_numeric_verify=True,
-        enable_whole_model_verify=True, denylisted_ops=list(float_ops))
+        enable_whole_model_verify=True, denylisted_ops=list(float_ops),
+        denylisted_nodes=list(float_nodes))
   buffer = tflite_convert.mlir_quantize(
       calibrated, input_data_type=tf.uint8, output_data_type=tf.float32,
-      denylisted_ops=list(float_ops) or None)
+      denylisted_ops=list(float_ops) or None,
+      denylisted_nodes=list(float_nodes) or None)
   image, vector = input_tensors(buffer)
   scale, zero_point = image['quantization']
   if (zero_point != 0 or
@@ -255,6 +260,88 @@ def quantize_calibrated(calibrated: bytes, float_ops: Sequence[str] = (),
     raise ValueError(f'the metadata input became {vector["dtype"]}; it must '
                      'stay float32 (docs/android.md)')
   return buffer
+
+
+def reference_probabilities(saved_model_dir: str,
+                            images: Sequence[np.ndarray],
+                            metadata: Optional[Sequence[np.ndarray]] = None,
+                            batch_size: int = 64) -> np.ndarray:
+  """The SavedModel's probabilities through the signature the .tflite files
+  are converted from (``signature_key``): float32 images [S, S, 3] in [0, 1]
+  and, for a model with metadata, their encoded metadata vectors."""
+  key = signature_key(saved_model_dir)
+  function = tf.saved_model.load(saved_model_dir).signatures[key]
+  images = np.asarray(images, np.float32)
+  out = []
+  for start in range(0, len(images), batch_size):
+    inputs = {'images': tf.constant(images[start:start + batch_size])}
+    if key == features.METADATA_VECTOR_SIGNATURE:
+      inputs[features.METADATA_VECTOR_KEY] = tf.constant(
+          np.asarray(metadata[start:start + batch_size], np.float32))
+    out.append(function(**inputs)[features.PREDICTION_KEY].numpy())
+  return np.concatenate(out)
+
+
+def _head_bias(model) -> np.ndarray:
+  """The float32 bias of the classifier's last FULLY_CONNECTED (the op that
+  feeds the output SOFTMAX) in a flatbuffer object; a view into its buffer.
+
+  Raises:
+    ValueError: no float FULLY_CONNECTED with a bias feeds the softmax (an
+      int8 head, or another architecture).
+  """
+  subgraph = model.subgraphs[0]
+  codes = [max(c.builtinCode, c.deprecatedBuiltinCode)
+           for c in model.operatorCodes]
+  producer = {out: op for op in subgraph.operators for out in op.outputs}
+  softmax = [op for op in subgraph.operators
+             if codes[op.opcodeIndex] == schema_fb.BuiltinOperator.SOFTMAX]
+  head = producer.get(softmax[-1].inputs[0]) if softmax else None
+  if (head is None or
+      codes[head.opcodeIndex] != schema_fb.BuiltinOperator.FULLY_CONNECTED or
+      len(head.inputs) < 3 or head.inputs[2] < 0):
+    raise ValueError('no FULLY_CONNECTED with a bias feeds the softmax')
+  bias = subgraph.tensors[head.inputs[2]]
+  if bias.type != schema_fb.TensorType.FLOAT32:
+    raise ValueError('the classifier head is quantized; bias correction '
+                     'needs it in float (DEFAULT_FLOAT_OPS)')
+  return model.buffers[bias.buffer].data.view(np.float32)
+
+
+def correct_head_bias(buffer: bytes, reference: np.ndarray,
+                      pixels: np.ndarray,
+                      metadata: Optional[np.ndarray] = None,
+                      iterations: int = 2) -> Tuple[bytes, np.ndarray]:
+  """Last-layer bias correction of a quantized model with a float head.
+
+  Quantization shifts the mean of the logits the body hands the head (on
+  HAM10000 it moved decisions toward one class, BENCHMARKS.md).  With
+  ``reference`` the SavedModel's probabilities on the calibration images
+  ``pixels`` (uint8 [N, S, S, 3]; ``metadata`` their vectors for a model
+  with metadata), each class's bias gets the mean of log p_reference - log
+  p_quantized over those images, so the quantized logits match the float
+  ones on average (a shift common to all classes cancels in the softmax);
+  ``iterations`` rounds, since the softmax's normalizer moves too.
+
+  Returns:
+    (the corrected flatbuffer, the total shift added to each class's bias).
+  """
+  reference = np.asarray(reference, np.float64)
+  total = np.zeros(reference.shape[1])
+  for _ in range(iterations):
+    quantized = predict(buffer, pixels, metadata).astype(np.float64)
+    shift = np.mean(np.log(np.clip(reference, 1e-7, 1.0)) -
+                    np.log(np.clip(quantized, 1e-7, 1.0)), axis=0)
+    shift -= shift.mean()
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(buffer))
+    bias = _head_bias(model)
+    if bias.shape != shift.shape:
+      raise ValueError(f'head bias of shape {bias.shape} for '
+                       f'{shift.shape[0]} classes')
+    bias += shift.astype(np.float32)
+    total += shift
+    buffer = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+  return buffer, total
 
 
 def convert_int8(saved_model_dir: str,

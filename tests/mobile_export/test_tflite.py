@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.lite.tools import flatbuffer_utils
 from tensorflow_lite_support.metadata.python import metadata as tflite_metadata
 
 from mobile_export import tflite
@@ -177,3 +178,61 @@ def test_unknown_format_is_refused(trained_model):
   with pytest.raises(ValueError, match='unknown TFLite format'):
     tflite.file_name('int4')
   assert tflite.file_name(tflite.INT8) == 'model_int8.tflite'
+
+
+def _buffers(model_buffer):
+  model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_buffer))
+  return [np.asarray(b.data if b.data is not None else [], np.uint8)
+          for b in model.buffers]
+
+
+def _mean_log_ratio(reference, probabilities):
+  ratio = np.mean(np.log(np.clip(reference, 1e-7, 1)) -
+                  np.log(np.clip(probabilities, 1e-7, 1)), axis=0)
+  return ratio - ratio.mean()
+
+
+def test_head_bias_correction_moves_only_the_head_bias(trained_model, images):
+  calibration = images[:30]
+  raw = tflite.convert_int8(trained_model.serving_model_dir,
+                            [im / 255.0 for im in calibration])
+  reference = tflite.predict(raw, calibration)
+  # A quantized body whose logits are off by a known per-class shift: the
+  # same model with that shift added to its head's bias.
+  offset = np.linspace(-1.0, 1.0, len(configs.LABELS)).astype(np.float32)
+  model = flatbuffer_utils.convert_bytearray_to_object(bytearray(raw))
+  tflite._head_bias(model)[:] += offset  # pylint: disable=protected-access
+  shifted = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+  before = _mean_log_ratio(reference, tflite.predict(shifted, calibration))
+  assert np.abs(before).max() > 0.5
+  corrected, shift = tflite.correct_head_bias(shifted, reference, calibration)
+  after = _mean_log_ratio(reference, tflite.predict(corrected, calibration))
+  # On average over the calibration images the logits match the reference
+  # again (up to a shift common to all classes), and the shift undone is
+  # the one added.
+  assert np.abs(after).max() < 1e-3, after
+  np.testing.assert_allclose(shift, -(offset - offset.mean()), atol=1e-3)
+  np.testing.assert_allclose(tflite.predict(corrected, calibration),
+                             reference, atol=1e-3)
+  # One buffer changed, the head's bias: by the returned shift.
+  old, new = _buffers(shifted), _buffers(corrected)
+  assert len(old) == len(new)
+  changed = [i for i, (a, b) in enumerate(zip(old, new))
+             if a.shape != b.shape or (a != b).any()]
+  assert len(changed) == 1, changed
+  np.testing.assert_allclose(new[changed[0]].view(np.float32) -
+                             old[changed[0]].view(np.float32), shift,
+                             atol=1e-5)
+  inp, _, _ = _run(corrected, calibration[:1])
+  assert inp['dtype'] == np.uint8
+  assert inp['quantization'][0] == pytest.approx(1 / 255, rel=0.02)
+
+
+def test_head_bias_correction_needs_the_head_in_float(trained_model, images):
+  calibration = images[:10]
+  integer = tflite.convert_int8(trained_model.serving_model_dir,
+                                [im / 255.0 for im in calibration],
+                                float_ops=())
+  reference = np.full((10, len(configs.LABELS)), 1 / len(configs.LABELS))
+  with pytest.raises(ValueError, match='head is quantized'):
+    tflite.correct_head_bias(integer, reference, calibration)
