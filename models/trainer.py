@@ -11,7 +11,9 @@ data's.
 
 Training (``fit_phases``): a pretrained backbone trains in two phases (head
 over the frozen backbone, then its top ``fine_tune_layers`` layers at
-``fine_tune_learning_rate``); other models in one.  ``imbalance`` picks
+``fine_tune_learning_rate``); other models in one; ``int8_weight_epochs``
+adds a last phase on convolution kernels rounded to the int8 file's grid
+(models/int8_weights.py).  ``imbalance`` picks
 class weights, class-balanced sampling (``make_dataset``) or focal loss
 (models/losses.py).  The recipe for balanced accuracy (docs/training.md),
 each off by default: logit adjustment and label smoothing in the loss
@@ -48,6 +50,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from models import calibration
 from models import export
 from models import features
+from models import int8_weights
 from models import losses
 from models import metrics
 from models import preprocessing
@@ -58,6 +61,7 @@ MODEL_SUMMARY_FILE = 'model_summary.txt'  # Keras' model.summary(), for the run 
 # Non-chief workers keep their logs (TensorBoard, history) here, under
 # model_run_dir, so that workers do not overwrite each other's files.
 WORKER_RUN_SUBDIR = 'workers'
+INT8_WEIGHTS_PHASE = 'int8_weights'
 
 
 def cluster_task(tf_config: Dict) -> Tuple[int, str, int]:
@@ -343,12 +347,18 @@ def training_phases(model: keras.Model, cfg: Dict) -> list:
   from random weights) train everything in one phase.
   """
   if registry.pretrained_backbone(model) is None:
-    return [('train', int(cfg['epochs']), float(cfg['learning_rate']), None)]
-  phases = [('head', int(cfg['epochs']), float(cfg['learning_rate']), 0)]
-  if int(cfg.get('fine_tune_epochs', 0)) > 0:
-    phases.append(('fine_tune', int(cfg['fine_tune_epochs']),
-                   float(cfg['fine_tune_learning_rate']),
-                   int(cfg['fine_tune_layers'])))
+    phases = [('train', int(cfg['epochs']), float(cfg['learning_rate']),
+               None)]
+  else:
+    phases = [('head', int(cfg['epochs']), float(cfg['learning_rate']), 0)]
+    if int(cfg.get('fine_tune_epochs', 0)) > 0:
+      phases.append(('fine_tune', int(cfg['fine_tune_epochs']),
+                     float(cfg['fine_tune_learning_rate']),
+                     int(cfg['fine_tune_layers'])))
+  if int(cfg.get('int8_weight_epochs', 0)) > 0:
+    # On the last phase's trainable set, minus the (rounded) convolutions.
+    phases.append((INT8_WEIGHTS_PHASE, int(cfg['int8_weight_epochs']),
+                   phases[-1][2], None))
   return phases
 
 
@@ -387,8 +397,11 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
       steps = epoch_steps(class_counts, int(cfg['batch_size']))
     else:
       steps = steps_per_epoch
+    rounded = None
     with strategy.scope():
-      if fine_tune_layers is not None:
+      if name == INT8_WEIGHTS_PHASE:
+        rounded = int8_weights.round_and_freeze(model)
+      elif fine_tune_layers is not None:
         registry.set_trainable(model, fine_tune_layers)
       compile_model(model, cfg, num_classes,
                     learning_rate_schedule(cfg, learning_rate, epochs, steps),
@@ -410,6 +423,8 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
                        'lr_schedule': cfg.get('lr_schedule', 'constant'),
                        'fine_tune_layers': fine_tune_layers,
                        'trainable_weights': len(model.trainable_weights),
+                       **({'int8_rounded_convolutions': rounded}
+                          if rounded is not None else {}),
                        'stopped_by_time_budget': bool(
                            extra and extra[0].stopped)})
     epoch += ran

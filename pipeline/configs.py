@@ -252,6 +252,13 @@ class Settings:
       5, 'phase 2 epochs of pretrained backbones (0: none)')
   fine_tune_layers: int = 30
   fine_tune_learning_rate: float = 1e-4
+  # A last phase (0: none): every convolution kernel rounded to the int8
+  # file's per-channel grid and frozen, the rest (head, metadata MLP) retrained
+  # for int8_weight_epochs at the last phase's learning rate, so the
+  # SavedModel has the int8 .tflite's weights exactly (models/int8_weights.py).
+  int8_weight_epochs: int = cli_flag(
+      0, 'epochs of a last phase on convolution kernels rounded to int8 '
+      '(the int8 .tflite then differs only by its activations)')
   dropout: float = 0.3        # before the classification layer
   width: float = 0.5          # filter multiplier of the CNN baseline
   # Imbalance: one of IMBALANCE_METHODS.  class_weights: R5's weights in
@@ -453,6 +460,7 @@ class Settings:
         'fine_tune_epochs': self.fine_tune_epochs,
         'fine_tune_layers': self.fine_tune_layers,
         'fine_tune_learning_rate': self.fine_tune_learning_rate,
+        'int8_weight_epochs': self.int8_weight_epochs,
         'dropout': self.dropout,
         'imbalance': self.imbalance,
         'calibration': self.calibration,
@@ -541,6 +549,9 @@ class Settings:
     if not 0 <= self.label_smoothing < 1:
       raise ValueError(f'label_smoothing must be in [0, 1), got '
                        f'{self.label_smoothing}')
+    if self.int8_weight_epochs < 0:
+      raise ValueError(f'int8_weight_epochs must be >= 0, got '
+                       f'{self.int8_weight_epochs}')
     if self.warmup_epochs < 0:
       raise ValueError(f'warmup_epochs must be >= 0, got {self.warmup_epochs}')
     if self.logit_adjustment_tau and self.imbalance != 'none':

@@ -18,6 +18,7 @@ RUN_VALUES = {
     'image_size': 96, 'batch_size': 8, 'epochs': 3, 'learning_rate': 0.01,
     'fine_tune_epochs': 2, 'imbalance': 'none', 'logit_adjustment_tau': 1.0,
     'label_smoothing': 0.1, 'lr_schedule': 'cosine', 'warmup_epochs': 0.5,
+    'int8_weight_epochs': 2,
     'tta': 'dihedral', 'color_constancy': 'shades_of_gray', 'tuner_trials': 2,
     'min_balanced_accuracy': 0.6, 'min_melanoma_recall': 0.7,
     'melanoma_label': 'none', 'max_balanced_accuracy_drop': 0.03,
