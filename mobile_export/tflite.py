@@ -17,7 +17,10 @@ the same as an image-only model's).  Two formats:
   BENCHMARKS.md, issue 16); takes uint8 pixels (input quantization scale
   1/255, zero point 0, i.e. the raw pixel values of the resized image) and
   returns float32 probabilities.  The metadata vector stays a float32
-  input (it feeds the metadata MLP's Dense layers, kept float).
+  input (it feeds the metadata MLP's Dense layers, kept float).  The float
+  head's bias is then corrected on the calibration images
+  (``correct_head_bias``): quantization shifts the mean logits the body
+  hands the head, which moved real-data decisions toward one class.
 
 Metadata (tflite-support writers) carries the model name, description,
 version, author, licence, the label file, the input normalization matching
@@ -34,6 +37,7 @@ import os
 import tempfile
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python import convert as tflite_convert
@@ -269,8 +273,16 @@ def reference_probabilities(saved_model_dir: str,
   """The SavedModel's probabilities through the signature the .tflite files
   are converted from (``signature_key``): float32 images [S, S, 3] in [0, 1]
   and, for a model with metadata, their encoded metadata vectors."""
-  key = signature_key(saved_model_dir)
-  function = tf.saved_model.load(saved_model_dir).signatures[key]
+  return signature_probabilities(tf.saved_model.load(saved_model_dir),
+                                 signature_key(saved_model_dir), images,
+                                 metadata, batch_size)
+
+
+def signature_probabilities(loaded, key: str, images: Sequence[np.ndarray],
+                            metadata: Optional[Sequence[np.ndarray]] = None,
+                            batch_size: int = 64) -> np.ndarray:
+  """reference_probabilities of a loaded SavedModel's signature ``key``."""
+  function = loaded.signatures[key]
   images = np.asarray(images, np.float32)
   out = []
   for start in range(0, len(images), batch_size):
@@ -282,13 +294,16 @@ def reference_probabilities(saved_model_dir: str,
   return np.concatenate(out)
 
 
-def _head_bias(model) -> np.ndarray:
+def _head_bias(model, create: bool = False) -> np.ndarray:
   """The float32 bias of the classifier's last FULLY_CONNECTED (the op that
   feeds the output SOFTMAX) in a flatbuffer object; a view into its buffer.
 
+  ``create``: give a head without a bias (the converter drops an all-zero
+  one) a zero bias of its own.
+
   Raises:
-    ValueError: no float FULLY_CONNECTED with a bias feeds the softmax (an
-      int8 head, or another architecture).
+    ValueError: no float FULLY_CONNECTED feeds the softmax (an int8 head,
+      or another architecture), or it has no bias and ``create`` is False.
   """
   subgraph = model.subgraphs[0]
   codes = [max(c.builtinCode, c.deprecatedBuiltinCode)
@@ -298,13 +313,29 @@ def _head_bias(model) -> np.ndarray:
              if codes[op.opcodeIndex] == schema_fb.BuiltinOperator.SOFTMAX]
   head = producer.get(softmax[-1].inputs[0]) if softmax else None
   if (head is None or
-      codes[head.opcodeIndex] != schema_fb.BuiltinOperator.FULLY_CONNECTED or
-      len(head.inputs) < 3 or head.inputs[2] < 0):
-    raise ValueError('no FULLY_CONNECTED with a bias feeds the softmax')
-  bias = subgraph.tensors[head.inputs[2]]
-  if bias.type != schema_fb.TensorType.FLOAT32:
+      codes[head.opcodeIndex] != schema_fb.BuiltinOperator.FULLY_CONNECTED):
+    raise ValueError('no FULLY_CONNECTED feeds the softmax')
+  weights = subgraph.tensors[head.inputs[1]]
+  if weights.type != schema_fb.TensorType.FLOAT32:
     raise ValueError('the classifier head is quantized; bias correction '
                      'needs it in float (DEFAULT_FLOAT_OPS)')
+  if len(head.inputs) < 3 or head.inputs[2] < 0:
+    if not create:
+      raise ValueError('the classifier head has no bias')
+    classes = int(weights.shape[0])
+    buffer = flatbuffer_utils.schema_fb.BufferT()
+    buffer.data = np.zeros(classes * 4, np.uint8)
+    model.buffers.append(buffer)
+    tensor = flatbuffer_utils.schema_fb.TensorT()
+    tensor.shape = np.array([classes], np.int32)
+    tensor.type = schema_fb.TensorType.FLOAT32
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = b'head_bias'
+    subgraph.tensors.append(tensor)
+    inputs = list(head.inputs) + [-1] * (3 - len(head.inputs))
+    inputs[2] = len(subgraph.tensors) - 1
+    head.inputs = np.array(inputs, np.int32)
+  bias = subgraph.tensors[head.inputs[2]]
   return model.buffers[bias.buffer].data.view(np.float32)
 
 
@@ -334,7 +365,7 @@ def correct_head_bias(buffer: bytes, reference: np.ndarray,
                     np.log(np.clip(quantized, 1e-7, 1.0)), axis=0)
     shift -= shift.mean()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(buffer))
-    bias = _head_bias(model)
+    bias = _head_bias(model, create=True)
     if bias.shape != shift.shape:
       raise ValueError(f'head bias of shape {bias.shape} for '
                        f'{shift.shape[0]} classes')
@@ -347,8 +378,8 @@ def correct_head_bias(buffer: bytes, reference: np.ndarray,
 def convert_int8(saved_model_dir: str,
                  representative_images: Iterable[np.ndarray],
                  float_ops: Sequence[str] = DEFAULT_FLOAT_OPS,
-                 representative_metadata: Optional[Iterable[np.ndarray]] = None
-                 ) -> bytes:
+                 representative_metadata: Optional[Iterable[np.ndarray]] = None,
+                 bias_correction: Optional[bool] = None) -> bytes:
   """Integer conversion with uint8 input and float32 output.
 
   Args:
@@ -358,17 +389,37 @@ def convert_int8(saved_model_dir: str,
       head, DEFAULT_FLOAT_OPS; ``()``: fully integer).
     representative_metadata: a model with metadata: each image's encoded
       metadata (models/metadata_vector.py), in image order.
+    bias_correction: correct the head's bias on the representative images
+      (correct_head_bias, against the SavedModel's probabilities on them);
+      None: whenever the head stays float (float_ops holds
+      DEFAULT_FLOAT_OPS).
 
   Returns:
     The .tflite flatbuffer (no metadata yet).
 
   Raises:
-    ValueError: without representative images, or when the converted input
-      is not quantized as raw pixels (scale 1/255, zero point 0).
+    ValueError: without representative images, when the converted input
+      is not quantized as raw pixels (scale 1/255, zero point 0), or
+      bias_correction=True with the head quantized.
   """
-  return quantize_calibrated(
-      calibrate(saved_model_dir, representative_images,
-                representative_metadata), float_ops)
+  images = list(representative_images)
+  metadata = (None if representative_metadata is None else
+              [np.asarray(v, np.float32) for v in representative_metadata])
+  buffer = quantize_calibrated(calibrate(saved_model_dir, images, metadata),
+                               float_ops)
+  if bias_correction is None:
+    bias_correction = set(DEFAULT_FLOAT_OPS) <= set(float_ops)
+  if not bias_correction:
+    return buffer
+  reference = reference_probabilities(saved_model_dir, images, metadata)
+  pixels = np.stack([np.round(np.asarray(x) * 255).astype(np.uint8)
+                     for x in images])
+  buffer, shift = correct_head_bias(
+      buffer, reference, pixels,
+      None if metadata is None else np.stack(metadata))
+  logging.info('int8 head bias corrected on %d images: shift %s', len(images),
+               np.round(shift, 4).tolist())
+  return buffer
 
 
 def convert(saved_model_dir: str, fmt: str,

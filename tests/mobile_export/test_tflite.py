@@ -232,7 +232,24 @@ def test_head_bias_correction_needs_the_head_in_float(trained_model, images):
   calibration = images[:10]
   integer = tflite.convert_int8(trained_model.serving_model_dir,
                                 [im / 255.0 for im in calibration],
-                                float_ops=())
+                                float_ops=(), bias_correction=False)
   reference = np.full((10, len(configs.LABELS)), 1 / len(configs.LABELS))
   with pytest.raises(ValueError, match='head is quantized'):
     tflite.correct_head_bias(integer, reference, calibration)
+
+
+def test_int8_conversion_corrects_the_head_bias_by_default(trained_model,
+                                                           images):
+  saved = trained_model.serving_model_dir
+  calibration = [im / 255.0 for im in images[:20]]
+  plain = tflite.convert_int8(saved, calibration, bias_correction=False)
+  reference = tflite.reference_probabilities(saved, calibration)
+  corrected, _ = tflite.correct_head_bias(plain, reference, images[:20])
+  assert tflite.convert_int8(saved, calibration) == corrected
+  with pytest.raises(ValueError, match='head is quantized'):
+    tflite.convert_int8(saved, calibration, float_ops=(),
+                        bias_correction=True)
+  # The fully integer file has no float head to correct: left as it is.
+  assert tflite.convert_int8(saved, calibration, float_ops=()) == (
+      tflite.convert_int8(saved, calibration, float_ops=(),
+                          bias_correction=False))
