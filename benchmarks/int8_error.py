@@ -26,6 +26,10 @@ when asked for the final number):
       nodes of largest whole-model-verify error (RMSE / scale) kept in
       float as well (``--float-nodes``);
     - ``float16``: the pipeline's float16 file, as a reference;
+    - ``weights_only_int8``: not a .tflite: the SavedModel itself with each
+      convolution kernel rounded to per-channel int8 (weights_only_int8),
+      the weights' share of the error (``dynamic_range`` quantizes the
+      activations on the fly too);
 * agreement binned by the float model's top-1 margin (p1 - p2).
 
   PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/int8_error.py \\
@@ -82,6 +86,31 @@ def dynamic_range(saved_model_dir):
   converter = tflite.converter(saved_model_dir)
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   return converter.convert()
+
+
+def weights_only_int8(saved_model_dir, pixels_float, vectors):
+  """The SavedModel with every convolution kernel rounded to per-channel
+  int8 and everything else float (activations, head): the error of the
+  weights alone.  TFLite's dynamic-range model is not that: its hybrid
+  kernels quantize the activations too, on the fly."""
+  loaded = tf.saved_model.load(saved_model_dir)
+  rounded = 0
+  for variable in loaded.variables:
+    name = variable.name
+    if variable.shape.rank != 4 or not name.endswith('kernel:0'):
+      continue
+    value = variable.numpy()
+    # Output channels: Conv2D [kh, kw, in, out] -> out; depthwise
+    # [kh, kw, in, multiplier] -> in * multiplier.
+    flat = value.reshape(-1, value.shape[2] * value.shape[3]
+                         if 'depthwise' in name else value.shape[3])
+    scale = np.abs(flat).max(axis=0) / 127.0
+    scale[scale == 0] = 1.0
+    variable.assign((np.round(flat / scale) * scale).reshape(value.shape))
+    rounded += 1
+  probabilities = tflite.signature_probabilities(
+      loaded, tflite.signature_key(saved_model_dir), pixels_float, vectors)
+  return probabilities, rounded
 
 
 def float32(saved_model_dir):
@@ -261,19 +290,27 @@ def main():
           variants[name], cal_reference, cal_pixels)[0]
     correlation = activation_correlation(variants['int8'], float_model,
                                          cal_pixels[:args.debug_images])
+  scored = {name: (len(buffer), tflite.predict(buffer, pixels, vectors))
+            for name, buffer in variants.items()}
+  weights_only, rounded = weights_only_int8(
+      args.saved_model, pixels.astype(np.float32) / 255.0, vectors)
+  scored['weights_only_int8'] = (None, weights_only)
   results = {}
-  for name, buffer in variants.items():
-    probs = tflite.predict(buffer, pixels, vectors)
+  for name, (size, probs) in scored.items():
     r = parity.compare(name, reference, probs, truth, class_names, thresholds,
                        lesions)
     results[name] = {
-        'bytes': len(buffer),
+        'bytes': size,
         'top1_agreement': r.top1_agreement_interval,
         'balanced_accuracy_drop': r.balanced_accuracy_drop_interval,
         'exact_top1_ties': ties(probs),
         'predicted_counts': np.bincount(probs.argmax(1),
                                         minlength=len(class_names)).tolist(),
         'agreement_by_margin': margin_bins(reference, probs),
+        # What is left once the weights are rounded: agreement with the
+        # weights-only model (the activations' share).
+        'agreement_with_weights_only': float(np.mean(
+            probs.argmax(1) == weights_only.argmax(1))),
     }
     print(name, json.dumps({k: results[name][k] for k in
                             ('top1_agreement', 'balanced_accuracy_drop',
@@ -289,6 +326,7 @@ def main():
       'calibration': {'split': 'train', 'images': args.calibration,
                       'seed': args.seed},
       'head_bias_shift': bias_shift.tolist(),
+      'weights_only_int8_kernels_rounded': rounded,
       'float_nodes_ranked': ranked[:max(args.float_nodes, default=0)],
       'variants': results, 'layers_whole_model_verify': layers,
       'activation_correlation': correlation,
