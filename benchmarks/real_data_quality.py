@@ -6,8 +6,13 @@ disjoint train / eval / test splits by lesion_id hash) and the Trainer's
 ``serving_default`` signature on one split (``--split``): balanced accuracy,
 accuracy, macro F1, per-class recall (melanoma first), wall time, and the
 split's ECE / NLL with the Trainer's temperature scaling and without it.
-Choosing between configurations is done on ``--split eval`` (the default);
-``--split test`` is for the one final score of the chosen configuration.
+Each run is also scored with flips / dihedral test-time augmentation
+applied after training (``tta_after_training``) and on recoloured copies of
+the split (``colour_probes``: white balance and saturation, COLOUR_PROBES);
+``--probe SERVING_DIR:IMAGE_SIZE`` scores an already trained model that way
+without training.  Choosing between configurations is done on ``--split
+eval`` (the default); ``--split test`` is for the one final score of the
+chosen configuration.
 
   skinlesion ingest --data ../shared/data/ham10000 --out /tmp/ham_home
   nice -n 10 .venv/bin/python benchmarks/real_data_quality.py \
@@ -93,10 +98,10 @@ def decision_metrics(y_true, probabilities, labels) -> dict:
   }
 
 
-def tta_probabilities(serving_dir: str, files, image_size: int, modes):
-  """(labels [N], {mode: probabilities [N, K]}): the single-view image
-  signature averaged over each mode's views (what ``tta=<mode>`` puts inside
-  the exported signatures), for a model trained and exported without it."""
+def _image_batches(serving_dir: str, files, image_size: int):
+  """(predict, labels, inputs) per batch of 32: the single-view image
+  signature (plus the raw metadata of a model that takes it) and its
+  inputs, images float32 [N, S, S, 3] in [0, 1] under 'images'."""
   model = tf.saved_model.load(serving_dir)
   names = set(model.signatures)
   signature = model.signatures[features.single_view_image_signature(names)]
@@ -104,20 +109,77 @@ def tta_probabilities(serving_dir: str, files, image_size: int, modes):
   spec = {**preprocessing.image_label_spec(),
           **(preprocessing.metadata_spec() if with_metadata else {})}
   predict = lambda inputs: signature(**inputs)[features.PREDICTION_KEY]
-  y_true, by_mode = [], {mode: [] for mode in modes}
   for batch in preprocessing.read_examples(files).batch(32):
     parsed = tf.io.parse_example(batch, spec)
-    y_true.extend(parsed[features.LABEL_KEY].numpy())
     inputs = {'images': preprocessing.decode_batch(parsed[features.IMAGE_KEY],
                                                    image_size)}
     if with_metadata:
       inputs.update({key: parsed[key]
                      for key in preprocessing.metadata_spec()})
+    yield predict, parsed[features.LABEL_KEY].numpy(), inputs
+
+
+def tta_probabilities(serving_dir: str, files, image_size: int, modes):
+  """(labels [N], {mode: probabilities [N, K]}): the single-view image
+  signature averaged over each mode's views (what ``tta=<mode>`` puts inside
+  the exported signatures), for a model trained and exported without it."""
+  y_true, by_mode = [], {mode: [] for mode in modes}
+  for predict, labels, inputs in _image_batches(serving_dir, files,
+                                                image_size):
+    y_true.extend(labels)
     for mode in modes:
       by_mode[mode].append(
           tta_views.average(predict, inputs, mode, image_key='images').numpy())
   return np.array(y_true), {mode: np.concatenate(chunks)
                             for mode, chunks in by_mode.items()}
+
+
+# Another camera's colours, applied to the decoded [0, 1] images: white
+# balance as per-channel gains (R, G, B), saturation as a blend with the
+# luma (ITU-R BT.601 weights).  Not a re-acquisition: a probe of how much
+# the decisions move when only the colours do.
+COLOUR_PROBES = {
+    'warm_white_balance': ('gains', (1.2, 1.0, 0.8)),
+    'cool_white_balance': ('gains', (0.8, 1.0, 1.2)),
+    'desaturated': ('saturation', 0.5),
+    'oversaturated': ('saturation', 1.5),
+}
+
+
+def recolour(images: tf.Tensor, probe: str) -> tf.Tensor:
+  kind, value = COLOUR_PROBES[probe]
+  if kind == 'gains':
+    out = images * tf.constant(value, tf.float32)
+  else:
+    luma = tf.reduce_sum(images * tf.constant([0.299, 0.587, 0.114]),
+                         axis=-1, keepdims=True)
+    out = luma + value * (images - luma)
+  return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def colour_probe_probabilities(serving_dir: str, files, image_size: int,
+                               probes=tuple(COLOUR_PROBES)):
+  """(labels [N], {probe: probabilities [N, K]}) of the single view on each
+  recoloured copy of the split."""
+  y_true, by_probe = [], {probe: [] for probe in probes}
+  for predict, batch_labels, inputs in _image_batches(serving_dir, files,
+                                                      image_size):
+    y_true.extend(batch_labels)
+    for probe in probes:
+      by_probe[probe].append(predict(
+          {**inputs, 'images': recolour(inputs['images'], probe)}).numpy())
+  return np.array(y_true), {probe: np.concatenate(chunks)
+                            for probe, chunks in by_probe.items()}
+
+
+def score_colour_probes(serving_dir: str, files, labels, image_size: int,
+                        probes=tuple(COLOUR_PROBES)) -> dict:
+  """decision_metrics on each recoloured copy of the split (what another
+  acquisition's colours do to the same model)."""
+  y_true, by_probe = colour_probe_probabilities(serving_dir, files,
+                                                image_size, probes)
+  return {probe: decision_metrics(y_true, probabilities, labels)
+          for probe, probabilities in by_probe.items()}
 
 
 def score_tta(serving_dir: str, files, labels, image_size: int,
@@ -133,8 +195,12 @@ def main():
   parser.add_argument('--examples', required=True,
                       help='an ImageExampleGen Examples artifact folder')
   parser.add_argument('--out', required=True)
-  parser.add_argument('--run', action='append', required=True,
+  parser.add_argument('--run', action='append', default=[],
                       help='MODEL:JSON overrides of REAL_DATA_PRESET')
+  parser.add_argument('--probe', action='append', default=[],
+                      metavar='SERVING_DIR:IMAGE_SIZE',
+                      help='score an already trained model (no training): '
+                           'the split as it is and its colour probes')
   parser.add_argument('--split', default='eval', choices=('eval', 'test'),
                       help='the split scored (choose on eval; test once)')
   parser.add_argument('--work', default='',
@@ -148,6 +214,19 @@ def main():
   if os.path.exists(args.out):
     with open(args.out) as f:
       results = json.load(f)
+  if not args.run and not args.probe:
+    parser.error('give at least one --run or --probe')
+  for probe in args.probe:
+    serving, _, size = probe.rpartition(':')
+    result = {'serving_dir': serving, 'split': args.split,
+              **score(serving, split(args.split), labels),
+              'colour_probes': score_colour_probes(
+                  serving, split(args.split), labels, int(size))}
+    print(json.dumps({k: v for k, v in result.items()
+                      if k not in ('confusion',)}), flush=True)
+    results.append(result)
+    with open(args.out, 'w') as f:
+      json.dump(results, f, indent=2)
   work = args.work or tempfile.mkdtemp(prefix='real_data_quality_')
   for run in args.run:
     name, _, overrides = run.partition(':')
@@ -164,6 +243,7 @@ def main():
     with open(os.path.join(out, 'run', trainer.HISTORY_FILE)) as f:
       history = json.load(f)
     result = {'model': name, 'overrides': json.loads(overrides or '{}'),
+              'serving_dir': fn_args.serving_model_dir,
               'config': cfg, 'train_wall_s': round(train_s, 1),
               'epochs_run': len(history['history']['loss']),
               'phases': history['phases'],
@@ -174,6 +254,9 @@ def main():
       result['tta_after_training'] = score_tta(
           fn_args.serving_model_dir, split(args.split), labels,
           cfg['image_size'])
+    result['colour_probes'] = score_colour_probes(
+        fn_args.serving_model_dir, split(args.split), labels,
+        cfg['image_size'])
     print(json.dumps({k: v for k, v in result.items()
                       if k not in ('config', 'confusion', 'phases')}),
           flush=True)

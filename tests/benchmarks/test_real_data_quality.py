@@ -29,17 +29,9 @@ def tiny_model(request, tiny_tfrecords, tmp_path_factory):
   return fn_args.serving_model_dir, [tiny_tfrecords[1]], labels
 
 
-def test_no_views_scores_what_the_examples_signature_scores(tiny_model):
-  serving, files, labels = tiny_model
-  whole = real_data_quality.score(serving, files, labels)
-  after = real_data_quality.score_tta(serving, files, labels, TINY_IMAGE_SIZE,
-                                      modes=('none',))['none']
-  for key in ('balanced_accuracy', 'accuracy', 'macro_f1', 'recall'):
-    assert after[key] == whole[key], key
-
-
-def test_flips_average_the_four_flipped_images(tiny_model):
-  serving, files, _ = tiny_model
+def _single_view(serving, files):
+  """(predict(images) -> probabilities, images, labels) by hand: the
+  single-view signature on the split's decoded images (and metadata)."""
   model = tf.saved_model.load(serving)
   signature = model.signatures[
       features.single_view_image_signature(set(model.signatures))]
@@ -52,15 +44,56 @@ def test_flips_average_the_four_flipped_images(tiny_model):
                                       TINY_IMAGE_SIZE).numpy()
   metadata = ({key: parsed[key] for key in preprocessing.metadata_spec()}
               if with_metadata else {})
-  views = [signature(images=tf.constant(view), **metadata)[
+  predict = lambda x: signature(images=tf.constant(x), **metadata)[
       features.PREDICTION_KEY].numpy()
-           for view in (images, images[:, :, ::-1], images[:, ::-1],
-                        images[:, ::-1, ::-1])]
+  return predict, images, parsed[features.LABEL_KEY].numpy()
+
+
+def test_no_views_scores_what_the_examples_signature_scores(tiny_model):
+  serving, files, labels = tiny_model
+  whole = real_data_quality.score(serving, files, labels)
+  after = real_data_quality.score_tta(serving, files, labels, TINY_IMAGE_SIZE,
+                                      modes=('none',))['none']
+  for key in ('balanced_accuracy', 'accuracy', 'macro_f1', 'recall'):
+    assert after[key] == whole[key], key
+
+
+def test_flips_average_the_four_flipped_images(tiny_model):
+  serving, files, _ = tiny_model
+  predict, images, labels = _single_view(serving, files)
+  views = [predict(view) for view in (images, images[:, :, ::-1],
+                                      images[:, ::-1], images[:, ::-1, ::-1])]
   y_true, scored = real_data_quality.tta_probabilities(
       serving, files, TINY_IMAGE_SIZE, modes=('none', 'flips'))
-  np.testing.assert_array_equal(y_true, parsed[features.LABEL_KEY].numpy())
+  np.testing.assert_array_equal(y_true, labels)
   np.testing.assert_allclose(scored['none'], views[0], atol=1e-6)
   np.testing.assert_allclose(scored['flips'], np.mean(views, axis=0),
                              atol=1e-6)
   # The views differ, so the average is not the single view's.
   assert np.abs(scored['flips'] - scored['none']).max() > 1e-4
+
+
+def test_colour_probes_recolour_as_documented():
+  images = tf.constant([[[[0.5, 0.5, 0.5], [0.9, 0.2, 0.1]]]], tf.float32)
+  warm = real_data_quality.recolour(images, 'warm_white_balance').numpy()
+  np.testing.assert_allclose(warm[0, 0, 0], [0.6, 0.5, 0.4], atol=1e-6)
+  np.testing.assert_allclose(warm[0, 0, 1], [1.0, 0.2, 0.08], atol=1e-6)
+  grey = real_data_quality.recolour(images, 'desaturated').numpy()
+  # A grey pixel stays grey; a coloured one moves half-way to its luma.
+  np.testing.assert_allclose(grey[0, 0, 0], [0.5, 0.5, 0.5], atol=1e-6)
+  luma = 0.299 * 0.9 + 0.587 * 0.2 + 0.114 * 0.1
+  np.testing.assert_allclose(grey[0, 0, 1],
+                             luma + 0.5 * (np.array([0.9, 0.2, 0.1]) - luma),
+                             atol=1e-6)
+
+
+def test_colour_probes_score_the_recoloured_images(tiny_model):
+  serving, files, _ = tiny_model
+  y_true, scored = real_data_quality.colour_probe_probabilities(
+      serving, files, TINY_IMAGE_SIZE, probes=('cool_white_balance',))
+  predict, images, labels = _single_view(serving, files)
+  cool = np.clip(images * np.array([0.8, 1.0, 1.2], np.float32), 0, 1)
+  np.testing.assert_array_equal(y_true, labels)
+  np.testing.assert_allclose(scored['cool_white_balance'], predict(cool),
+                             atol=1e-6)
+  assert np.abs(scored['cool_white_balance'] - predict(images)).max() > 1e-5
