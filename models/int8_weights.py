@@ -63,9 +63,8 @@ def convolutions(model: keras.Model) -> List[keras.layers.Layer]:
 
 
 def _kernel(layer):
-  if isinstance(layer, keras.layers.DepthwiseConv2D):
-    return layer.depthwise_kernel, True
-  return layer.kernel, False
+  """(kernel variable, depthwise?): Keras 3 names both kernels ``kernel``."""
+  return layer.kernel, isinstance(layer, keras.layers.DepthwiseConv2D)
 
 
 def round_and_freeze(model: keras.Model) -> int:

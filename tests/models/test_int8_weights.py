@@ -67,6 +67,26 @@ def test_a_per_channel_factor_keeps_the_kernel_on_its_grid():
       depthwise=True)
 
 
+def test_round_and_freeze_reaches_nested_depthwise_and_plain_convolutions():
+  import keras  # pylint: disable=g-import-not-at-top
+  inner = keras.Sequential([keras.Input((8, 8, 3)),
+                            keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
+                            keras.layers.BatchNormalization()], name='inner')
+  model = keras.Sequential([keras.Input((8, 8, 3)), inner,
+                            keras.layers.Conv2D(4, 1),
+                            keras.layers.GlobalAveragePooling2D(),
+                            keras.layers.Dense(2)])
+  assert not int8_weights.all_on_int8_grid(model)
+  assert int8_weights.round_and_freeze(model) == 2
+  assert int8_weights.all_on_int8_grid(model)
+  assert [layer.trainable for layer in int8_weights.convolutions(model)] == [
+      False, False]
+  # What stays trainable: batch norm and the Dense head.
+  assert {v.path.split('/')[-1] for v in model.trainable_variables} == {
+      'gamma', 'beta', 'kernel', 'bias'}
+  assert len(model.trainable_variables) == 4
+
+
 def test_a_model_without_convolutions_is_refused():
   import keras  # pylint: disable=g-import-not-at-top
   model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
