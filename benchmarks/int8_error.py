@@ -42,6 +42,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from mobile_export import data  # pylint: disable=g-import-not-at-top
 from mobile_export import parity  # pylint: disable=g-import-not-at-top
 from mobile_export import tflite  # pylint: disable=g-import-not-at-top
+from models import int8_weights  # pylint: disable=g-import-not-at-top
 from models import preprocessing  # pylint: disable=g-import-not-at-top
 
 MARGIN_BINS = (0.0, 0.05, 0.1, 0.2, 0.4, 1.01)
@@ -88,25 +90,25 @@ def dynamic_range(saved_model_dir):
   return converter.convert()
 
 
+# Which loaded kernels are depthwise: Keras 3 calls both kernels ``kernel``,
+# so the layer name tells (keras.applications' MobileNetV2 says
+# ``depthwise``, models/efficientnet_lite.py ``dwconv``).
+DEPTHWISE_LAYER = re.compile(r'depthwise|dwconv')
+
+
 def weights_only_int8(saved_model_dir, pixels_float, vectors):
   """The SavedModel with every convolution kernel rounded to per-channel
-  int8 and everything else float (activations, head): the error of the
-  weights alone.  TFLite's dynamic-range model is not that: its hybrid
-  kernels quantize the activations too, on the fly."""
+  int8 (models/int8_weights.py) and everything else float (activations,
+  head): the error of the weights alone.  TFLite's dynamic-range model is
+  not that: its hybrid kernels quantize the activations too, on the fly."""
   loaded = tf.saved_model.load(saved_model_dir)
   rounded = 0
   for variable in loaded.variables:
     name = variable.name
     if variable.shape.rank != 4 or not name.endswith('kernel:0'):
       continue
-    value = variable.numpy()
-    # Output channels: Conv2D [kh, kw, in, out] -> out; depthwise
-    # [kh, kw, in, multiplier] -> in * multiplier.
-    flat = value.reshape(-1, value.shape[2] * value.shape[3]
-                         if 'depthwise' in name else value.shape[3])
-    scale = np.abs(flat).max(axis=0) / 127.0
-    scale[scale == 0] = 1.0
-    variable.assign((np.round(flat / scale) * scale).reshape(value.shape))
+    variable.assign(int8_weights.per_channel_int8(
+        variable.numpy(), depthwise=bool(DEPTHWISE_LAYER.search(name))))
     rounded += 1
   probabilities = tflite.signature_probabilities(
       loaded, tflite.signature_key(saved_model_dir), pixels_float, vectors)
