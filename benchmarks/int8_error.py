@@ -245,8 +245,7 @@ def main():
   calibrated = tflite.calibrate(args.saved_model, random_cal, cal_vectors)
   float_model = float32(args.saved_model)
   head = list(tflite.DEFAULT_FLOAT_OPS)
-  cal_pixels = np.stack([np.round(x * 255).astype(np.uint8)
-                         for x in random_cal])
+  cal_pixels = tflite.as_pixels(random_cal)
   cal_reference = tflite.reference_probabilities(args.saved_model, random_cal,
                                                  cal_vectors)
   cal_vector_array = (None if cal_vectors is None else np.stack(cal_vectors))

@@ -266,6 +266,13 @@ def quantize_calibrated(calibrated: bytes, float_ops: Sequence[str] = (),
   return buffer
 
 
+def as_pixels(images: Sequence[np.ndarray]) -> np.ndarray:
+  """Float images in [0, 1] (k / 255 values, as representative_images
+  gives) -> the uint8 pixels [N, S, S, 3] an app feeds the int8 file."""
+  return np.stack([np.round(np.asarray(x) * 255).astype(np.uint8)
+                   for x in images])
+
+
 def reference_probabilities(saved_model_dir: str,
                             images: Sequence[np.ndarray],
                             metadata: Optional[Sequence[np.ndarray]] = None,
@@ -412,8 +419,7 @@ def convert_int8(saved_model_dir: str,
   if not bias_correction:
     return buffer
   reference = reference_probabilities(saved_model_dir, images, metadata)
-  pixels = np.stack([np.round(np.asarray(x) * 255).astype(np.uint8)
-                     for x in images])
+  pixels = as_pixels(images)
   buffer, shift = correct_head_bias(
       buffer, reference, pixels,
       None if metadata is None else np.stack(metadata))
