@@ -47,10 +47,24 @@ live_pids() {  # live_pids standalonesession|taskexecutor
   return 0
 }
 
-registered_taskmanagers() {  # how many the JobManager lists; empty if down
-  curl -sf --max-time 3 "$REST/taskmanagers" 2>/dev/null \
-    | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["taskmanagers"]))' \
-    2>/dev/null || true
+# How many TaskManagers the JobManager lists that are alive; empty if it is
+# down.  A SIGKILLed TaskManager stays listed until its heartbeat times out
+# (heartbeat.timeout, 10 s), so each listed one counts only while its RPC
+# endpoint (the port in its pekko path, which its JVM owns) accepts a
+# connection: counting the listing alone, 'start' after a kill saw the dead
+# one and its replacement's slot as two, then one a moment later.
+registered_taskmanagers() {
+  curl -sf --max-time 3 "$REST/taskmanagers" 2>/dev/null | python3 -c '
+import json, re, socket, sys
+alive = 0
+for tm in json.load(sys.stdin)["taskmanagers"]:
+  host, port = re.search(r"@([^:/]+):(\d+)/", tm["path"]).groups()
+  try:
+    socket.create_connection((host, int(port)), timeout=1).close()
+    alive += 1
+  except OSError:
+    pass
+print(alive)' 2>/dev/null || true
 }
 
 write_config() {

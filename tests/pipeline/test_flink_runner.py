@@ -285,3 +285,24 @@ def test_a_taskmanager_killed_mid_job_is_replaced_and_the_job_recovers(
   assert replacement <= _taskmanagers_of_job(flink_cluster, chaos['job_id'])
   assert beam_stages.split_examples(examples.uri) == (
       beam_stages.split_examples(os.path.join(direct_stages, 'examples')))
+
+
+def test_start_after_a_kill_counts_only_live_taskmanagers(flink_cluster):
+  """Right after a SIGKILL the JobManager still lists the dead TaskManager
+  (until its heartbeat times out): `status` must not count it, and `start`
+  must return only once the replacement is registered, not while the
+  listing still holds the dead one (the race that failed the chaos test's
+  replacement in two CI runs)."""
+  victim = [pid for pid in flink_cluster.taskmanager_pids()
+            if not _dead(pid)][0]
+  os.kill(victim, signal.SIGKILL)
+  while not _dead(victim):
+    time.sleep(0.1)
+  assert len(_taskmanager_ids(flink_cluster)) == 2  # The dead one is listed.
+  status = flink_cluster.script('status', check=False)
+  assert status.returncode == 1, status.stdout
+  assert '1 TaskManager(s) registered' in status.stdout
+  started = flink_cluster.script('start', check=False)
+  assert started.returncode == 0, started.stderr
+  assert '2 TaskManager(s) registered' in started.stdout
+  assert flink_cluster.script('status', check=False).returncode == 0
