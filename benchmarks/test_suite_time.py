@@ -5,7 +5,8 @@ the other on the same machine: OLD, the suite at the older commit, and NEW,
 today's.  A test of NEW *existed* at the older commit when OLD has a test of
 the same name (the function name with its parameters, file ignored: the
 monolith splits moved tests between files; a test renamed since counts as
-added).  ``--select FILE`` writes NEW's node ids of those tests, one per
+added).  NEW may also be the node ids `pytest --collect-only -q` prints.
+``--select FILE`` writes NEW's node ids of those tests, one per
 line, for a third run of only them (``pytest $(cat FILE)``), which charges
 the shared fixtures' set-up to them alone; ``--subset XML`` scores that run.
 
@@ -60,6 +61,22 @@ def read_report(path: str) -> Dict[str, object]:
   return {'cases': cases, 'wall_s': wall}
 
 
+def read_node_ids(path: str) -> Dict[str, object]:
+  """The tests of ``pytest --collect-only -q`` output (no times): to choose
+  the --select run before the whole suite has run."""
+  cases = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if '::' in line and not line.startswith(('=', '-')):
+        cases.append(Case(line, line.split('::')[-1], 0.0, 'collected'))
+  return {'cases': cases, 'wall_s': 0.0}
+
+
+def read_any(path: str) -> Dict[str, object]:
+  return read_report(path) if path.endswith('.xml') else read_node_ids(path)
+
+
 def split_by_origin(old: List[Case], new: List[Case]):
   """NEW's cases that existed in OLD (by name), and those added since."""
   old_names = collections.Counter(c.name for c in old)
@@ -79,7 +96,7 @@ def _outcomes(cases: List[Case]) -> Dict[str, int]:
 
 
 def compare(old_xml: str, new_xml: str, subset_xml: str = None):
-  old, new = read_report(old_xml), read_report(new_xml)
+  old, new = read_report(old_xml), read_any(new_xml)
   existed, added, gone = split_by_origin(old['cases'], new['cases'])
   result = {
       'old': {'tests': len(old['cases']), 'wall_s': round(old['wall_s'], 1),
@@ -113,7 +130,9 @@ def compare(old_xml: str, new_xml: str, subset_xml: str = None):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--old', required=True, help='JUnit XML, older commit')
-  parser.add_argument('--new', required=True, help='JUnit XML, today')
+  parser.add_argument('--new', required=True,
+                      help='JUnit XML, today (or `pytest --collect-only -q` '
+                      'output, for --select)')
   parser.add_argument('--subset', help='JUnit XML of a run of --select ids')
   parser.add_argument('--select', help='write the existed tests\' node ids')
   parser.add_argument('--out', help='write the result as JSON')

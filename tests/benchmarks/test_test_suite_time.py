@@ -115,3 +115,15 @@ def test_selected_node_ids_run_exactly_the_existed_tests(reports, tmp_path):
   subset = json.loads(out.read_text())['subset_run']
   assert subset['tests'] == 4 and subset['outcomes'] == {'passed': 4}
   assert 0 < subset['ratio_to_old_wall']
+
+
+def test_collected_node_ids_select_the_same_tests(reports, tmp_path):
+  old, new = reports
+  collected = _pytest(new, 'tests', '--collect-only').stdout  # -q: ids
+  (tmp_path / 'ids.txt').write_text(collected)
+  _, from_ids = test_suite_time.compare(str(old / 'old.xml'),
+                                        str(tmp_path / 'ids.txt'))
+  _, from_xml = test_suite_time.compare(str(old / 'old.xml'),
+                                        str(new / 'new.xml'))
+  assert sorted(c.node_id for c in from_ids) == sorted(
+      c.node_id for c in from_xml)
