@@ -15,11 +15,23 @@ it into the softmax layer (``fold_temperature``) before the export, so the
 SavedModel, the .tflite files converted from it, TFMA and `skinlesion
 predict` / `serve` all see the same calibrated probabilities.  ``CALIBRATION_FILE`` beside ``saved_model.pb``
 records the fit (it travels with the pushed version).
+
+Prior correction (``fit_prior_correction``, setting ``prior_correction``):
+after the temperature, per-class offsets c are added to the logits,
+``softmax(z / T + c)``, fitted on the same eval predictions to minimise the
+class-balanced negative log-likelihood (every class weighs the same,
+whatever its count).  The result estimates the posterior under equal class
+prevalence, the quantity whose arg-max maximises balanced accuracy; a model
+trained with class weights aims at it on the train split, where it overfits
+the rare classes.  Unlike the temperature it moves decisions (balanced
+accuracy up, accuracy usually down) and its probabilities are calibrated to
+equal prevalence, not to the data's.  It folds into the same softmax
+layer's bias.
 """
 
 import json
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -31,19 +43,25 @@ CALIBRATION_FILE = 'calibration.json'
 _MIN_PROBABILITY = 1e-12
 # The fitted temperature is kept inside [1 / _MAX_INVERSE, _MAX_INVERSE].
 _MAX_INVERSE = 100.0
+# L2 penalty on the prior correction's offsets: keeps the optimum finite
+# where the eval split separates a class perfectly, and barely moves it
+# otherwise (the balanced NLL is O(1); an offset of 1 costs 1e-3).
+_OFFSET_L2 = 1e-3
 
 
 def fold_temperature(model: keras.Model, temperature: float,
-                     layer_name: str) -> None:
-  """Makes the model answer softmax(z / T): divides the kernel and bias of
-  its softmax layer (``layer_name``, a Dense layer) by T, in place.
+                     layer_name: str,
+                     offsets: Optional[Sequence[float]] = None) -> None:
+  """Makes the model answer softmax(z / T + c): divides the kernel and bias
+  of its softmax layer (``layer_name``, a Dense layer) by T and adds the
+  prior correction's ``offsets`` c (if any) to the bias, in place.
 
-  softmax((W x + b) / T) = softmax((W / T) x + b / T): the exported graph
-  keeps its ops, so every signature, Grad-CAM and the .tflite conversions
-  (int8 included: no extra log / divide to quantize) see the calibrated
-  probabilities, and nothing downstream needs to know T.
+  softmax((W x + b) / T + c) = softmax((W / T) x + b / T + c): the exported
+  graph keeps its ops, so every signature, Grad-CAM and the .tflite
+  conversions (int8 included: no extra log / divide to quantize) see the
+  calibrated probabilities, and nothing downstream needs to know T or c.
   """
-  if float(temperature) == 1.0:
+  if float(temperature) == 1.0 and not offsets:
     return
   layer = model.get_layer(layer_name)
   if (not isinstance(layer, keras.layers.Dense)
@@ -52,7 +70,13 @@ def fold_temperature(model: keras.Model, temperature: float,
     raise ValueError(f'cannot fold a temperature into {layer_name!r}: it is '
                      'not a Dense softmax layer with a bias')
   kernel, bias = layer.get_weights()
-  layer.set_weights([kernel / temperature, bias / temperature])
+  bias = bias / temperature
+  if offsets:
+    if len(offsets) != len(bias):
+      raise ValueError(f'{len(offsets)} prior-correction offsets for '
+                       f'{len(bias)} classes')
+    bias = bias + np.asarray(offsets, bias.dtype)
+  layer.set_weights([kernel / temperature, bias])
 
 
 def _log_scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -171,6 +195,111 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray,
                                 f'{n.upper()} {report[n + "_before"]:.4f} -> '
                                 f'{report[n + "_after"]:.4f}' for n in worse)))
   return report['temperature'], report
+
+
+def corrected(probabilities: np.ndarray, temperature: float,
+              offsets: Sequence[float]) -> np.ndarray:
+  """softmax(log(p) / T + c) in float64 NumPy."""
+  log_q = _log_scaled(probabilities, temperature) + np.asarray(offsets,
+                                                                np.float64)
+  log_q -= log_q.max(axis=-1, keepdims=True)
+  q = np.exp(log_q)
+  return q / q.sum(axis=-1, keepdims=True)
+
+
+def _balanced_weights(labels: np.ndarray, classes: int) -> np.ndarray:
+  """Per-example weights, each class's summing to 1 / (classes present)."""
+  counts = np.bincount(labels, minlength=classes).astype(np.float64)
+  present = int((counts > 0).sum())
+  return 1.0 / (present * counts[labels])
+
+
+def balanced_nll(probabilities: np.ndarray, labels: np.ndarray,
+                 temperature: float = 1.0,
+                 offsets: Optional[Sequence[float]] = None) -> float:
+  """The class-balanced NLL of softmax(log(p) / T + c): the mean over the
+  classes present of each class's mean negative log-likelihood."""
+  probabilities = np.asarray(probabilities, np.float64)
+  labels = np.asarray(labels, int)
+  q = corrected(probabilities, temperature,
+                np.zeros(probabilities.shape[1]) if offsets is None
+                else offsets)
+  weights = _balanced_weights(labels, probabilities.shape[1])
+  picked = np.maximum(q[np.arange(len(labels)), labels], _MIN_PROBABILITY)
+  return float(-np.sum(weights * np.log(picked)))
+
+
+def _balanced_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+  predicted = probabilities.argmax(-1)
+  return float(np.mean([np.mean(predicted[labels == k] == k)
+                        for k in np.unique(labels)]))
+
+
+def fit_prior_correction(probabilities: np.ndarray, labels: np.ndarray,
+                         temperature: float = 1.0
+                         ) -> Tuple[Sequence[float], Dict[str, Any]]:
+  """(offsets c, report): the prior correction fitted on these examples.
+
+  c minimises the class-balanced NLL of softmax(log(p) / T + c) (convex in
+  c; L-BFGS with the exact gradient), plus a small L2 penalty; it is
+  centred (softmax ignores a common shift).  Every class must have an
+  example here: a class without one would be pushed to -inf, so then
+  nothing is fitted (c = 0) and the report says why.  The report holds the
+  balanced NLL, balanced accuracy and accuracy before and after, on these
+  (the fitting) examples: an in-sample view, optimistic by construction.
+  """
+  probabilities = np.asarray(probabilities, np.float64)
+  labels = np.asarray(labels, int)
+  if probabilities.ndim != 2 or len(probabilities) != len(labels):
+    raise ValueError(f'probabilities {probabilities.shape} and labels '
+                     f'{labels.shape} do not match')
+  classes = probabilities.shape[1]
+  counts = np.bincount(labels, minlength=classes)
+  report: Dict[str, Any] = {'method': 'balanced',
+                            'examples': int(len(labels)),
+                            'temperature': float(temperature)}
+  absent = [int(k) for k in np.flatnonzero(counts == 0)]
+  if absent:
+    report.update(applied=False, offsets=[0.0] * classes,
+                  reason=f'not applied: class index(es) {absent} have no '
+                  'example to fit on')
+    return report['offsets'], report
+  base = _log_scaled(probabilities, temperature)
+  weights = _balanced_weights(labels, classes)
+  one_hot = np.eye(classes)[labels]
+
+  def loss_and_gradient(c):
+    z = base + c
+    z = z - z.max(axis=1, keepdims=True)
+    log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    loss = -np.sum(weights * log_q[np.arange(len(labels)), labels])
+    gradient = (np.exp(log_q) - one_hot).T @ weights
+    return (loss + _OFFSET_L2 * np.sum(c * c),
+            gradient + 2 * _OFFSET_L2 * c)
+
+  result = optimize.minimize(loss_and_gradient, np.zeros(classes), jac=True,
+                             method='L-BFGS-B', options={'gtol': 1e-9})
+  offsets = result.x - result.x.mean()
+  after = corrected(probabilities, temperature, offsets)
+  before = scale(probabilities, temperature)
+  report.update({
+      'applied': True,
+      'offsets': [float(c) for c in offsets],
+      'balanced_nll_before': balanced_nll(probabilities, labels, temperature),
+      'balanced_nll_after': balanced_nll(probabilities, labels, temperature,
+                                         offsets),
+      'balanced_accuracy_before': _balanced_accuracy(before, labels),
+      'balanced_accuracy_after': _balanced_accuracy(after, labels),
+      'accuracy_before': float(np.mean(before.argmax(-1) == labels)),
+      'accuracy_after': float(np.mean(after.argmax(-1) == labels)),
+  })
+  return report['offsets'], report
+
+
+def prior_offsets(report: Dict[str, Any]) -> Optional[Sequence[float]]:
+  """The offsets a calibration report's prior correction applied (None)."""
+  prior = report.get('prior_correction') or {}
+  return prior.get('offsets') if prior.get('applied') else None
 
 
 def write(saved_model_dir: str, report: Dict[str, Any]) -> None:

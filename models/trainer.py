@@ -484,26 +484,43 @@ def fit_calibration(model: keras.Model, cfg: Dict, eval_ds
 
   ``cfg['calibration']``: 'temperature' fits T on the eval split's
   predictions (models/calibration.py); 'none' keeps the softmax (T = 1).
+  ``cfg['prior_correction']``: 'balanced' then fits per-class logit offsets
+  on the same predictions (calibration.fit_prior_correction), recorded under
+  the report's 'prior_correction' (calibration.prior_offsets reads them).
   """
   method = cfg.get('calibration', 'temperature')
-  if method == 'none':
-    return 1.0, {'method': 'none', 'temperature': 1.0}
-  if method != 'temperature':
+  prior = cfg.get('prior_correction', 'none')
+  if method not in ('temperature', 'none'):
     raise ValueError(f'unknown calibration method {method!r} (see '
                      'configs.CALIBRATION_METHODS)')
+  if prior not in ('balanced', 'none'):
+    raise ValueError(f'unknown prior correction {prior!r} (see '
+                     'configs.PRIOR_CORRECTIONS)')
+  report = {'method': 'none', 'temperature': 1.0}
+  if method == 'none' and prior == 'none':
+    return 1.0, report
   probabilities, labels = [], []
   for x, y in eval_ds:
     probabilities.append(
         tf.cast(model(x, training=False), tf.float32).numpy())
     labels.append(np.asarray(y))
-  temperature, report = calibration.fit_temperature(
-      np.concatenate(probabilities), np.concatenate(labels),
-      bins=int(cfg['calibration_bins']))
-  report['fitted_on'] = 'eval split'
-  logging.info('Temperature scaling on %d eval examples: T = %.4f, NLL '
-               '%.4f -> %.4f, ECE %.4f -> %.4f', report['examples'],
-               temperature, report['nll_before'], report['nll_after'],
-               report['ece_before'], report['ece_after'])
+  probabilities = np.concatenate(probabilities)
+  labels = np.concatenate(labels)
+  temperature = 1.0
+  if method == 'temperature':
+    temperature, report = calibration.fit_temperature(
+        probabilities, labels, bins=int(cfg['calibration_bins']))
+    report['fitted_on'] = 'eval split'
+    logging.info('Temperature scaling on %d eval examples: T = %.4f, NLL '
+                 '%.4f -> %.4f, ECE %.4f -> %.4f', report['examples'],
+                 temperature, report['nll_before'], report['nll_after'],
+                 report['ece_before'], report['ece_after'])
+  if prior == 'balanced':
+    _, prior_report = calibration.fit_prior_correction(
+        probabilities, labels, temperature)
+    prior_report['fitted_on'] = 'eval split'
+    report['prior_correction'] = prior_report
+    logging.info('Prior correction on the eval split: %s', prior_report)
   return temperature, report
 
 
@@ -574,7 +591,8 @@ def run_fn(fn_args: FnArgs) -> None:
                                class_counts=counts)
 
   temperature, calibration_report = fit_calibration(model, cfg, eval_ds)
-  calibration.fold_temperature(model, temperature, registry.OUTPUT_LAYER)
+  calibration.fold_temperature(model, temperature, registry.OUTPUT_LAYER,
+                               calibration.prior_offsets(calibration_report))
   # Every worker saves (saving can involve collective ops); only the chief's
   # copy is the Trainer's model, the others go to a scratch folder.
   if chief:

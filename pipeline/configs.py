@@ -121,6 +121,7 @@ REMOTE_URI_SCHEMES = ('gs://', 's3://')
 # Trainer choices (models/registry.py holds the models themselves).
 IMBALANCE_METHODS = ('class_weights', 'balanced_sampling', 'focal_loss', 'none')
 CALIBRATION_METHODS = ('temperature', 'none')  # models/calibration.py
+PRIOR_CORRECTIONS = ('none', 'balanced')  # models/calibration.py
 # The recipe for balanced accuracy (docs/training.md): learning-rate schedules
 # (models/trainer.py), test-time augmentation (models/tta.py), colour
 # constancy (models/color.py).
@@ -312,6 +313,13 @@ class Settings:
   # split after training and applies it in every exported signature
   # (models/calibration.py); 'none' keeps the network's softmax.
   calibration: str = 'temperature'
+  # Prior correction: 'balanced' adds per-class offsets to the logits after
+  # the temperature, fitted on the eval split to minimise the class-balanced
+  # NLL (decisions for balanced accuracy; probabilities then calibrated to
+  # equal class prevalence); 'none'.
+  prior_correction: str = cli_flag(
+      'none', 'per-class logit offsets fitted on the eval split for '
+      'balanced accuracy', choices=PRIOR_CORRECTIONS)
   # Augmentation (Keras preprocessing layers in the model, training only):
   # flip mode ('horizontal', 'vertical', 'horizontal_and_vertical' or ''),
   # rotation in degrees, zoom / brightness / contrast factors (0: off).
@@ -471,6 +479,7 @@ class Settings:
         'dropout': self.dropout,
         'imbalance': self.imbalance,
         'calibration': self.calibration,
+        'prior_correction': self.prior_correction,
         'calibration_bins': CALIBRATION_BINS,
         'focal_gamma': self.focal_gamma,
         'logit_adjustment_tau': self.logit_adjustment_tau,
@@ -514,6 +523,9 @@ class Settings:
     if missing or min(self.split_buckets.values()) < 1:
       raise ValueError(f'split_buckets needs positive buckets for train, eval '
                        f'and test: {self.split_buckets}')
+    if self.prior_correction not in PRIOR_CORRECTIONS:
+      raise ValueError(f'prior_correction must be one of {PRIOR_CORRECTIONS}, '
+                       f'got {self.prior_correction!r}')
     if self.calibration not in CALIBRATION_METHODS:
       raise ValueError(f'calibration must be one of {CALIBRATION_METHODS}, '
                        f'got {self.calibration!r}')

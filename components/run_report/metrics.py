@@ -296,17 +296,24 @@ def interval_rows(intervals: Optional[Dict[str, Any]], labels: Sequence[str],
 
 def calibration_limitation(fit: Optional[Dict[str, Any]]) -> str:
   """The model card's sentence on what the probabilities are."""
+  prior = (fit or {}).get('prior_correction') or {}
+  corrected = (' They also carry a prior correction (per-class offsets '
+               'fitted on the eval split for balanced accuracy): they are '
+               'calibrated to equal class prevalence, not to this archive\'s '
+               'case mix, and common classes get lower probabilities than '
+               'their frequency.' if prior.get('applied') else '')
   if fit and fit.get('method') == 'temperature' and fit.get('applied'):
     return (f'Probabilities are temperature scaled (T = '
             f'{fit["temperature"]:.3f}, fitted on the eval split: ECE '
             f'{fit["ece_before"]:.3f} -> {fit["ece_after"]:.3f} there; the '
             'test-split ECE is above). Calibrated on this archive\'s case '
-            'mix only: they are not risks for another population or clinic.')
+            'mix only: they are not risks for another population or '
+            'clinic.' + corrected)
   tried = (f' (temperature scaling was tried on the eval split and '
            f'{fit["reason"]})' if fit and fit.get('reason') else '')
   return ('Probabilities are the network\'s softmax' + tried + '; see the '
           'test-split ECE and reliability plot. They are not risks; do not '
-          'threshold them as such.')
+          'threshold them as such.' + corrected)
 
 
 def _overall_value(evaluation: Evaluation, key: str) -> Optional[float]:

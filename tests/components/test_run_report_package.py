@@ -212,3 +212,17 @@ def test_every_public_reader_function_is_a_package_name():
   assert 'read_intervals' in public
   for name in public:
     assert getattr(run_report, name) is getattr(readers, name), name
+
+
+def test_the_model_card_says_what_a_prior_correction_does():
+  from components.run_report import metrics  # pylint: disable=g-import-not-at-top
+  fit = {'method': 'temperature', 'applied': True, 'temperature': 1.2,
+         'ece_before': 0.05, 'ece_after': 0.03}
+  assert 'prior correction' not in metrics.calibration_limitation(fit)
+  prior = {'applied': True, 'offsets': [0.1, -0.1]}
+  for record in ({**fit, 'prior_correction': prior},
+                 {'method': 'none', 'prior_correction': prior}):
+    text = metrics.calibration_limitation(record)
+    assert 'prior correction' in text and 'equal class prevalence' in text
+  assert 'prior correction' not in metrics.calibration_limitation(
+      {**fit, 'prior_correction': {'applied': False, 'reason': 'x'}})

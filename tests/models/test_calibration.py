@@ -154,3 +154,93 @@ def test_the_trainer_records_its_fit(trained_model):
   assert calibration.read(trained_model.serving_model_dir) == fit
   assert calibration.read(str(os.path.dirname(path) + '/nowhere')) == {
       'method': 'none', 'temperature': 1.0}
+
+
+def _prior_shifted(n=4000, classes=4, seed=0):
+  """Labels drawn from softmax(z) with a skewed prior; the 'model' answers
+  softmax(z + shift), as if it had learnt the wrong priors."""
+  rng = np.random.default_rng(seed)
+  prior = np.array([0.6, 0.25, 0.1, 0.05])[:classes]
+  labels = rng.choice(classes, size=n, p=prior / prior.sum())
+  z = rng.normal(size=(n, classes)) + 2.5 * np.eye(classes)[labels]
+  shift = np.array([1.5, 0.0, -0.5, -1.0])[:classes]
+  p = np.exp(z + shift)
+  return p / p.sum(1, keepdims=True), labels, shift
+
+
+def test_prior_correction_undoes_a_shift_of_the_logits():
+  probabilities, labels, shift = _prior_shifted()
+  offsets, report = calibration.fit_prior_correction(probabilities, labels)
+  # The balanced-NLL optimum of softmax(z + shift + c) is c = -shift (up to
+  # the common constant softmax ignores): the offsets are centred.
+  np.testing.assert_allclose(offsets, -(shift - shift.mean()), atol=0.15)
+  assert abs(sum(offsets)) < 1e-9
+  assert report['applied'] and report['method'] == 'balanced'
+  assert report['balanced_nll_after'] < report['balanced_nll_before']
+  assert (report['balanced_accuracy_after'] >
+          report['balanced_accuracy_before'] + 0.03)
+  assert report['balanced_nll_after'] == pytest.approx(
+      calibration.balanced_nll(probabilities, labels, 1.0, offsets))
+  corrected = calibration.corrected(probabilities, 1.0, offsets)
+  np.testing.assert_allclose(corrected.sum(1), 1.0)
+  predicted = corrected.argmax(1)
+  recall = [np.mean(predicted[labels == k] == k) for k in range(4)]
+  assert np.mean(recall) == pytest.approx(report['balanced_accuracy_after'])
+
+
+def test_prior_correction_after_a_temperature():
+  probabilities, labels, _ = _prior_shifted(seed=1)
+  sharp = calibration.scale(probabilities, 1 / 3.0)  # softmax(3 log p)
+  offsets, report = calibration.fit_prior_correction(sharp, labels, 3.0)
+  plain, _ = calibration.fit_prior_correction(probabilities, labels)
+  np.testing.assert_allclose(offsets, plain, atol=1e-4)
+  assert report['temperature'] == 3.0
+
+
+def test_prior_correction_needs_every_class():
+  probabilities, labels, _ = _prior_shifted()
+  keep = labels != 3
+  offsets, report = calibration.fit_prior_correction(probabilities[keep],
+                                                     labels[keep])
+  assert offsets == [0.0] * 4 and not report['applied']
+  assert '[3]' in report['reason']
+  assert calibration.prior_offsets({'prior_correction': report}) is None
+  with pytest.raises(ValueError, match='do not match'):
+    calibration.fit_prior_correction(probabilities, labels[:5])
+
+
+def test_folded_offsets_are_the_corrected_probabilities():
+  keras.utils.set_random_seed(0)
+  model = _tiny_model()
+  images = np.random.default_rng(0).random((5, 16, 16, 3)).astype(np.float32)
+  raw = model(images).numpy()
+  offsets = [0.7, -0.2, -0.4, -0.1]
+  calibration.fold_temperature(model, 2.0, 'probabilities', offsets)
+  np.testing.assert_allclose(model(images).numpy(),
+                             calibration.corrected(raw, 2.0, offsets),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match='3 prior-correction offsets for 4'):
+    calibration.fold_temperature(model, 1.0, 'probabilities', [0, 0, 0])
+
+
+def test_fit_calibration_with_prior_correction():
+  model = _tiny_model()
+  images = np.random.default_rng(1).random((12, 16, 16, 3)).astype(np.float32)
+  labels = np.arange(12) % 4
+  dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(5)
+  cfg = {'calibration': 'temperature', 'calibration_bins': BINS,
+         'prior_correction': 'balanced'}
+  temperature, report = trainer.fit_calibration(model, cfg, dataset)
+  prior = report['prior_correction']
+  assert prior['fitted_on'] == 'eval split' and prior['examples'] == 12
+  assert prior['temperature'] == temperature
+  assert calibration.prior_offsets(report) == prior['offsets']
+  # Without a temperature: T = 1, the offsets still fitted.
+  temperature, report = trainer.fit_calibration(
+      model, {**cfg, 'calibration': 'none'}, dataset)
+  assert temperature == 1.0 and report['method'] == 'none'
+  assert report['prior_correction']['applied']
+  with pytest.raises(ValueError, match='unknown prior correction'):
+    trainer.fit_calibration(model, {**cfg, 'prior_correction': 'x'}, dataset)
+  with pytest.raises(ValueError, match='prior_correction must be one of'):
+    configs.Settings(prior_correction='x').validate()

@@ -20,6 +20,7 @@ RUN_VALUES = {
     'label_smoothing': 0.1, 'lr_schedule': 'cosine', 'warmup_epochs': 0.5,
     'int8_weight_epochs': 2,
     'tta': 'dihedral', 'color_constancy': 'shades_of_gray', 'tuner_trials': 2,
+    'prior_correction': 'balanced',
     'min_balanced_accuracy': 0.6, 'min_melanoma_recall': 0.7,
     'melanoma_label': 'none', 'max_balanced_accuracy_drop': 0.03,
     'max_subgroup_gap': 0.2,
