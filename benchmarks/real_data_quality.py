@@ -48,22 +48,43 @@ from models import tta as tta_views  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 
-def score(serving_dir: str, files, labels) -> dict:
+def predict_split(serving_dir: str, files):
+  """(labels [N], probabilities [N, K], lesion ids [N]) of the examples
+  signature on these TFRecords (an image without a lesion id is its own
+  lesion: its image id stands in)."""
   model = tf.saved_model.load(serving_dir)
   serve = model.signatures[features.EXAMPLE_SIGNATURE]
-  spec = {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
-  y_true, probabilities = [], []
+  spec = {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+          features.LESION_ID_KEY: tf.io.FixedLenFeature([], tf.string, b''),
+          features.IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string, b'')}
+  y_true, probabilities, lesions = [], [], []
   for batch in preprocessing.read_examples(files).batch(64):
     probabilities.append(serve(examples=batch)[features.PREDICTION_KEY].numpy())
-    y_true.extend(tf.io.parse_example(batch, spec)[features.LABEL_KEY].numpy())
-  probabilities = np.concatenate(probabilities)
-  y_true, y_pred = np.array(y_true), probabilities.argmax(axis=1)
+    parsed = tf.io.parse_example(batch, spec)
+    y_true.extend(parsed[features.LABEL_KEY].numpy())
+    lesions.extend(
+        (lesion or image).decode() for lesion, image in zip(
+            parsed[features.LESION_ID_KEY].numpy(),
+            parsed[features.IMAGE_ID_KEY].numpy()))
+  return np.array(y_true), np.concatenate(probabilities), np.array(lesions)
+
+
+def score(serving_dir: str, files, labels) -> dict:
+  y_true, probabilities, _ = predict_split(serving_dir, files)
+  y_pred = probabilities.argmax(axis=1)
   # Calibration on the scored split, with the Trainer's temperature (folded
   # into the model when applied) and without it: softmax(log p * T) undoes
   # the fold exactly.
   fit = calibration.read(serving_dir)
   temperature = float(fit.get('temperature', 1.0))
-  uncalibrated = calibration.scale(probabilities, 1.0 / temperature)
+  offsets = calibration.prior_offsets(fit)
+  if offsets:  # softmax(log q - c) undoes the prior correction first.
+    probabilities_before_prior = calibration.corrected(
+        probabilities, 1.0, -np.asarray(offsets))
+  else:
+    probabilities_before_prior = probabilities
+  uncalibrated = calibration.scale(probabilities_before_prior,
+                                   1.0 / temperature)
   bins = configs.CALIBRATION_BINS
   return {
       'examples': int(len(y_true)),

@@ -7,7 +7,7 @@ the same name (the function name with its parameters, file ignored: the
 monolith splits moved tests between files; a test renamed since counts as
 added).  NEW may also be the node ids `pytest --collect-only -q` prints.
 ``--select FILE`` writes NEW's node ids of those tests, one per
-line, for a third run of only them (``pytest $(cat FILE)``), which charges
+line, for a third run of only them (``pytest @FILE``: ids may hold spaces), which charges
 the shared fixtures' set-up to them alone; ``--subset XML`` scores that run.
 
   .venv/bin/python benchmarks/test_suite_time.py --old old.xml --new new.xml \\

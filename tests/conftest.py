@@ -24,6 +24,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # modules marked `slow` is left out.  Keep the list to modules whose tests
 # take seconds; `make test` runs everything.
 FAST_MODULES = frozenset({
+    'benchmarks/test_operating_points.py',
+    'benchmarks/test_plain_script_dirs.py',
     'benchmarks/test_test_suite_time.py',
     'components/test_anomalies_gate.py', 'components/test_data_report.py',
     'components/test_image_example_gen.py',
