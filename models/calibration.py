@@ -23,8 +23,9 @@ class-balanced negative log-likelihood (every class weighs the same,
 whatever its count).  The result estimates the posterior under equal class
 prevalence, the quantity whose arg-max maximises balanced accuracy; a model
 trained with class weights aims at it on the train split, where it overfits
-the rare classes.  Unlike the temperature it moves decisions (balanced
-accuracy up, accuracy usually down) and its probabilities are calibrated to
+the rare classes.  Unlike the temperature it moves decisions (on a
+class-weighted HAM10000 model it lowered eval balanced accuracy too:
+BENCHMARKS.md, "Prior correction") and its probabilities are calibrated to
 equal prevalence, not to the data's.  It folds into the same softmax
 layer's bias.
 """
