@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 from absl import logging
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.lite.python import convert as tflite_convert
 from tensorflow.lite.tools import flatbuffer_utils
 # Imported module by module: `import tflite_support` fails in a process that
@@ -82,6 +83,24 @@ class MetadataInputsNotSupported(ValueError):
   metadata-vector signature (it was exported before there was one)."""
 
 
+def signature_inputs(saved_model_dir: str) -> Dict[str, set]:
+  """Each signature of a SavedModel -> the names of its inputs.
+
+  Read from ``saved_model.pb`` (the SignatureDefs of its MetaGraph), without
+  loading the model: loading restores every variable and function, which
+  takes seconds for a large backbone, and conversion needs only the names.
+  """
+  saved_model = saved_model_pb2.SavedModel()
+  path = os.path.join(saved_model_dir, tf.saved_model.SAVED_MODEL_FILENAME_PB)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'{saved_model_dir} is not a SavedModel: no {path}')
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    saved_model.ParseFromString(f.read())
+  meta_graph, = saved_model.meta_graphs  # What tf.saved_model.save writes.
+  return {name: set(signature.inputs)
+          for name, signature in meta_graph.signature_def.items()}
+
+
 def signature_key(saved_model_dir: str) -> str:
   """The signature the .tflite files are converted from.
 
@@ -98,11 +117,11 @@ def signature_key(saved_model_dir: str) -> str:
     MetadataInputsNotSupported: a model with metadata whose SavedModel lacks
       the metadata-vector signature (re-export it with this code).
   """
-  loaded = tf.saved_model.load(saved_model_dir)
-  _, inputs = loaded.signatures[features.IMAGE_SIGNATURE].structured_input_signature
-  if set(inputs) == {'images'}:
-    return features.single_view_image_signature(loaded.signatures)
-  if features.METADATA_VECTOR_SIGNATURE in loaded.signatures:
+  signatures = signature_inputs(saved_model_dir)
+  inputs = signatures[features.IMAGE_SIGNATURE]
+  if inputs == {'images'}:
+    return features.single_view_image_signature(signatures)
+  if features.METADATA_VECTOR_SIGNATURE in signatures:
     return features.METADATA_VECTOR_SIGNATURE
   extra = sorted(set(inputs) - {'images'})
   raise MetadataInputsNotSupported(

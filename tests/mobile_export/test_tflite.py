@@ -180,6 +180,20 @@ def test_unknown_format_is_refused(trained_model):
   assert tflite.file_name(tflite.INT8) == 'model_int8.tflite'
 
 
+def test_signature_inputs_read_without_loading_equal_the_loaded_ones(
+    trained_model, tmp_path):
+  saved = trained_model.serving_model_dir
+  loaded = tf.saved_model.load(saved)
+  expected = {name: set(function.structured_input_signature[1])
+              for name, function in loaded.signatures.items()}
+  read = tflite.signature_inputs(saved)
+  assert {k: v for k, v in read.items() if k in expected} == expected
+  assert expected[features.IMAGE_SIGNATURE] == {'images'}
+  assert tflite.signature_key(saved) == features.IMAGE_SIGNATURE
+  with pytest.raises(FileNotFoundError, match='not a SavedModel'):
+    tflite.signature_inputs(str(tmp_path))
+
+
 def _buffers(model_buffer):
   model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_buffer))
   return [np.asarray(b.data if b.data is not None else [], np.uint8)
