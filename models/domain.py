@@ -141,3 +141,8 @@ LOCALIZATION_VOCABULARY: Tuple[str, ...] = (
     'anterior torso', 'head/neck', 'lateral torso', 'oral/genital',
     'palms/soles', 'posterior torso')
 AGE_SCALE = 100.0
+
+# The Trainer's calibration choices (models/calibration.py fits them,
+# models/trainer.py applies them; Settings validates them).
+CALIBRATION_METHODS: Tuple[str, ...] = ('temperature', 'none')
+PRIOR_CORRECTIONS: Tuple[str, ...] = ('none', 'balanced')

@@ -48,6 +48,7 @@ import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from models import calibration
+from models import domain
 from models import export
 from models import features
 from models import int8_weights
@@ -490,12 +491,12 @@ def fit_calibration(model: keras.Model, cfg: Dict, eval_ds
   """
   method = cfg.get('calibration', 'temperature')
   prior = cfg.get('prior_correction', 'none')
-  if method not in ('temperature', 'none'):
-    raise ValueError(f'unknown calibration method {method!r} (see '
-                     'configs.CALIBRATION_METHODS)')
-  if prior not in ('balanced', 'none'):
-    raise ValueError(f'unknown prior correction {prior!r} (see '
-                     'configs.PRIOR_CORRECTIONS)')
+  if method not in domain.CALIBRATION_METHODS:
+    raise ValueError(f'unknown calibration method {method!r}; choose from '
+                     f'{domain.CALIBRATION_METHODS}')
+  if prior not in domain.PRIOR_CORRECTIONS:
+    raise ValueError(f'unknown prior correction {prior!r}; choose from '
+                     f'{domain.PRIOR_CORRECTIONS}')
   report = {'method': 'none', 'temperature': 1.0}
   if method == 'none' and prior == 'none':
     return 1.0, report

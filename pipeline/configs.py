@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 # models/domain.py; re-exported here beside the settings that use it.
 from models.domain import (  # pylint: disable=unused-import
     LABELS,
+    CALIBRATION_METHODS,
+    PRIOR_CORRECTIONS,
     LABEL_DISPLAY_NAMES,
     MELANOMA_LABEL,
     MELANOMA_NAMES,
@@ -120,8 +122,6 @@ REMOTE_URI_SCHEMES = ('gs://', 's3://')
 
 # Trainer choices (models/registry.py holds the models themselves).
 IMBALANCE_METHODS = ('class_weights', 'balanced_sampling', 'focal_loss', 'none')
-CALIBRATION_METHODS = ('temperature', 'none')  # models/calibration.py
-PRIOR_CORRECTIONS = ('none', 'balanced')  # models/calibration.py
 # The recipe for balanced accuracy (docs/training.md): learning-rate schedules
 # (models/trainer.py), test-time augmentation (models/tta.py), colour
 # constancy (models/color.py).
