@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from components.image_example_gen import layouts  # pylint: disable=g-import-not-at-top
 from models import domain  # pylint: disable=g-import-not-at-top
 from models import features  # pylint: disable=g-import-not-at-top
 from models import preprocessing  # pylint: disable=g-import-not-at-top
@@ -49,11 +50,9 @@ def write_dirs(examples: str, data: str, out: str):
     reader = csv.DictReader(f)
     fields = reader.fieldnames
     rows = {row['image_id']: row for row in reader}
-  images = {}
-  for root, _, files in os.walk(data):
-    for name in files:
-      if name.endswith('.jpg'):
-        images[name[:-4]] = os.path.join(root, name)
+  # The image files ingestion itself reads for these rows.
+  images = {record['image_id']: record['path'] for record in
+            layouts.list_archive(data, 'ham10000', domain.LABELS).records}
   counts = {}
   for group, splits in GROUPS.items():
     ids = [i for split in splits for i in split_image_ids(examples, split)]
