@@ -9,6 +9,9 @@ TFLITE_STAMP := $(TFLITE_VENV)/.installed
 DEMO_DATA ?= demo_data
 DEMO_HOME ?= tfx_home
 PYTEST_ARGS ?=
+# make test's processes (pytest-xdist; tests/conftest.py groups the tests that
+# share fixtures).  TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup flink demo demo-data test test-fast fuzz clean
 
@@ -43,7 +46,7 @@ BROWSER_PACKAGES := chromium chromium-driver
 test: $(STAMP) $(TFLITE_STAMP) flink
 	@bash tools/apt_packages.sh $(BROWSER_PACKAGES) || echo "WARNING: browser tests will be skipped"
 	SKINLESION_TFLITE_PYTHON=$(abspath $(TFLITE_VENV))/bin/python \
-	  $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+	  $(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The tests that train no model and run no pipeline (tests/conftest.py,
 # FAST_MODULES): under 3 minutes, for every commit.

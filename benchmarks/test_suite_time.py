@@ -34,6 +34,13 @@ class Case(NamedTuple):
   outcome: str   # passed | failed | error | skipped
 
 
+def _without_xdist_group(name: str) -> str:
+  """A test's name without the ``@group`` that pytest-xdist's loadgroup
+  appends to it (``make test``: tests/conftest.py sets the groups)."""
+  head, at, group = name.rpartition('@')
+  return head if at and ']' not in group else name
+
+
 def read_report(path: str) -> Dict[str, object]:
   """The cases and the suite's own wall time of one JUnit XML report."""
   root = ElementTree.parse(path).getroot()
@@ -51,12 +58,13 @@ def read_report(path: str) -> Dict[str, object]:
       while path_parts and not path_parts[-1].startswith('test'):
         klass.insert(0, path_parts.pop())
       file_path = '/'.join(path_parts) + '.py'
-      node_id = '::'.join([file_path] + klass + [case.get('name')])
+      name = _without_xdist_group(case.get('name'))
+      node_id = '::'.join([file_path] + klass + [name])
       outcome = 'passed'
       for tag in ('failure', 'error', 'skipped'):
         if case.find(tag) is not None:
           outcome = {'failure': 'failed'}.get(tag, tag)
-      cases.append(Case(node_id, case.get('name'),
+      cases.append(Case(node_id, name,
                         float(case.get('time', 0)), outcome))
   return {'cases': cases, 'wall_s': wall}
 

@@ -46,14 +46,34 @@ FAST_MODULES = frozenset({
 })
 
 
+# `make test` runs the tests on two pytest-xdist processes (--dist
+# loadgroup).  Each module is one group, so its module-scoped fixtures (a
+# pipeline run, a TFMA evaluation) run once; the modules that use one of
+# these session fixtures (a trained model) form one group, so it is trained
+# once.
+SHARED_SESSION_FIXTURES = ('trained_model',)
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
 def pytest_collection_modifyitems(config, items):
-  """Marks `fast` every test of FAST_MODULES that is not marked slow."""
+  """Marks `fast` every test of FAST_MODULES that is not marked slow, and
+  puts each test in its xdist group (above)."""
   del config  # Unused.
   tests_dir = os.path.dirname(os.path.abspath(__file__))
+
+  def module(item):
+    return os.path.relpath(str(item.path), tests_dir).replace(os.sep, '/')
+
+  groups = {}
   for item in items:
-    module = os.path.relpath(str(item.path), tests_dir).replace(os.sep, '/')
-    if module in FAST_MODULES and not item.get_closest_marker('slow'):
+    for name in SHARED_SESSION_FIXTURES:
+      if name in getattr(item, 'fixturenames', ()):
+        groups.setdefault(module(item), name)
+  for item in items:
+    if module(item) in FAST_MODULES and not item.get_closest_marker('slow'):
       item.add_marker(pytest.mark.fast)
+    item.add_marker(pytest.mark.xdist_group(
+        groups.get(module(item), module(item))))
 
 
 @pytest.fixture(autouse=True, scope='session')

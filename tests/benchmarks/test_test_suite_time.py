@@ -127,3 +127,28 @@ def test_collected_node_ids_select_the_same_tests(reports, tmp_path):
                                         str(new / 'new.xml'))
   assert sorted(c.node_id for c in from_ids) == sorted(
       c.node_id for c in from_xml)
+
+
+def test_a_run_on_xdist_groups_matches_the_same_tests(reports, tmp_path):
+  """make test's run (pytest-xdist, --dist loadgroup, a group per module)
+  names each test with an ``@group`` suffix; it is the same test."""
+  old, new = reports
+  (new / 'conftest.py').write_text(textwrap.dedent('''
+      import pytest
+      @pytest.hookimpl(tryfirst=True)
+      def pytest_collection_modifyitems(items):
+        for item in items:
+          item.add_marker(pytest.mark.xdist_group(item.path.name))
+      '''))
+  try:
+    _pytest(new, 'tests', '-n', '2', '--dist', 'loadgroup',
+            f'--junitxml={tmp_path / "xdist.xml"}')
+  finally:
+    (new / 'conftest.py').unlink()
+  assert '@test_split.py' in (tmp_path / 'xdist.xml').read_text()
+  _, on_xdist = test_suite_time.compare(str(old / 'old.xml'),
+                                        str(tmp_path / 'xdist.xml'))
+  _, serial = test_suite_time.compare(str(old / 'old.xml'),
+                                      str(new / 'new.xml'))
+  assert sorted(c.node_id for c in on_xdist) == sorted(
+      c.node_id for c in serial)
