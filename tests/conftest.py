@@ -52,12 +52,17 @@ FAST_MODULES = frozenset({
 # these session fixtures (a trained model) form one group, so it is trained
 # once.
 SHARED_SESSION_FIXTURES = ('trained_model',)
+# Modules whose tests share no costly fixture, each test trains its own
+# model or ingests its own archive: spread test by test over the processes.
+PER_TEST_MODULES = frozenset({'models/test_registry.py',
+                              'pipeline/test_ingest.py'})
 
 
 @pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
 def pytest_collection_modifyitems(config, items):
   """Marks `fast` every test of FAST_MODULES that is not marked slow, and
-  puts each test in its xdist group (above)."""
+  puts each test in its xdist group (above; xdist hands out the groups with
+  the most tests first, then the rest as processes free up)."""
   del config  # Unused.
   tests_dir = os.path.dirname(os.path.abspath(__file__))
 
@@ -72,8 +77,12 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if module(item) in FAST_MODULES and not item.get_closest_marker('slow'):
       item.add_marker(pytest.mark.fast)
-    item.add_marker(pytest.mark.xdist_group(
-        groups.get(module(item), module(item))))
+    # A group name holds no ']': xdist reads the name after the last '@'
+    # only when it comes after the parameters' brackets.
+    group = (item.nodeid.replace('[', '(').replace(']', ')')
+             if module(item) in PER_TEST_MODULES else
+             groups.get(module(item), module(item)))
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True, scope='session')
