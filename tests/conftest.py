@@ -58,6 +58,13 @@ PER_TEST_MODULES = frozenset({'models/test_registry.py',
                               'pipeline/test_ingest.py'})
 
 
+def per_test_group(node_id: str) -> str:
+  """A group of its own for one test.  The name holds no ']' (xdist reads
+  the name after the last '@' only when it follows the parameters'
+  brackets) and no '::' (JUnit reports split the node id there)."""
+  return node_id.replace('::', '#').replace('[', '(').replace(']', ')')
+
+
 @pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
 def pytest_collection_modifyitems(config, items):
   """Marks `fast` every test of FAST_MODULES that is not marked slow, and
@@ -77,9 +84,7 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if module(item) in FAST_MODULES and not item.get_closest_marker('slow'):
       item.add_marker(pytest.mark.fast)
-    # A group name holds no ']': xdist reads the name after the last '@'
-    # only when it comes after the parameters' brackets.
-    group = (item.nodeid.replace('[', '(').replace(']', ')')
+    group = (per_test_group(item.nodeid)
              if module(item) in PER_TEST_MODULES else
              groups.get(module(item), module(item)))
     item.add_marker(pytest.mark.xdist_group(group))

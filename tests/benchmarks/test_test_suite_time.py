@@ -7,6 +7,7 @@ files, rebuild node ids pytest accepts, and sum the times.
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import textwrap
 import pytest
 
 from benchmarks import test_suite_time
+from tests.conftest import PROJECT_ROOT
 
 
 def _suite(root, files):
@@ -130,22 +132,33 @@ def test_collected_node_ids_select_the_same_tests(reports, tmp_path):
 
 
 def test_a_run_on_xdist_groups_matches_the_same_tests(reports, tmp_path):
-  """make test's run (pytest-xdist, --dist loadgroup, a group per module)
-  names each test with an ``@group`` suffix; it is the same test."""
+  """make test's run (pytest-xdist, --dist loadgroup: a group per module,
+  or tests/conftest.py's per_test_group) names each test with an
+  ``@group`` suffix; it is the same test."""
   old, new = reports
-  (new / 'conftest.py').write_text(textwrap.dedent('''
+  (new / 'conftest.py').write_text(textwrap.dedent(f'''
+      import importlib.util
       import pytest
+      spec = importlib.util.spec_from_file_location(
+          'project_conftest', {os.path.join(PROJECT_ROOT, 'tests',
+                                            'conftest.py')!r})
+      project = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(project)
       @pytest.hookimpl(tryfirst=True)
       def pytest_collection_modifyitems(items):
         for item in items:
-          item.add_marker(pytest.mark.xdist_group(item.path.name))
+          item.add_marker(pytest.mark.xdist_group(
+              project.per_test_group(item.nodeid) if 'param' in item.name
+              else item.path.name))
       '''))
   try:
     _pytest(new, 'tests', '-n', '2', '--dist', 'loadgroup',
             f'--junitxml={tmp_path / "xdist.xml"}')
   finally:
     (new / 'conftest.py').unlink()
-  assert '@test_split.py' in (tmp_path / 'xdist.xml').read_text()
+  report = (tmp_path / 'xdist.xml').read_text()
+  assert '@test_split.py' in report
+  assert 'test_param[1]@tests/test_big.py#test_param(1)' in report
   _, on_xdist = test_suite_time.compare(str(old / 'old.xml'),
                                         str(tmp_path / 'xdist.xml'))
   _, serial = test_suite_time.compare(str(old / 'old.xml'),
