@@ -69,6 +69,27 @@ def split_files(examples_dir, split):
   return sorted(glob.glob(os.path.join(examples_dir, f'Split-{split}', '*')))
 
 
+def load_split(saved_model_dir, examples_dir, split, image_size):
+  """One split of an Examples artifact and the SavedModel's probabilities
+  on it: (class names, uint8 pixels, labels, lesion ids, whether the model
+  takes metadata, the encoded metadata vectors or None, probabilities).
+
+  A model with metadata: the SavedModel reads the raw metadata, the .tflite
+  files its encoding (as MobileExporter does).
+  """
+  with open(os.path.join(examples_dir, 'labels.txt'), encoding='utf-8') as f:
+    class_names = f.read().split()
+  files = split_files(examples_dir, split)
+  pixels, truth = data.load_images(files, image_size)
+  with_metadata = tflite.takes_metadata(saved_model_dir)
+  raw = data.load_metadata(files) if with_metadata else None
+  vectors = data.encode_metadata(raw) if with_metadata else None
+  reference = parity.saved_model_predict(saved_model_dir, pixels,
+                                         metadata=raw)
+  return (class_names, pixels, truth, data.lesion_ids(files), with_metadata,
+          vectors, reference)
+
+
 def stratified_images(files, image_size, count, seed):
   """``count`` train images, as equal per class as the classes allow."""
   pixels, labels = data.load_images(files, image_size)
@@ -222,18 +243,9 @@ def main():
   args = parser.parse_args()
   start = time.time()
 
-  labels_file = os.path.join(args.examples, 'labels.txt')
-  class_names = open(labels_file, encoding='utf-8').read().split()
-  files = split_files(args.examples, args.split)
-  pixels, truth = data.load_images(files, args.image_size)
-  lesions = data.lesion_ids(files)
-  # A model with metadata: the SavedModel reads the raw metadata, the
-  # .tflite files its encoding (as MobileExporter does).
-  with_metadata = tflite.takes_metadata(args.saved_model)
-  raw_metadata = data.load_metadata(files) if with_metadata else None
-  vectors = data.encode_metadata(raw_metadata) if with_metadata else None
-  reference = parity.saved_model_predict(args.saved_model, pixels,
-                                         metadata=raw_metadata)
+  (class_names, pixels, truth, lesions, with_metadata, vectors,
+   reference) = load_split(args.saved_model, args.examples, args.split,
+                           args.image_size)
   thresholds = parity.Thresholds(0.98, args.max_drop)
 
   train = split_files(args.examples, 'train')

@@ -320,6 +320,30 @@ def signature_probabilities(loaded, key: str, images: Sequence[np.ndarray],
   return np.concatenate(out)
 
 
+def head_op(model):
+  """The classifier's last FULLY_CONNECTED (the op that feeds the output
+  SOFTMAX) of a flatbuffer object, with float32 weights.
+
+  Raises:
+    ValueError: no float FULLY_CONNECTED feeds the softmax (an int8 head,
+      or another architecture).
+  """
+  subgraph = model.subgraphs[0]
+  codes = [max(c.builtinCode, c.deprecatedBuiltinCode)
+           for c in model.operatorCodes]
+  producer = {out: op for op in subgraph.operators for out in op.outputs}
+  softmax = [op for op in subgraph.operators
+             if codes[op.opcodeIndex] == schema_fb.BuiltinOperator.SOFTMAX]
+  head = producer.get(softmax[-1].inputs[0]) if softmax else None
+  if (head is None or
+      codes[head.opcodeIndex] != schema_fb.BuiltinOperator.FULLY_CONNECTED):
+    raise ValueError('no FULLY_CONNECTED feeds the softmax')
+  if subgraph.tensors[head.inputs[1]].type != schema_fb.TensorType.FLOAT32:
+    raise ValueError('the classifier head is quantized; bias correction '
+                     'needs it in float (DEFAULT_FLOAT_OPS)')
+  return head
+
+
 def _head_bias(model, create: bool = False) -> np.ndarray:
   """The float32 bias of the classifier's last FULLY_CONNECTED (the op that
   feeds the output SOFTMAX) in a flatbuffer object; a view into its buffer.
@@ -332,19 +356,8 @@ def _head_bias(model, create: bool = False) -> np.ndarray:
       or another architecture), or it has no bias and ``create`` is False.
   """
   subgraph = model.subgraphs[0]
-  codes = [max(c.builtinCode, c.deprecatedBuiltinCode)
-           for c in model.operatorCodes]
-  producer = {out: op for op in subgraph.operators for out in op.outputs}
-  softmax = [op for op in subgraph.operators
-             if codes[op.opcodeIndex] == schema_fb.BuiltinOperator.SOFTMAX]
-  head = producer.get(softmax[-1].inputs[0]) if softmax else None
-  if (head is None or
-      codes[head.opcodeIndex] != schema_fb.BuiltinOperator.FULLY_CONNECTED):
-    raise ValueError('no FULLY_CONNECTED feeds the softmax')
+  head = head_op(model)
   weights = subgraph.tensors[head.inputs[1]]
-  if weights.type != schema_fb.TensorType.FLOAT32:
-    raise ValueError('the classifier head is quantized; bias correction '
-                     'needs it in float (DEFAULT_FLOAT_OPS)')
   if len(head.inputs) < 3 or head.inputs[2] < 0:
     if not create:
       raise ValueError('the classifier head has no bias')
