@@ -71,7 +71,7 @@ def head_weights(buffer: bytes) -> Tuple[np.ndarray, np.ndarray]:
   w = model.buffers[weights.buffer].data.view(np.float32).reshape(
       [int(d) for d in weights.shape])
   return (w.astype(np.float64),
-          tflite._head_bias(model, create=True).astype(np.float64))  # pylint: disable=protected-access
+          tflite.head_bias(model, create=True).astype(np.float64))
 
 
 def with_head(buffer: bytes, w: np.ndarray, b: np.ndarray) -> bytes:
@@ -82,7 +82,7 @@ def with_head(buffer: bytes, w: np.ndarray, b: np.ndarray) -> bytes:
   weights = subgraph.tensors[head.inputs[1]]
   view = model.buffers[weights.buffer].data.view(np.float32)
   view[:] = np.asarray(w, np.float32).reshape(-1)
-  tflite._head_bias(model, create=True)[:] = np.asarray(b, np.float32)  # pylint: disable=protected-access
+  tflite.head_bias(model, create=True)[:] = np.asarray(b, np.float32)
   return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 

@@ -344,7 +344,7 @@ def head_op(model):
   return head
 
 
-def _head_bias(model, create: bool = False) -> np.ndarray:
+def head_bias(model, create: bool = False) -> np.ndarray:
   """The float32 bias of the classifier's last FULLY_CONNECTED (the op that
   feeds the output SOFTMAX) in a flatbuffer object; a view into its buffer.
 
@@ -404,7 +404,7 @@ def correct_head_bias(buffer: bytes, reference: np.ndarray,
                     np.log(np.clip(quantized, 1e-7, 1.0)), axis=0)
     shift -= shift.mean()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(buffer))
-    bias = _head_bias(model, create=True)
+    bias = head_bias(model, create=True)
     if bias.shape != shift.shape:
       raise ValueError(f'head bias of shape {bias.shape} for '
                        f'{shift.shape[0]} classes')

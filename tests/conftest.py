@@ -73,20 +73,19 @@ def pytest_collection_modifyitems(config, items):
   del config  # Unused.
   tests_dir = os.path.dirname(os.path.abspath(__file__))
 
-  def module(item):
-    return os.path.relpath(str(item.path), tests_dir).replace(os.sep, '/')
-
+  modules = {id(item): os.path.relpath(str(item.path), tests_dir).replace(
+      os.sep, '/') for item in items}
   groups = {}
   for item in items:
     for name in SHARED_SESSION_FIXTURES:
       if name in getattr(item, 'fixturenames', ()):
-        groups.setdefault(module(item), name)
+        groups.setdefault(modules[id(item)], name)
   for item in items:
-    if module(item) in FAST_MODULES and not item.get_closest_marker('slow'):
+    module = modules[id(item)]
+    if module in FAST_MODULES and not item.get_closest_marker('slow'):
       item.add_marker(pytest.mark.fast)
-    group = (per_test_group(item.nodeid)
-             if module(item) in PER_TEST_MODULES else
-             groups.get(module(item), module(item)))
+    group = (per_test_group(item.nodeid) if module in PER_TEST_MODULES else
+             groups.get(module, module))
     item.add_marker(pytest.mark.xdist_group(group))
 
 

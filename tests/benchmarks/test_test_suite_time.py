@@ -82,6 +82,13 @@ def reports(tmp_path_factory):
   return old, new
 
 
+def _existed_ids(old, report):
+  """The node ids of the old run's tests that ``report`` (JUnit XML or a
+  list of ids) holds, sorted."""
+  _, existed = test_suite_time.compare(str(old / 'old.xml'), str(report))
+  return sorted(c.node_id for c in existed)
+
+
 def test_tests_are_matched_by_name_across_files(reports):
   old, new = reports
   result, existed = test_suite_time.compare(str(old / 'old.xml'),
@@ -123,12 +130,8 @@ def test_collected_node_ids_select_the_same_tests(reports, tmp_path):
   old, new = reports
   collected = _pytest(new, 'tests', '--collect-only').stdout  # -q: ids
   (tmp_path / 'ids.txt').write_text(collected)
-  _, from_ids = test_suite_time.compare(str(old / 'old.xml'),
-                                        str(tmp_path / 'ids.txt'))
-  _, from_xml = test_suite_time.compare(str(old / 'old.xml'),
-                                        str(new / 'new.xml'))
-  assert sorted(c.node_id for c in from_ids) == sorted(
-      c.node_id for c in from_xml)
+  assert _existed_ids(old, tmp_path / 'ids.txt') == _existed_ids(
+      old, new / 'new.xml')
 
 
 def test_a_run_on_xdist_groups_matches_the_same_tests(reports, tmp_path):
@@ -159,9 +162,5 @@ def test_a_run_on_xdist_groups_matches_the_same_tests(reports, tmp_path):
   report = (tmp_path / 'xdist.xml').read_text()
   assert '@test_split.py' in report
   assert 'test_param[1]@tests/test_big.py#test_param(1)' in report
-  _, on_xdist = test_suite_time.compare(str(old / 'old.xml'),
-                                        str(tmp_path / 'xdist.xml'))
-  _, serial = test_suite_time.compare(str(old / 'old.xml'),
-                                      str(new / 'new.xml'))
-  assert sorted(c.node_id for c in on_xdist) == sorted(
-      c.node_id for c in serial)
+  assert _existed_ids(old, tmp_path / 'xdist.xml') == _existed_ids(
+      old, new / 'new.xml')

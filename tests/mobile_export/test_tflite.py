@@ -215,7 +215,7 @@ def test_head_bias_correction_moves_only_the_head_bias(trained_model, images):
   # same model with that shift added to its head's bias.
   offset = np.linspace(-1.0, 1.0, len(configs.LABELS)).astype(np.float32)
   model = flatbuffer_utils.convert_bytearray_to_object(bytearray(raw))
-  tflite._head_bias(model)[:] += offset  # pylint: disable=protected-access
+  tflite.head_bias(model)[:] += offset
   shifted = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
   before = _mean_log_ratio(reference, tflite.predict(shifted, calibration))
   assert np.abs(before).max() > 0.5
