@@ -87,24 +87,11 @@ def encode_metadata(raw: Dict[str, np.ndarray]) -> np.ndarray:
                                       raw[features.LOCALIZATION_KEY])
 
 
-def _sample(file_patterns: Sequence[str], count: int,
-            seed: int) -> tf.data.Dataset:
-  if count <= 0:
-    raise ValueError(f'representative image count must be > 0, got {count}')
-  return (preprocessing.read_examples(file_patterns)
-          .shuffle(10_000, seed=seed, reshuffle_each_iteration=False)
-          .take(count))
-
-
 def representative_images(file_patterns: Sequence[str], image_size: int,
                           count: int, seed: int) -> List[np.ndarray]:
-  """A seeded random sample of ``count`` images, float32 [S, S, 3] in [0, 1].
-
-  The serialized records are shuffled before decoding (cheap: only the
-  sampled images are decoded); the buffer holds up to 10,000 records, so on
-  larger splits the sample favours, but is not limited to, the first files.
-  """
-  dataset = _sample(file_patterns, count, seed).map(
+  """A seeded random sample of ``count`` images, float32 [S, S, 3] in [0, 1]
+  (preprocessing.sample_examples: only the sampled images are decoded)."""
+  dataset = preprocessing.sample_examples(file_patterns, count, seed).map(
       lambda s: _decode(s, image_size)[0])
   return [preprocessing.to_model_input(image).numpy()
           for image in dataset]
@@ -114,6 +101,7 @@ def representative_metadata(file_patterns: Sequence[str], count: int,
                             seed: int) -> List[np.ndarray]:
   """The encoded metadata (float32 [metadata_vector.SIZE]) of the examples
   representative_images samples with the same arguments, in its order."""
-  raw = _concatenate([_raw_metadata(batch) for batch in _sample(
-      file_patterns, count, seed).batch(1024).as_numpy_iterator()])
+  sample = preprocessing.sample_examples(file_patterns, count, seed)
+  raw = _concatenate([_raw_metadata(batch)
+                      for batch in sample.batch(1024).as_numpy_iterator()])
   return list(encode_metadata(raw))

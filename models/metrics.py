@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 
+@keras.saving.register_keras_serializable('skinlesion')
 class BalancedAccuracy(keras.metrics.Metric):
   """Mean per-class recall over the classes present in the labels seen.
 

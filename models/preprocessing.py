@@ -101,6 +101,22 @@ def read_examples(file_patterns: Sequence[str]) -> tf.data.Dataset:
                                  compression_type='GZIP')
 
 
+def sample_examples(file_patterns: Sequence[str], count: int,
+                    seed: int) -> tf.data.Dataset:
+  """A seeded random sample of ``count`` serialized examples: the int8
+  calibration set (mobile_export/data.py), which the Trainer's int8_qat
+  phase calibrates on too.  The records are shuffled before decoding; the
+  buffer holds up to 10,000, so on larger splits the sample favours, but is
+  not limited to, the first files.  The shuffle's seed is combined with
+  TensorFlow's global seed (keras.utils.set_random_seed): the same call
+  draws other images once it is set."""
+  if count <= 0:
+    raise ValueError(f'representative image count must be > 0, got {count}')
+  return (read_examples(file_patterns)
+          .shuffle(10_000, seed=seed, reshuffle_each_iteration=False)
+          .take(count))
+
+
 def image_label_dataset(file_patterns: Sequence[str],
                         image_size: int) -> tf.data.Dataset:
   """(uint8 image, label) pairs, deterministic order."""
