@@ -52,6 +52,7 @@ from models import domain
 from models import export
 from models import features
 from models import int8_weights
+from models import quantization_aware
 from models import losses
 from models import metrics
 from models import preprocessing
@@ -63,6 +64,7 @@ MODEL_SUMMARY_FILE = 'model_summary.txt'  # Keras' model.summary(), for the run 
 # model_run_dir, so that workers do not overwrite each other's files.
 WORKER_RUN_SUBDIR = 'workers'
 INT8_WEIGHTS_PHASE = 'int8_weights'
+INT8_QAT_PHASE = 'int8_qat'
 
 
 def cluster_task(tf_config: Dict) -> Tuple[int, str, int]:
@@ -218,6 +220,16 @@ def make_dataset(file_patterns, image_size: int, batch_size: int,
           .with_options(options))
 
 
+def calibration_dataset(file_patterns, image_size: int, batch_size: int,
+                        count: int, seed: int,
+                        with_metadata: bool = False) -> tf.data.Dataset:
+  """Batches of the images (and metadata) MobileExporter calibrates the int8
+  file on, with the same ``count`` and ``seed``, in make_dataset's form."""
+  return (preprocessing.sample_examples(file_patterns, count, seed)
+          .map(_parse_fn(image_size, with_metadata)).batch(batch_size)
+          .map(_to_model_input))
+
+
 def class_weights(counts) -> dict:
   """R5's weights: total / (n_classes x count_c), over the classes present."""
   present = [c for c in counts if c > 0]
@@ -360,6 +372,10 @@ def training_phases(model: keras.Model, cfg: Dict) -> list:
     # On the last phase's trainable set, minus the (rounded) convolutions.
     phases.append((INT8_WEIGHTS_PHASE, int(cfg['int8_weight_epochs']),
                    phases[-1][2], None))
+  if int(cfg.get('int8_qat_epochs', 0)) > 0:
+    # Every layer, from the model as the phases before left it.
+    phases.append((INT8_QAT_PHASE, int(cfg['int8_qat_epochs']),
+                   float(cfg['int8_qat_learning_rate']), None))
   return phases
 
 
@@ -367,7 +383,9 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
                eval_ds, strategy: tf.distribute.Strategy,
                callbacks_fn: Callable[[], list], class_weight=None,
                steps_per_epoch: Optional[int] = None,
-               verbose: int = 2, class_counts=None) -> Tuple[Dict, list]:
+               verbose: int = 2, class_counts=None,
+               calibration: Optional[tf.data.Dataset] = None
+               ) -> Tuple[Dict, list]:
   """Runs training_phases; returns (per-epoch history, phase boundaries).
 
   Each phase recompiles (a new optimizer at its learning rate, or its own
@@ -375,6 +393,7 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
   gets fresh callbacks (early stopping restores the phase's best weights).
   ``class_counts``: the train split's, for logit adjustment's prior and, when
   ``steps_per_epoch`` is None (one pass), a cosine schedule's length.
+  ``calibration``: the int8_qat phase's (calibration_dataset).
   """
   history: Dict[str, list] = {}
   boundaries = []
@@ -398,21 +417,20 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
       steps = epoch_steps(class_counts, int(cfg['batch_size']))
     else:
       steps = steps_per_epoch
-    rounded = None
-    with strategy.scope():
-      if name == INT8_WEIGHTS_PHASE:
-        rounded = int8_weights.round_and_freeze(model)
-      elif fine_tune_layers is not None:
-        registry.set_trainable(model, fine_tune_layers)
-      compile_model(model, cfg, num_classes,
-                    learning_rate_schedule(cfg, learning_rate, epochs, steps),
-                    class_counts)
-    result = model.fit(train_ds, validation_data=eval_ds,
-                       initial_epoch=epoch, epochs=epoch + epochs,
-                       steps_per_epoch=steps_per_epoch,
-                       class_weight=class_weight,
-                       callbacks=callbacks_fn() + extra,
-                       verbose=verbose)
+    if name == INT8_QAT_PHASE:
+      if calibration is None:
+        raise ValueError('the int8_qat phase needs the calibration images '
+                         '(calibration_dataset)')
+      result, details = quantization_aware.fit(
+          model, train_ds, eval_ds, strategy, learning_rate,
+          float(cfg['int8_qat_consistency']), calibration, epoch, epochs,
+          steps_per_epoch, extra, verbose)
+    else:
+      result, details = _fit_phase(
+          model, cfg, num_classes, train_ds, eval_ds, strategy, name,
+          learning_rate, fine_tune_layers, epoch, epochs, steps,
+          steps_per_epoch, callbacks_fn() + extra, class_weight, verbose,
+          class_counts)
     ran = len(result.history.get('loss', []))
     for key, values in result.history.items():
       # Keys first seen in a later phase are padded for the earlier epochs.
@@ -424,12 +442,45 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
                        'lr_schedule': cfg.get('lr_schedule', 'constant'),
                        'fine_tune_layers': fine_tune_layers,
                        'trainable_weights': len(model.trainable_weights),
-                       **({'int8_rounded_convolutions': rounded}
-                          if rounded is not None else {}),
+                       **details,
                        'stopped_by_time_budget': bool(
                            extra and extra[0].stopped)})
     epoch += ran
   return history, boundaries
+
+
+def _fit_phase(model, cfg, num_classes, train_ds, eval_ds, strategy, name,
+               learning_rate, fine_tune_layers, epoch, epochs, steps,
+               steps_per_epoch, callbacks, class_weight, verbose,
+               class_counts):
+  """One compiled fit() phase of fit_phases: (History, phase details)."""
+  details = {}
+  with strategy.scope():
+    if name == INT8_WEIGHTS_PHASE:
+      details['int8_rounded_convolutions'] = int8_weights.round_and_freeze(
+          model)
+    elif fine_tune_layers is not None:
+      registry.set_trainable(model, fine_tune_layers)
+    compile_model(model, cfg, num_classes,
+                  learning_rate_schedule(cfg, learning_rate, epochs, steps),
+                  class_counts)
+  result = model.fit(train_ds, validation_data=eval_ds,
+                     initial_epoch=epoch, epochs=epoch + epochs,
+                     steps_per_epoch=steps_per_epoch,
+                     class_weight=class_weight, callbacks=callbacks,
+                     verbose=verbose)
+  return result, details
+
+
+def phase_callbacks(cfg: Dict, tensorboard_dir: Optional[str] = None) -> list:
+  """A phase's fresh callbacks: early stopping on val balanced accuracy
+  (restoring the phase's best weights), plateau_callbacks, TensorBoard."""
+  return [keras.callbacks.EarlyStopping(
+      monitor='val_balanced_accuracy', mode='max',
+      patience=int(cfg['early_stopping_patience']),
+      restore_best_weights=True), *plateau_callbacks(cfg)] + (
+          [keras.callbacks.TensorBoard(log_dir=tensorboard_dir)]
+          if tensorboard_dir else [])
 
 
 def plateau_callbacks(cfg: Dict) -> list:
@@ -575,21 +626,17 @@ def run_fn(fn_args: FnArgs) -> None:
                         strategy.num_replicas_in_sync > 1, policy)
   run_dir = (fn_args.model_run_dir if chief else os.path.join(
       fn_args.model_run_dir, WORKER_RUN_SUBDIR, f'{task_type}-{task_index}'))
-  patience = int(cfg['early_stopping_patience'])
-
-  def callbacks():
-    return [
-        keras.callbacks.EarlyStopping(
-            monitor='val_balanced_accuracy', mode='max', patience=patience,
-            restore_best_weights=True),
-        *plateau_callbacks(cfg),
-        keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir,
-                                                         'tensorboard')),
-    ]
+  tensorboard = os.path.join(run_dir, 'tensorboard')
+  int8_calibration = calibration_dataset(
+      fn_args.train_files, image_size, batch_size,
+      int(cfg['int8_qat_calibration_examples']), seed, with_metadata)
   history, phases = fit_phases(model, cfg, len(labels), train_ds, eval_ds,
-                               strategy, callbacks, class_weight=weights,
+                               strategy,
+                               lambda: phase_callbacks(cfg, tensorboard),
+                               class_weight=weights,
                                steps_per_epoch=steps_per_epoch,
-                               class_counts=counts)
+                               class_counts=counts,
+                               calibration=int8_calibration)
 
   temperature, calibration_report = fit_calibration(model, cfg, eval_ds)
   calibration.fold_temperature(model, temperature, registry.OUTPUT_LAYER,

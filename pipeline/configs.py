@@ -267,6 +267,17 @@ class Settings:
   int8_weight_epochs: int = cli_flag(
       0, 'epochs of a last phase on convolution kernels rounded to int8 '
       '(the int8 .tflite then differs only by its activations)')
+  # A last phase of quantization-aware training (0: none;
+  # models/quantization_aware.py): every layer trains on kernels rounded to
+  # the int8 grid and, in a second view, activations rounded as the int8
+  # file rounds them, distilled from the model as it was, so that the int8
+  # .tflite agrees with the SavedModel; the kernels end on the grid.
+  int8_qat_epochs: int = cli_flag(
+      0, 'epochs of a last phase of quantization-aware training (the int8 '
+      '.tflite trained to agree with the SavedModel)')
+  int8_qat_learning_rate: float = 1e-4
+  # The weight of KL(float path || quantized path) against the teacher's.
+  int8_qat_consistency: float = 1.0
   dropout: float = 0.3        # before the classification layer
   width: float = 0.5          # filter multiplier of the CNN baseline
   # Imbalance: one of IMBALANCE_METHODS.  class_weights: R5's weights in
@@ -476,6 +487,11 @@ class Settings:
         'fine_tune_layers': self.fine_tune_layers,
         'fine_tune_learning_rate': self.fine_tune_learning_rate,
         'int8_weight_epochs': self.int8_weight_epochs,
+        'int8_qat_epochs': self.int8_qat_epochs,
+        'int8_qat_learning_rate': self.int8_qat_learning_rate,
+        'int8_qat_consistency': self.int8_qat_consistency,
+        # The ranges are calibrated on as many train images as the exporter.
+        'int8_qat_calibration_examples': self.tflite_representative_examples,
         'dropout': self.dropout,
         'imbalance': self.imbalance,
         'calibration': self.calibration,
@@ -568,6 +584,14 @@ class Settings:
     if not 0 <= self.label_smoothing < 1:
       raise ValueError(f'label_smoothing must be in [0, 1), got '
                        f'{self.label_smoothing}')
+    if self.int8_qat_epochs < 0:
+      raise ValueError(f'int8_qat_epochs must be >= 0, got '
+                       f'{self.int8_qat_epochs}')
+    if self.int8_qat_learning_rate <= 0 or self.int8_qat_consistency < 0:
+      raise ValueError('int8_qat_learning_rate must be > 0 and '
+                       'int8_qat_consistency >= 0, got '
+                       f'{self.int8_qat_learning_rate}, '
+                       f'{self.int8_qat_consistency}')
     if self.int8_weight_epochs < 0:
       raise ValueError(f'int8_weight_epochs must be >= 0, got '
                        f'{self.int8_weight_epochs}')
