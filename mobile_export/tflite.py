@@ -34,8 +34,9 @@ Interpreter (docs/android.md).
 
 import json
 import os
+import re
 import tempfile
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -52,6 +53,7 @@ from tensorflow_lite_support.metadata.python.metadata_writers import metadata_in
 from tensorflow_lite_support.metadata.python.metadata_writers import metadata_writer
 from tensorflow_lite_support.metadata.python.metadata_writers import writer_utils
 
+from models import color
 from models import features
 from models import metadata_vector
 
@@ -204,6 +206,25 @@ def _with_full_pixel_range(images: Sequence[np.ndarray]) -> list:
 # fallback, issue 16; benchmarks/int8_error.py measured the choice on the
 # eval split).  The single uint8 image input and its 1/255 scale stay.
 DEFAULT_FLOAT_OPS: Tuple[str, ...] = ('FULLY_CONNECTED', 'SOFTMAX')
+# Keras layers whose ops stay float, by layer name: Shades of Gray's x^6 and
+# its per-image means do not fit 8 bits (a mid-grey pixel's x^6 is 4 steps
+# of 1/255), and its gain scales the whole image (BENCHMARKS.md, "int8:
+# quantization-aware training").  Its output is quantized as before.
+DEFAULT_FLOAT_LAYERS: Tuple[str, ...] = (color.LAYER_NAME,)
+
+
+def layer_nodes(calibrated: bytes, layers: Sequence[str]) -> List[str]:
+  """The output tensor names of the ops that the Keras layers named in
+  ``layers`` became (a tensor is named by its layer's scope, e.g.
+  ``model_1/color_constancy_1/Mean``), for quantize_calibrated's
+  ``float_nodes``."""
+  if not layers:
+    return []
+  scope = re.compile(r'(^|/)(%s)(_\d+)?/' % '|'.join(map(re.escape, layers)))
+  interpreter = tf.lite.Interpreter(model_content=calibrated)
+  names = {t['index']: t['name'] for t in interpreter.get_tensor_details()}
+  return sorted({names[i] for op in interpreter._get_ops_details()  # pylint: disable=protected-access
+                 for i in op['outputs'] if scope.search(names[i])})
 
 
 def calibrate(saved_model_dir: str,
@@ -418,7 +439,8 @@ def convert_int8(saved_model_dir: str,
                  representative_images: Iterable[np.ndarray],
                  float_ops: Sequence[str] = DEFAULT_FLOAT_OPS,
                  representative_metadata: Optional[Iterable[np.ndarray]] = None,
-                 bias_correction: Optional[bool] = None) -> bytes:
+                 bias_correction: Optional[bool] = None,
+                 float_layers: Sequence[str] = DEFAULT_FLOAT_LAYERS) -> bytes:
   """Integer conversion with uint8 input and float32 output.
 
   Args:
@@ -432,6 +454,8 @@ def convert_int8(saved_model_dir: str,
       (correct_head_bias, against the SavedModel's probabilities on them);
       None: whenever the head stays float (float_ops holds
       DEFAULT_FLOAT_OPS).
+    float_layers: Keras layers (by name) whose ops stay float
+      (DEFAULT_FLOAT_LAYERS; absent layers are ignored).
 
   Returns:
     The .tflite flatbuffer (no metadata yet).
@@ -444,8 +468,10 @@ def convert_int8(saved_model_dir: str,
   images = list(representative_images)
   metadata = (None if representative_metadata is None else
               [np.asarray(v, np.float32) for v in representative_metadata])
-  buffer = quantize_calibrated(calibrate(saved_model_dir, images, metadata),
-                               float_ops)
+  calibrated = calibrate(saved_model_dir, images, metadata)
+  buffer = quantize_calibrated(calibrated, float_ops,
+                               float_nodes=layer_nodes(calibrated,
+                                                       float_layers))
   if bias_correction is None:
     bias_correction = set(DEFAULT_FLOAT_OPS) <= set(float_ops)
   if not bias_correction:
