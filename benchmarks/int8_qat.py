@@ -142,10 +142,6 @@ def main(argv=None):
   with open(os.path.join(args.run, 'Trainer', 'model_run', args.trainer_id,
                          trainer.HISTORY_FILE), encoding='utf-8') as f:
     cfg = json.load(f)['config']
-  cfg.update(int8_qat_epochs=args.epochs,
-             int8_qat_learning_rate=args.learning_rate,
-             int8_qat_consistency=args.consistency,
-             int8_qat_calibration_examples=args.calibration)
   image_size, seed = int(cfg['image_size']), int(cfg['seed'])
   (class_names, pixels, truth, lesions, with_metadata, vectors,
    reference) = int8_error.load_split(saved_model, examples, args.split,

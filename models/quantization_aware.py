@@ -204,9 +204,8 @@ class Paths:
     fake_quants: the quantized path's FakeQuant layers, in taps' order.
   """
 
-  def __init__(self, model: keras.Model, round_float_kernels: bool = True):
+  def __init__(self, model: keras.Model):
     self.model = model
-    self.round_float_kernels = round_float_kernels
     self._quantized_outputs = set()  # ids of KerasTensors on int8 tensors
     self._tapped: List[keras.layers.Layer] = []  # each tap's layer
     self._shares_next: List[int] = []  # taps quantized with the next one's
@@ -266,7 +265,7 @@ class Paths:
         self._quantized_outputs.add(id(tensor))
         return tensor
 
-      if kind in _CONVOLUTIONS and (quantize or self.round_float_kernels):
+      if kind in _CONVOLUTIONS:
         outputs = QuantizedKernelConv(layer)(inputs)
       elif kind == 'Rescaling' and np.any(np.asarray(layer.offset) != 0):
         # The converter's MUL then ADD: the product is an int8 tensor of

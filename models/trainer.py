@@ -629,7 +629,8 @@ def run_fn(fn_args: FnArgs) -> None:
   tensorboard = os.path.join(run_dir, 'tensorboard')
   int8_calibration = calibration_dataset(
       fn_args.train_files, image_size, batch_size,
-      int(cfg['int8_qat_calibration_examples']), seed, with_metadata)
+      int(cfg['int8_qat_calibration_examples']), seed, with_metadata) if int(
+          cfg.get('int8_qat_epochs', 0)) > 0 else None
   history, phases = fit_phases(model, cfg, len(labels), train_ds, eval_ds,
                                strategy,
                                lambda: phase_callbacks(cfg, tensorboard),
