@@ -14,7 +14,8 @@ the same as an image-only model's).  Two formats:
   probabilities; about half the size of the float32 model, same arithmetic.
 * ``int8``: integer inside except the classifier head (Dense + softmax stay
   float, DEFAULT_FLOAT_OPS: an int8 softmax's 1/256 steps made exact ties,
-  BENCHMARKS.md, issue 16); takes uint8 pixels (input quantization scale
+  BENCHMARKS.md, issue 16) and the Shades of Gray layer
+  (DEFAULT_FLOAT_LAYERS); takes uint8 pixels (input quantization scale
   1/255, zero point 0, i.e. the raw pixel values of the resized image) and
   returns float32 probabilities.  The metadata vector stays a float32
   input (it feeds the metadata MLP's Dense layers, kept float).  The float
