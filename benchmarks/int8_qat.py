@@ -147,10 +147,6 @@ def main(argv=None):
    reference) = int8_error.load_split(saved_model, examples, args.split,
                                       image_size)
   train = int8_error.split_files(examples, 'train')
-  # The sample depends on TensorFlow's global seed (sample_examples): set as
-  # the Trainer sets it, so that the phase and the converter calibrate on
-  # the same images, as in a pipeline run's process.
-  keras.utils.set_random_seed(seed)
   cal_images = data.representative_images(train, image_size, args.calibration,
                                           seed)
   cal_meta = (data.representative_metadata(train, args.calibration, seed)

@@ -10,6 +10,7 @@ normalize with mean 0 / std 255) all see exactly this.
 import os
 from typing import Dict, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from models import features
@@ -103,18 +104,27 @@ def read_examples(file_patterns: Sequence[str]) -> tf.data.Dataset:
 
 def sample_examples(file_patterns: Sequence[str], count: int,
                     seed: int) -> tf.data.Dataset:
-  """A seeded random sample of ``count`` serialized examples: the int8
-  calibration set (mobile_export/data.py), which the Trainer's int8_qat
-  phase calibrates on too.  The records are shuffled before decoding; the
-  buffer holds up to 10,000, so on larger splits the sample favours, but is
-  not limited to, the first files.  The shuffle's seed is combined with
-  TensorFlow's global seed (keras.utils.set_random_seed): the same call
-  draws other images once it is set."""
+  """A seeded random sample of ``count`` serialized examples (all of them
+  when the files hold fewer), in file order: the int8 calibration set
+  (mobile_export/data.py), which the Trainer's int8_qat phase calibrates on
+  too.  The positions are drawn by numpy from ``seed`` alone, uniformly over
+  the whole split, so the sample does not move with TensorFlow's global seed
+  (keras.utils.set_random_seed) and a process that runs only MobileExporter
+  draws the images the Trainer's process drew.  The records are read twice
+  (a count, then the sample); only the sampled ones are decoded."""
   if count <= 0:
     raise ValueError(f'representative image count must be > 0, got {count}')
-  return (read_examples(file_patterns)
-          .shuffle(10_000, seed=seed, reshuffle_each_iteration=False)
-          .take(count))
+  total = int(read_examples(file_patterns).reduce(
+      tf.constant(0, tf.int64), lambda n, _: n + 1))
+  if total == 0:
+    raise ValueError(f'no examples in {list(file_patterns)} to sample from')
+  chosen = np.zeros(total, bool)
+  chosen[np.random.default_rng(seed).choice(total, size=min(count, total),
+                                            replace=False)] = True
+  chosen = tf.constant(chosen)
+  return (read_examples(file_patterns).enumerate()
+          .filter(lambda position, _: tf.gather(chosen, position))
+          .map(lambda _, serialized: serialized))
 
 
 def image_label_dataset(file_patterns: Sequence[str],

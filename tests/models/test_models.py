@@ -74,6 +74,36 @@ def test_preprocessing_matches_a_uint8_resize_client(tiny_tfrecords):
   np.testing.assert_allclose(model_input * 255, pixels.numpy(), atol=1e-4)
 
 
+def test_calibration_sample_is_seeded_by_its_seed_alone(tiny_tfrecords,
+                                                        tmp_path):
+  # The exporter's and the Trainer's int8_qat phase's calibration set: the
+  # same images whatever TensorFlow's global seed (each runs in its own
+  # process under Kubeflow), drawn over every file, not only the first.
+  files = [tiny_tfrecords[0], tiny_tfrecords[1]]
+  everything = [r.numpy() for r in preprocessing.read_examples(files)]
+
+  def sample(count, seed):
+    return [r.numpy() for r in preprocessing.sample_examples(files, count,
+                                                             seed)]
+  keras.utils.set_random_seed(1)
+  first = sample(12, 7)
+  keras.utils.set_random_seed(2)
+  assert sample(12, 7) == first
+  assert sample(12, 8) != first
+  assert len(first) == len(set(first)) == 12
+  positions = [everything.index(r) for r in first]
+  assert positions == sorted(positions)  # file order
+  assert positions[-1] >= len(everything) // 2  # the second file too
+  assert sample(10**6, 7) == everything
+  empty = tmp_path / 'empty.gz'
+  with tf.io.TFRecordWriter(str(empty), options='GZIP'):
+    pass
+  with pytest.raises(ValueError, match='no examples'):
+    preprocessing.sample_examples([str(empty)], 5, 7)
+  with pytest.raises(ValueError, match='> 0'):
+    preprocessing.sample_examples(files, 0, 7)
+
+
 def test_run_fn_trains_and_writes_history(trained_model):
   with open(os.path.join(trained_model.model_run_dir,
                          trainer.HISTORY_FILE)) as f:
