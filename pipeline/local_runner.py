@@ -32,6 +32,7 @@ from tfx import v1 as tfx
 from pipeline import beam_args
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
+from pipeline import tempfiles
 
 
 class PipelineBusyError(RuntimeError):
@@ -110,6 +111,8 @@ def run(settings: configs.Settings, ingest_only: bool = False) -> None:
   as extra Beam arguments).  The settings are already parsed, so the caller's
   arguments (``skinlesion run --data ...``, or pytest's ``-v``, which absl
   reads as ``--verbosity``) are hidden from the components while they run.
+  The run's temporary files are deleted when it ends
+  (tempfiles.scratch_tempdir).
   """
   pipeline_lib.resolve_auto_labels(settings)
   settings.validate()
@@ -117,7 +120,7 @@ def run(settings: configs.Settings, ingest_only: bool = False) -> None:
   argv = sys.argv
   sys.argv = argv[:1]
   try:
-    with home_lock(settings.metadata_path):
+    with home_lock(settings.metadata_path), tempfiles.scratch_tempdir():
       tfx.orchestration.LocalDagRunner().run(
           pipeline_lib.create_pipeline(settings, ingest_only=ingest_only))
   finally:

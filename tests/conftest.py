@@ -41,7 +41,7 @@ FAST_MODULES = frozenset({
     'pipeline/test_configs.py', 'pipeline/test_demo_data.py',
     'pipeline/test_kubeflow_runner.py', 'pipeline/test_labels.py',
     'pipeline/test_cli_flags.py', 'pipeline/test_metadata_csv.py',
-    'pipeline/test_pipeline_def.py',
+    'pipeline/test_pipeline_def.py', 'pipeline/test_tempfiles.py',
     'test_container_image.py',
 })
 
@@ -100,6 +100,20 @@ def _hide_pytest_argv():
   sys.argv = argv[:1]
   yield
   sys.argv = argv
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _temporary_files_in_basetemp(tmp_path_factory):
+  """Every temporary file of the session (tempfile's, and TMPDIR for the
+  processes it starts) goes under pytest's base temp folder, which pytest
+  prunes to the last three sessions.  TFX builds a 49 MB sdist of itself in a
+  temporary folder it never removes each time a Beam executor runs outside
+  local_runner.run (which deletes its own, pipeline/tempfiles.py): in /tmp
+  667 of them (32 GB) had piled up by the time the disk filled
+  (2026-12-07)."""
+  from pipeline import tempfiles  # pylint: disable=g-import-not-at-top
+  with tempfiles.temporary_files_in(str(tmp_path_factory.mktemp('tmp'))):
+    yield
 
 
 @pytest.fixture(scope='session')
@@ -476,3 +490,5 @@ def flink_cluster(request, tmp_path_factory):
         tail = f.readlines()[-20:]
       print(f'== {name}\n' + ''.join(tail))
   assert stopped.returncode == 0, stopped.stderr
+  # 'stop' deletes the cluster's working files (blob caches, spill files).
+  assert not os.path.exists(os.path.join(run_dir, 'tmp'))

@@ -287,6 +287,19 @@ def test_a_taskmanager_killed_mid_job_is_replaced_and_the_job_recovers(
       beam_stages.split_examples(os.path.join(direct_stages, 'examples')))
 
 
+def test_taskmanagers_keep_their_working_files_in_the_run_dir(flink_run,
+                                                             flink_cluster):
+  """Their blob caches hold each job's staged Beam artifacts (tens of MB):
+  under the cluster's run dir, which `stop` deletes (the fixture checks),
+  not under /tmp, where they outlived the cluster."""
+  del flink_run  # Jobs have run.
+  tmp = os.path.join(flink_cluster.run_dir, 'tmp')
+  working = [name for name in os.listdir(tmp) if name.startswith('tm_')]
+  assert len(working) >= 2, os.listdir(tmp)
+  assert any(os.listdir(os.path.join(tmp, name, 'blobStorage'))
+             for name in working)
+
+
 def test_start_after_a_kill_counts_only_live_taskmanagers(flink_cluster):
   """Right after a SIGKILL the JobManager still lists the dead TaskManager
   (until its heartbeat times out): `status` must not count it, and `start`

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -50,9 +51,13 @@ def test_new_span_with_shifted_label_mix_stops_on_drift(
   out = str(tmp_path / 'home')
   args = ['ingest', '--data', str(data), '--out', out,
           '--span-folder', 'span-{SPAN}']
+  temporary = set(os.listdir(tempfile.gettempdir()))
   assert cli.main(args) == 0
   first = capsys.readouterr().out
   assert 'AnomaliesGate                     COMPLETE' in first
+  # The run's temporary files (TFX's sdist of itself for each Beam
+  # executor among them) went with it.
+  assert set(os.listdir(tempfile.gettempdir())) == temporary
 
   # Span 2: most nevi are gone, so the label mix shifts.
   _drop_rows(tiny_archive, data / 'span-2', 'nv', keep_every=5)
