@@ -288,4 +288,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.path.insert(0, PROJECT_ROOT)
+  from pipeline import tempfiles  # pylint: disable=g-import-not-at-top
+  with tempfiles.scratch_tempdir():  # TFX's sdist per executor (tempfiles.py)
+    sys.exit(main())

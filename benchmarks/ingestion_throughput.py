@@ -27,6 +27,7 @@ from tfx.utils import proto_utils
 
 from components import image_example_gen as ieg
 from pipeline import configs
+from pipeline import tempfiles
 
 
 def _image_files(root):
@@ -105,4 +106,5 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  with tempfiles.scratch_tempdir():  # TFX's sdist per executor (tempfiles.py)
+    main()
