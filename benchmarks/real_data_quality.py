@@ -40,6 +40,7 @@ from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
 
+from models import augmentation  # pylint: disable=g-import-not-at-top
 from models import calibration  # pylint: disable=g-import-not-at-top
 from models import features  # pylint: disable=g-import-not-at-top
 from models import preprocessing  # pylint: disable=g-import-not-at-top
@@ -170,12 +171,8 @@ COLOUR_PROBES = {
 def recolour(images: tf.Tensor, probe: str) -> tf.Tensor:
   kind, value = COLOUR_PROBES[probe]
   if kind == 'gains':
-    out = images * tf.constant(value, tf.float32)
-  else:
-    luma = tf.reduce_sum(images * tf.constant([0.299, 0.587, 0.114]),
-                         axis=-1, keepdims=True)
-    out = luma + value * (images - luma)
-  return tf.clip_by_value(out, 0.0, 1.0)
+    return tf.clip_by_value(images * tf.constant(value, tf.float32), 0.0, 1.0)
+  return augmentation.saturate(images, value)
 
 
 def colour_probe_probabilities(serving_dir: str, files, image_size: int,

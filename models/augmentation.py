@@ -2,8 +2,8 @@
 
 The models hold one FusedAugment layer (``apply``): flip, rotation, shift
 and zoom composed into one affine matrix per image and resampled once
-(ImageProjectiveTransformV3 on the batch), then brightness / contrast
-jitter.  ``layers()`` is the older chain of Keras 3 preprocessing layers
+(ImageProjectiveTransformV3 on the batch), then contrast / brightness /
+saturation jitter.  ``layers()`` is the older chain of Keras 3 preprocessing layers
 (one resample each), kept for benchmarks/input_pipeline.py's record.
 
 Keras runs these layers only when the model is called with training=True
@@ -20,6 +20,19 @@ import tensorflow as tf
 # (benchmarks/input_pipeline.py compares the two).
 R5 = dict(flip='horizontal', rotation=10.0, zoom=0.05, translation=0.02,
           brightness=0.1, contrast=0.0)
+
+# ITU-R BT.601 luma: saturation is scaled about it (saturate()).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def saturate(images, factor):
+  """Images [N, H, W, 3] in [0, 1] with their saturation scaled by
+  ``factor`` (a scalar or one per image, [N, 1, 1, 1]) about each pixel's
+  luma: 0 grey, 1 unchanged; clipped to [0, 1].  Grey pixels and the luma
+  itself stay as they are (before the clipping)."""
+  luma = tf.reduce_sum(images * tf.constant(LUMA_WEIGHTS, images.dtype),
+                       axis=-1, keepdims=True)
+  return tf.clip_by_value(luma + factor * (images - luma), 0.0, 1.0)
 
 
 def layers(flip: str = 'horizontal_and_vertical', rotation: float = 0.0,
@@ -68,13 +81,18 @@ def apply(x, **options):
 
 def fused(flip: str = 'horizontal_and_vertical', rotation: float = 0.0,
           zoom: float = 0.0, brightness: float = 0.0, contrast: float = 0.0,
-          translation: float = 0.0, seed: int = None):
-  """layers()' options as one FusedAugment layer, or None if all are off."""
-  if not (flip or rotation or zoom or brightness or contrast or translation):
+          translation: float = 0.0, saturation: float = 0.0,
+          seed: int = None):
+  """layers()' options, and ``saturation`` (the maximum change of the
+  saturation factor, 1 +- saturation; layers() has no such layer), as one
+  FusedAugment layer, or None if all are off."""
+  if not (flip or rotation or zoom or brightness or contrast or translation
+          or saturation):
     return None
   return FusedAugment(flip=flip, rotation=rotation, zoom=zoom,
                       brightness=brightness, contrast=contrast,
-                      translation=translation, seed=seed, name='augment')
+                      translation=translation, saturation=saturation,
+                      seed=seed, name='augment')
 
 
 def affine_transforms(height, width, flip_h, flip_v, angle, zoom, shift_y,
@@ -118,16 +136,18 @@ class FusedAugment(keras.layers.Layer):
   +-``zoom``, composed into one matrix and resampled once (bilinear,
   nearest fill, like the Keras layers); then brightness (add uniform
   +-``brightness``) and contrast (scale about the image mean by a factor in
-  1 +- ``contrast``), clipped to [0, 1].  training=False: the identity.
+  1 +- ``contrast``), clipped to [0, 1]; then saturation (saturate() by a
+  factor in 1 +- ``saturation``).  training=False: the identity.
   """
 
   def __init__(self, flip='horizontal_and_vertical', rotation=0.0, zoom=0.0,
                brightness=0.0, contrast=0.0, translation=0.0, seed=None,
-               **kwargs):
+               saturation=0.0, **kwargs):
     super().__init__(**kwargs)
     self.flip, self.rotation, self.zoom = flip, float(rotation), float(zoom)
     self.brightness, self.contrast = float(brightness), float(contrast)
     self.translation, self.seed = float(translation), seed
+    self.saturation = float(saturation)
     self._calls = 0
 
   def _uniform(self, n, limit):
@@ -169,6 +189,9 @@ class FusedAugment(keras.layers.Layer):
       x = x + self._uniform(n, self.brightness)[:, None, None, None]
     if self.contrast or self.brightness:
       x = tf.clip_by_value(x, 0.0, 1.0)
+    if self.saturation:  # Drawn last: the other draws keep their seeds.
+      x = saturate(x, 1.0 + self._uniform(n, self.saturation)[:, None, None,
+                                                               None])
     return tf.cast(x, dtype)
 
   def compute_output_shape(self, input_shape):
@@ -178,7 +201,8 @@ class FusedAugment(keras.layers.Layer):
     config = super().get_config()
     config.update(flip=self.flip, rotation=self.rotation, zoom=self.zoom,
                   brightness=self.brightness, contrast=self.contrast,
-                  translation=self.translation, seed=self.seed)
+                  translation=self.translation, saturation=self.saturation,
+                  seed=self.seed)
     return config
 
 
@@ -189,4 +213,5 @@ def from_config(cfg: dict) -> dict:
               zoom=float(cfg.get('augment_zoom', 0.0)),
               brightness=float(cfg.get('augment_brightness', 0.0)),
               contrast=float(cfg.get('augment_contrast', 0.0)),
-              translation=float(cfg.get('augment_translation', 0.0)))
+              translation=float(cfg.get('augment_translation', 0.0)),
+              saturation=float(cfg.get('augment_saturation', 0.0)))

@@ -340,6 +340,7 @@ class Settings:
   augment_brightness: float = 0.0
   augment_contrast: float = 0.0
   augment_translation: float = 0.0   # shift, fraction of the size
+  augment_saturation: float = 0.0    # saturation factor in 1 +- this
   early_stopping_patience: int = 8
   seed: int = 42
   steps_per_epoch: int = 0    # 0: one pass over the train split
@@ -510,6 +511,7 @@ class Settings:
         'augment_brightness': self.augment_brightness,
         'augment_contrast': self.augment_contrast,
         'augment_translation': self.augment_translation,
+        'augment_saturation': self.augment_saturation,
         'early_stopping_patience': self.early_stopping_patience,
         'seed': self.seed,
         'steps_per_epoch': self.steps_per_epoch,

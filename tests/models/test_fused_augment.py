@@ -75,6 +75,48 @@ def test_augmentation_is_off_in_inference_and_on_in_training():
   assert clone.get_config() == layer.get_config()
 
 
+def test_saturation_jitter_scales_chroma_about_the_luma():
+  # Mid-range colours, so that no factor in 1 +- 0.5 clips.
+  x = 0.3 + 0.4 * _images(6, 8)
+  luma = (x * np.array(augmentation.LUMA_WEIGHTS)).sum(-1, keepdims=True)
+  np.testing.assert_allclose(augmentation.saturate(tf.constant(x), 1.0), x,
+                             atol=1e-6)
+  grey = augmentation.saturate(tf.constant(x), 0.0).numpy()
+  np.testing.assert_allclose(grey, np.repeat(luma, 3, -1), atol=1e-6)
+
+  layer = augmentation.fused(flip='', saturation=0.5, seed=3)
+  np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+  y = np.asarray(layer(x, training=True))
+  # Per image: the same factor on every pixel's chroma, luma kept.
+  np.testing.assert_allclose(
+      (y * np.array(augmentation.LUMA_WEIGHTS)).sum(-1, keepdims=True), luma,
+      atol=1e-5)
+  factors = ((y - luma) / (x - luma)).reshape(len(x), -1)
+  np.testing.assert_allclose(factors - factors[:, :1], 0.0, atol=1e-3)
+  assert np.all((factors >= 0.5 - 1e-3) & (factors <= 1.5 + 1e-3))
+  assert np.ptp(factors[:, 0]) > 0.05  # Drawn per image.
+  assert augmentation.from_config({'augment_saturation': 0.5})[
+      'saturation'] == 0.5
+  clone = augmentation.FusedAugment.from_config(layer.get_config())
+  assert clone.get_config() == layer.get_config()
+  assert clone.saturation == 0.5
+
+
+def test_saturation_leaves_the_other_draws_as_they_were():
+  """The saturation draw comes last, so a seeded layer without it augments
+  geometry and brightness exactly as before the option existed."""
+  x = _images(4, 16)
+  without = augmentation.fused(**augmentation.R5, seed=5)
+  with_saturation = augmentation.fused(**augmentation.R5, saturation=0.0001,
+                                       seed=5)
+  outputs = []
+  for layer in (without, with_saturation):
+    tf.random.set_seed(0)  # Eager ops with one op seed draw anew each call.
+    outputs.append(np.asarray(layer(x, training=True)))
+  np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-3)
+  assert np.abs(outputs[0] - x).mean() > 0.01
+
+
 def test_cached_input_pipeline_equals_uncached(tiny_tfrecords):
   def batches(cache):
     ds = trainer.make_dataset([tiny_tfrecords[0]], 24, 8, training=False,
