@@ -3,8 +3,9 @@
 The models hold one FusedAugment layer (``apply``): flip, rotation, shift
 and zoom composed into one affine matrix per image and resampled once
 (ImageProjectiveTransformV3 on the batch), then contrast / brightness /
-saturation jitter.  ``layers()`` is the older chain of Keras 3 preprocessing layers
-(one resample each), kept for benchmarks/input_pipeline.py's record.
+saturation jitter.  ``layers()`` is the older chain of Keras 3
+preprocessing layers (one resample each), kept for
+benchmarks/input_pipeline.py's record.
 
 Keras runs these layers only when the model is called with training=True
 (``fit``); evaluation, ``predict`` and the exported serving signatures call
