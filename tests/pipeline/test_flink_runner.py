@@ -218,12 +218,23 @@ def test_cluster_down_fails_in_seconds_naming_the_master(tiny_archive,
 
 
 def _dead(pid):
-  """The process is gone, or a zombie nothing has reaped yet."""
+  """The process is gone, or a zombie nothing has reaped yet, with every
+  thread exited.  A SIGKILLed JVM's main thread shows Z while its other
+  threads are still exiting, and its sockets close only with the last one:
+  judging by the main thread alone, `status` once still reached the dead
+  TaskManager's RPC port (CI, 2026-12-07)."""
   try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    threads = os.listdir(f'/proc/{pid}/task')
   except FileNotFoundError:
     return True
+  for thread in threads:
+    try:
+      with open(f'/proc/{pid}/task/{thread}/stat') as f:
+        if f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X'):
+          return False
+    except FileNotFoundError:
+      continue  # This thread has exited meanwhile.
+  return True
 
 
 def test_a_taskmanager_killed_mid_job_is_replaced_and_the_job_recovers(
