@@ -70,3 +70,44 @@ def test_scratch_folder_is_deleted_when_the_run_fails(tmp_path):
         open(os.path.join(scratch, 'partial'), 'w').close()
         raise ValueError('component failed')
     assert not os.path.exists(scratch)
+
+
+# What a Beam Flink job server does (apache_beam job_server.SubprocessJobServer
+# and StopOnExitJobServer): it makes its root in the temporary folder when it
+# starts, and removes it, strictly, when the process exits.
+_JOB_SERVER_CHILD = '''
+import atexit, os, shutil, sys, tempfile
+from pipeline import tempfiles
+with tempfiles.scratch_tempdir() as scratch:
+  root = tempfile.mkdtemp(prefix=tempfiles.BEAM_JOB_SERVER_PREFIX)
+  os.mkdir(os.path.join(root, 'artifacts'))
+  open(os.path.join(root, 'artifacts', 'sdist.tar.gz'), 'w').write('x')
+  open(os.path.join(scratch, 'other'), 'w').write('x')
+  atexit.register(shutil.rmtree, root)
+print(scratch)
+print(sorted(os.listdir(scratch)), os.listdir(root))
+'''
+
+
+def test_a_beam_job_server_root_is_emptied_and_removed_after_its_exit_handler(
+    tmp_path):
+  env = dict(os.environ, TMPDIR=str(tmp_path),
+             PYTHONPATH=os.pathsep.join(sys.path))
+  child = subprocess.run([sys.executable, '-c', _JOB_SERVER_CHILD],
+                         capture_output=True, text=True, env=env, check=True)
+  scratch, listing = child.stdout.splitlines()
+  # After the run: only the job server's root is left, and it is empty.
+  assert listing.startswith("['beam-temp") and listing.endswith('] []')
+  # At exit the job server's handler found its root, then the scratch went.
+  assert 'Exception ignored' not in child.stderr, child.stderr
+  assert not os.path.exists(scratch)
+  assert os.listdir(tmp_path) == []
+
+
+def test_beam_still_names_its_job_server_root_so():
+  import inspect  # pylint: disable=g-import-not-at-top
+  from apache_beam.runners.portability import job_server  # pylint: disable=g-import-not-at-top
+  source = inspect.getsource(job_server.SubprocessJobServer.start)
+  assert f"prefix='{tempfiles.BEAM_JOB_SERVER_PREFIX}'" in source
+  assert 'atexit.register(self.stop)' in inspect.getsource(
+      job_server.StopOnExitJobServer.start)
