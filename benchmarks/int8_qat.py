@@ -58,6 +58,16 @@ from models import trainer  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 
+def run_paths(run: str, trainer_id: str, examples_id: str):
+  """(SavedModel folder, Examples folder, the Trainer's config) of one
+  Trainer run in a pipeline root laid out as TFX lays it out."""
+  with open(os.path.join(run, 'Trainer', 'model_run', trainer_id,
+                         trainer.HISTORY_FILE), encoding='utf-8') as f:
+    cfg = json.load(f)['config']
+  return (os.path.join(run, 'Trainer', 'model', trainer_id, 'Format-Serving'),
+          os.path.join(run, 'ImageExampleGen', 'examples', examples_id), cfg)
+
+
 def load_trained_model(saved_model_dir: str, cfg: dict,
                        num_classes: int) -> keras.Model:
   """The run's model (registry, from its config) with the SavedModel's
@@ -114,13 +124,23 @@ def _score(name, reference, candidate, truth, class_names, lesions, extra):
   return out
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def run_arguments(description: str) -> argparse.ArgumentParser:
+  """A parser with the arguments that name one run (run_paths), the split
+  scored and the calibration count."""
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--run', required=True,
                       help='a pipeline root: <home>/pipelines/<name>')
   parser.add_argument('--trainer-id', required=True)
   parser.add_argument('--examples-id', required=True)
   parser.add_argument('--split', default='eval')
+  parser.add_argument('--calibration', type=int,
+                      default=configs.Settings.tflite_representative_examples)
+  parser.add_argument('--out', required=True)
+  return parser
+
+
+def main(argv=None):
+  parser = run_arguments(__doc__.split('\n')[0])
   parser.add_argument('--epochs', type=int, default=2)
   parser.add_argument('--phase', default=trainer.INT8_QAT_PHASE,
                       choices=[trainer.INT8_QAT_PHASE,
@@ -129,19 +149,11 @@ def main(argv=None):
                       default=configs.Settings.int8_qat_learning_rate)
   parser.add_argument('--consistency', type=float,
                       default=configs.Settings.int8_qat_consistency)
-  parser.add_argument('--calibration', type=int,
-                      default=configs.Settings.tflite_representative_examples)
-  parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   start = time.time()
 
-  saved_model = os.path.join(args.run, 'Trainer', 'model', args.trainer_id,
-                             'Format-Serving')
-  examples = os.path.join(args.run, 'ImageExampleGen', 'examples',
-                          args.examples_id)
-  with open(os.path.join(args.run, 'Trainer', 'model_run', args.trainer_id,
-                         trainer.HISTORY_FILE), encoding='utf-8') as f:
-    cfg = json.load(f)['config']
+  saved_model, examples, cfg = run_paths(args.run, args.trainer_id,
+                                         args.examples_id)
   image_size, seed = int(cfg['image_size']), int(cfg['seed'])
   (class_names, pixels, truth, lesions, with_metadata, vectors,
    reference) = int8_error.load_split(saved_model, examples, args.split,

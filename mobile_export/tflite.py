@@ -14,8 +14,8 @@ the same as an image-only model's).  Two formats:
   probabilities; about half the size of the float32 model, same arithmetic.
 * ``int8``: integer inside except the classifier head (Dense + softmax stay
   float, DEFAULT_FLOAT_OPS: an int8 softmax's 1/256 steps made exact ties,
-  BENCHMARKS.md, issue 16) and the Shades of Gray layer
-  (DEFAULT_FLOAT_LAYERS); takes uint8 pixels (input quantization scale
+  BENCHMARKS.md, issue 16), the Shades of Gray layer and the backbone's
+  input scaling (DEFAULT_FLOAT_LAYERS); takes uint8 pixels (input quantization scale
   1/255, zero point 0, i.e. the raw pixel values of the resized image) and
   returns float32 probabilities.  The metadata vector stays a float32
   input (it feeds the metadata MLP's Dense layers, kept float).  The float
@@ -54,9 +54,9 @@ from tensorflow_lite_support.metadata.python.metadata_writers import metadata_in
 from tensorflow_lite_support.metadata.python.metadata_writers import metadata_writer
 from tensorflow_lite_support.metadata.python.metadata_writers import writer_utils
 
-from models import color
 from models import features
 from models import metadata_vector
+from models import quantization_aware
 
 FLOAT16 = 'float16'
 INT8 = 'int8'
@@ -207,11 +207,10 @@ def _with_full_pixel_range(images: Sequence[np.ndarray]) -> list:
 # fallback, issue 16; benchmarks/int8_error.py measured the choice on the
 # eval split).  The single uint8 image input and its 1/255 scale stay.
 DEFAULT_FLOAT_OPS: Tuple[str, ...] = ('FULLY_CONNECTED', 'SOFTMAX')
-# Keras layers whose ops stay float, by layer name: Shades of Gray's x^6 and
-# its per-image means do not fit 8 bits (a mid-grey pixel's x^6 is 4 steps
-# of 1/255), and its gain scales the whole image (BENCHMARKS.md, "int8:
-# quantization-aware training").  Its output is quantized as before.
-DEFAULT_FLOAT_LAYERS: Tuple[str, ...] = (color.LAYER_NAME,)
+# Keras layers whose ops stay float, by layer name: colour constancy and the
+# backbone's input scaling (why: models/quantization_aware.py, which
+# simulates the same file).  The input stays uint8 at 1/255.
+DEFAULT_FLOAT_LAYERS: Tuple[str, ...] = quantization_aware.FLOAT_LAYERS
 
 
 def layer_nodes(calibrated: bytes, layers: Sequence[str]) -> List[str]:

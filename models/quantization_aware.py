@@ -26,6 +26,10 @@ is a tensor; Add, the global average pool, the input scaling, the colour
 constancy layer and the concatenation of image features with the metadata
 features are int8 tensors of their own; padding and pooling keep their
 input's range; Dense layers and the softmax stay float (DEFAULT_FLOAT_OPS).
+The layers the int8 file keeps float (FLOAT_LAYERS: colour constancy and
+the backbone's input scaling) stay float in the quantized path too; where
+their output meets an integer op the converter quantizes it once, over its
+own range, and so does the quantized path.
 In both paths batch norm, augmentation and dropout run in inference mode:
 batch norm folds exactly only with its moving statistics, and both paths
 must see the same input.
@@ -41,14 +45,16 @@ on them at this stage the model drifted (eval balanced accuracy 0.635 ->
 converter does; the Trainer re-calibrates before every epoch.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 from keras import ops
 import numpy as np
 import tensorflow as tf
 
+from models import color
 from models import int8_weights
+from models import registry
 
 # Layer types whose output the converter keeps as an int8 tensor (unless it
 # fuses the layer into its consumer), by class name (our own layers too).
@@ -57,6 +63,17 @@ INT8_OUTPUT_TYPES = ('Conv2D', 'DepthwiseConv2D', 'BatchNormalization',
                      'ShadesOfGray', 'CaffePreprocess')
 _CONVOLUTIONS = ('Conv2D', 'DepthwiseConv2D')
 _FUSED_ACTIVATIONS = ('ReLU',)
+# Keras layers (by name) whose ops the int8 file keeps float
+# (mobile_export/tflite.py, DEFAULT_FLOAT_LAYERS): Shades of Gray's x^6 and
+# its per-image means do not fit 8 bits (a mid-grey pixel's x^6 is 4 steps of
+# 1/255), and its gain scales the whole image; the input scaling after it,
+# because the converter then quantized the [0, 1] colour-corrected image with
+# the scale of the scaling's constant, 2/255 (7 bits; the scaled image over
+# [-1, 1] has all 8).  BENCHMARKS.md, "int8: quantization-aware training"
+# and "The simulation against the int8 file".
+FLOAT_LAYERS: Tuple[str, ...] = (color.LAYER_NAME, registry.PREPROCESS_LAYER)
+# The identity at inference: float after a float layer.
+_PASS_THROUGH_TYPES = ('Dropout', 'FusedAugment', 'Identity')
 # Run in inference mode in both paths.
 _INFERENCE_TYPES = ('BatchNormalization', 'Dropout', 'FusedAugment')
 
@@ -204,9 +221,13 @@ class Paths:
     fake_quants: the quantized path's FakeQuant layers, in taps' order.
   """
 
-  def __init__(self, model: keras.Model):
+  def __init__(self, model: keras.Model,
+               float_layers: Sequence[str] = FLOAT_LAYERS):
     self.model = model
+    self.float_layers = frozenset(float_layers)
     self._quantized_outputs = set()  # ids of KerasTensors on int8 tensors
+    self._float_region = {}  # id of a float layer's output -> that layer
+    self._boundaries = {}  # id of such an output -> its quantized tensor
     self._tapped: List[keras.layers.Layer] = []  # each tap's layer
     self._shares_next: List[int] = []  # taps quantized with the next one's
     taps: List = []
@@ -215,6 +236,8 @@ class Paths:
                             name=f'{model.name}_int8_taps')
     self.fake_quants: List[FakeQuant] = []
     self._quantized_outputs = set()
+    self._float_region = {}
+    self._boundaries = {}
     self.quantized_path = self._clone(model, quantize=True, taps=None)
     if len(self.fake_quants) != len(taps):
       raise AssertionError(f'{len(self.fake_quants)} fake-quant ops for '
@@ -223,19 +246,21 @@ class Paths:
 
   def _linear_add_inputs(self) -> Dict[int, List[int]]:
     """{tap: the taps whose ranges it shares}: for each linear convolution
-    output (a convolution or its batch norm, no activation) that feeds an
-    Add, and for the product of an input scaling (its offset is an ADD),
-    the converter quantizes the tensor over its own range and the Add's
-    together (read from converted files:
+    output (a convolution or its batch norm, no activation) whose only
+    consumers are Adds, and for the product of an input scaling (its offset
+    is an ADD), the converter quantizes the tensor over its own range and
+    the Add's together; a projection that also feeds another op (MobileNetV2's
+    block_1 -> block_2 skip) keeps its own range (read from converted files:
     tests/models/test_quantization_aware.py)."""
     index = {id(layer): i for i, layer in enumerate(self._tapped)}
     shared = {}
     for i, layer in enumerate(self._tapped):
       if _kind(layer) not in _CONVOLUTIONS + ('BatchNormalization',):
         continue
-      adds = [index[id(c)] for c in _consumers(layer)
-              if _kind(c) == 'Add' and id(c) in index]
-      if adds:
+      consumers = _consumers(layer)
+      adds = sorted({index[id(c)] for c in consumers
+                     if _kind(c) == 'Add' and id(c) in index})
+      if adds and all(_kind(c) == 'Add' for c in consumers):
         shared[i] = adds
     for i in self._shares_next:
       shared.setdefault(i, []).append(i + 1)
@@ -252,7 +277,7 @@ class Paths:
             inputs, operation_fn=lambda op: op, call_fn=call)
       kind = _kind(layer)
 
-      def point(tensor, name, shares_next_range=False):
+      def point(tensor, name, shares_next_range=False, producer=layer):
         if quantize:
           fake = FakeQuant(f'{name}_fake_quant')
           self.fake_quants.append(fake)
@@ -261,10 +286,34 @@ class Paths:
           if shares_next_range:
             self._shares_next.append(len(taps))
           taps.append(tensor)
-          self._tapped.append(layer)
+          self._tapped.append(producer)
         self._quantized_outputs.add(id(tensor))
         return tensor
 
+      from_float = [t for t in keras.tree.flatten((args, kwargs))
+                    if id(t) in self._float_region]
+      if layer.name in self.float_layers or (
+          from_float and kind in _PASS_THROUGH_TYPES):
+        # Float ops (and layers that are the identity at inference after
+        # them): float until an integer op reads the output.
+        if layer.name in self.float_layers:
+          outputs, producer = layer(*args, **kwargs), layer
+        else:
+          outputs = InferenceCall(layer)(inputs)
+          producer = self._float_region[id(from_float[0])]
+        self._float_region[id(outputs)] = producer
+        return outputs
+      if from_float:
+        # The converter's QUANTIZE where the float ops end: once per tensor,
+        # over the range of the last float layer's output.
+        for tensor in from_float:
+          if id(tensor) not in self._boundaries:
+            producer = self._float_region[id(tensor)]
+            self._boundaries[id(tensor)] = point(tensor, producer.name,
+                                                 producer=producer)
+        args, kwargs = keras.tree.map_structure(
+            lambda t: self._boundaries.get(id(t), t), (args, kwargs))
+        inputs = args[0] if args else None
       if kind in _CONVOLUTIONS:
         outputs = QuantizedKernelConv(layer)(inputs)
       elif kind == 'Rescaling' and np.any(np.asarray(layer.offset) != 0):

@@ -55,6 +55,8 @@ from models import metadata_vector
 
 FEATURE_MAP = cnn_baseline.FEATURE_MAP
 BACKBONE_LAYER = 'backbone'
+# A pretrained backbone's input scaling (_preprocess), [0, 1] images in.
+PREPROCESS_LAYER = 'backbone_preprocess'
 OUTPUT_LAYER = 'probabilities'
 METADATA_KEYS = features.METADATA_KEYS
 # mixed_input's layer whose output is the encoded metadata vector
@@ -204,12 +206,12 @@ def resolve_weights(name: str, weights: str, image_size: int,
 
 def _preprocess(kind: str):
   if kind == 'tf':
-    return keras.layers.Rescaling(2.0, offset=-1.0, name='backbone_preprocess')
+    return keras.layers.Rescaling(2.0, offset=-1.0, name=PREPROCESS_LAYER)
   if kind == 'efficientnet':
-    return keras.layers.Rescaling(255.0, name='backbone_preprocess')
+    return keras.layers.Rescaling(255.0, name=PREPROCESS_LAYER)
   if kind == 'efficientnet_lite':
-    return efficientnet_lite.input_scaling('backbone_preprocess')
-  return CaffePreprocess(name='backbone_preprocess')
+    return efficientnet_lite.input_scaling(PREPROCESS_LAYER)
+  return CaffePreprocess(name=PREPROCESS_LAYER)
 
 
 def build_backbone(name: str, image_size: int, weights: str = 'none',

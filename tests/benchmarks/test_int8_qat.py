@@ -84,3 +84,26 @@ def test_the_int8_weights_phase_runs_from_the_run_s_last_phase(run_layout,
   assert len(report['phase']['history']['val_balanced_accuracy']) == 1
   assert set(report['results']) == {'int8_before', 'saved_model_after_vs_before',
                                     'float16_after', 'int8_after'}
+
+
+def test_the_simulation_is_compared_with_the_file_tensor_by_tensor(
+    run_layout, tmp_path):
+  """benchmarks/int8_simulation.py on the same run: every simulated int8
+  tensor of cnn_baseline is found in the file, and on the first ones
+  (before rounding differences accumulate) they are the file's values."""
+  from benchmarks import int8_simulation  # pylint: disable=g-import-not-at-top
+  root, _ = run_layout
+  out = tmp_path / 'simulation.json'
+  int8_simulation.main(['--run', str(root), '--trainer-id', '3',
+                        '--examples-id', '1', '--calibration', '10',
+                        '--tensor-images', '4', '--out', str(out)])
+  report = json.loads(out.read_text())
+  assert set(report['results']) == {'file_vs_float', 'simulation_vs_float',
+                                    'file_vs_simulation'}
+  tensors = report['tensors']
+  assert len(tensors) >= 5
+  assert all('mean_abs_diff_steps' in t for t in tensors), tensors
+  # The first conv + BN + ReLU reads the exact input: the same int8 values
+  # up to a rare rounding tie.
+  assert tensors[0]['mean_abs_diff_steps'] < 0.05, tensors[0]
+  assert tensors[0]['mean_abs_steps'] > 1

@@ -1,6 +1,8 @@
 """models/quantization_aware.py: the paths, their simulation of the int8
 file, and the training that makes the int8 file agree with the SavedModel."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -66,17 +68,23 @@ def _images(count, seed=0):
   return pixels.astype(np.float32) / 255.0
 
 
-def test_fake_quant_ops_sit_where_the_converter_keeps_int8_tensors():
-  paths = qa.Paths(_model())
+@pytest.mark.parametrize('float_layers', [qa.FLOAT_LAYERS, ()])
+def test_fake_quant_ops_sit_where_the_converter_keeps_int8_tensors(
+    float_layers):
+  paths = qa.Paths(_model(), float_layers)
   # conv + BN + ReLU6 is one op (its output after the ReLU); the linear
   # projection's is after its BN; padding keeps its input's range; the head
-  # stays float.
-  assert [f.name for f in paths.fake_quants] == [
-      'backbone_preprocess_mul_fake_quant', 'backbone_preprocess_fake_quant',
+  # stays float.  The input scaling: float, its output quantized once (the
+  # default, FLOAT_LAYERS), or the converter's MUL and ADD, each an int8
+  # tensor.
+  scaling = (['backbone_preprocess_fake_quant'] if float_layers else
+             ['backbone_preprocess_mul_fake_quant',
+              'backbone_preprocess_fake_quant'])
+  assert [f.name for f in paths.fake_quants] == scaling + [
       'c1_relu_fake_quant',
       'dw_relu_fake_quant', 'project_bn_fake_quant', 'add_fake_quant',
       'gap_fake_quant']
-  assert len(paths.taps.outputs) == 7
+  assert len(paths.taps.outputs) == len(scaling) + 5
 
 
 def test_kernel_rounding_is_the_int8_grid_with_a_straight_through_gradient():
@@ -111,8 +119,9 @@ def test_the_paths_share_the_models_variables():
                              model(images, training=False).numpy(), atol=1e-5)
 
 
-def test_calibration_ranges_hold_each_tensor_and_zero():
-  paths = qa.Paths(_model())
+@pytest.mark.parametrize('float_layers', [qa.FLOAT_LAYERS, ()])
+def test_calibration_ranges_hold_each_tensor_and_zero(float_layers):
+  paths = qa.Paths(_model(), float_layers)
   images = _images(12)
   ranges = paths.calibrate(images, batch_size=5)
   values = paths.taps(images)
@@ -124,10 +133,81 @@ def test_calibration_ranges_hold_each_tensor_and_zero():
     assert low <= min(tensor.min(), 0.0) and high >= max(tensor.max(), 0.0)
     assert low == pytest.approx(min(tensor.min(), 0.0), abs=1e-5)
     assert float(fake.minimum.numpy()) == pytest.approx(low)
-  # The input scaling (pixels 0 and 255 present): x * 2 over [0, 2] and
-  # the sum's [-1, 1] together (the converter's MUL output), then [-1, 1].
-  assert ranges[0] == pytest.approx((-1.0, 2.0), abs=1e-5)
-  assert ranges[1] == pytest.approx((-1.0, 1.0), abs=1e-5)
+  if float_layers:
+    # The float input scaling's output (pixels 0 and 255 present): [-1, 1].
+    assert ranges[0] == pytest.approx((-1.0, 1.0), abs=1e-5)
+  else:
+    # x * 2 over [0, 2] and the sum's [-1, 1] together (the converter's MUL
+    # output), then [-1, 1].
+    assert ranges[0] == pytest.approx((-1.0, 2.0), abs=1e-5)
+    assert ranges[1] == pytest.approx((-1.0, 1.0), abs=1e-5)
+
+
+def _two_block_model(seed=0):
+  """MobileNetV2's block_1 -> block_2 pattern: a linear projection that
+  feeds both the next block's expansion and its residual Add, and one that
+  feeds only the Add."""
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((SIZE, SIZE, 3), name='image')
+  x = keras.layers.Rescaling(2.0, offset=-1.0, name='backbone_preprocess')(
+      inputs)
+  x = keras.layers.Conv2D(8, 3, padding='same', use_bias=False, name='c1')(x)
+  x = keras.layers.BatchNormalization(name='c1_bn')(x)
+  x = keras.layers.ReLU(6.0, name='c1_relu')(x)
+  p1 = keras.layers.Conv2D(4, 1, use_bias=False, name='p1')(x)
+  p1 = keras.layers.BatchNormalization(name='p1_bn')(p1)
+  y = keras.layers.Conv2D(12, 1, use_bias=False, name='expand')(p1)
+  y = keras.layers.BatchNormalization(name='expand_bn')(y)
+  y = keras.layers.ReLU(6.0, name='expand_relu')(y)
+  p2 = keras.layers.Conv2D(4, 1, use_bias=False, name='p2')(y)
+  p2 = keras.layers.BatchNormalization(name='p2_bn')(p2)
+  x = keras.layers.Add(name='add')([p1, p2])
+  x = keras.layers.GlobalAveragePooling2D(name='gap')(x)
+  outputs = keras.layers.Dense(4, activation='softmax', dtype='float32',
+                               name='probabilities')(x)
+  model = keras.Model(inputs, outputs, name='two_blocks')
+  rng = np.random.default_rng(seed)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      n = layer.gamma.shape[0]
+      layer.moving_variance.assign(rng.uniform(0.2, 2, n).astype(np.float32))
+      layer.gamma.assign(rng.uniform(0.5, 2, n).astype(np.float32))
+      # p2 wider than p1, so that sharing the Add's range shows.
+      scale = 4.0 if layer.name == 'p2_bn' else 1.0
+      layer.gamma.assign(layer.gamma * scale)
+  return model
+
+
+def test_the_ranges_are_the_int8_files_scales(tmp_path):
+  """Each simulated int8 tensor has the scale the converter gave it: the
+  projection that also feeds a convolution over its own range, the one
+  that feeds only the Add over the Add's range and its own together."""
+  model = _two_block_model()
+  qa.round_kernels(model)  # the converter calibrates the model as exported
+  calibration = _images(16, seed=1)
+  export.export_serving_model(model, str(tmp_path / 'serving'), SIZE)
+  int8 = tflite.convert_int8(str(tmp_path / 'serving'), list(calibration),
+                             bias_correction=False)
+  paths = qa.Paths(model)
+  ranges = dict(zip([f.name for f in paths.fake_quants],
+                    paths.calibrate(calibration)))
+  names = [f.name for f in paths.fake_quants]
+  assert names.index('p1_bn_fake_quant') not in paths.shared_ranges
+  assert names.index('p2_bn_fake_quant') in paths.shared_ranges
+  interpreter = tf.lite.Interpreter(model_content=int8)
+  scales = {}  # an op's output is named by its last layer's scope first
+  for op in interpreter._get_ops_details():  # pylint: disable=protected-access
+    for index in op['outputs']:
+      tensor = interpreter.get_tensor_details()[index]
+      params = tensor['quantization_parameters']['scales']
+      scope = re.match(r'[^/]+/(\w+)_\d+/', tensor['name'])
+      if scope and len(params) == 1:
+        scales[scope.group(1)] = float(params[0])
+  assert set(scales) == {'c1_relu', 'p1_bn', 'expand_relu', 'p2_bn', 'add',
+                         'gap'}, scales
+  for layer, scale in scales.items():
+    low, high = ranges[f'{layer}_fake_quant']
+    assert (high - low) / 255 == pytest.approx(scale, rel=1e-3), layer
 
 
 def test_the_quantized_path_simulates_the_int8_file(tmp_path):
