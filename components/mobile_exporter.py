@@ -4,7 +4,10 @@ Runs after the Evaluator.  When the blessing says blessed, it converts the
 model's raw-image signature (for a model with patient metadata, its
 metadata-vector signature: image plus encoded metadata, on the same
 examples' metadata) to each configured format (float16; int8 with
-uint8 input, calibrated on a seeded sample of the train split), attaches
+uint8 input, calibrated on a seeded sample of the train split); a model with
+metadata also gets an image-only file of each format (``image_only_int8``,
+...: its image-only signature, every metadata value missing, judged against
+that signature), for apps whose image classifier takes one image.  It attaches
 TFLite metadata, and runs every .tflite and the SavedModel on the test split:
 a file passes when it agrees with the SavedModel's top-1 on enough images and
 loses little enough balanced accuracy.  The files (passed or not) and
@@ -45,6 +48,9 @@ from mobile_export import tflite
 REPORT_FILE = 'mobile_export.json'
 DESCRIPTION = ('Skin-lesion classifier for dermoscopic images: decision '
                'support for trained clinicians, not a diagnosis.')
+IMAGE_ONLY_DESCRIPTION = (
+    ' Image only: the patient-metadata model with every metadata value '
+    '(age, sex, body site) taken as missing.')
 
 
 class MobileModels(types.Artifact):
@@ -146,6 +152,7 @@ class Executor(base_executor.BaseExecutor):
     calibration: List[np.ndarray] = []
     calibration_metadata = None
     reference_metrics = None
+    reference_image_only_metrics = None
     try:
       with_metadata = tflite.takes_metadata(saved_model_dir)
     except tflite.MetadataInputsNotSupported as e:
@@ -170,6 +177,11 @@ class Executor(base_executor.BaseExecutor):
                  else None)
       reference = parity.saved_model_predict(saved_model_dir, pixels,
                                              metadata=raw_metadata)
+      # The image-only files' reference: the same SavedModel with every
+      # metadata value missing.
+      reference_image_only = (
+          parity.saved_model_predict(saved_model_dir, pixels, image_only=True)
+          if with_metadata else None)
       if tflite.INT8 in formats:
         split = exec_properties['representative_split']
         count = exec_properties['representative_examples']
@@ -181,15 +193,22 @@ class Executor(base_executor.BaseExecutor):
               _split_files(examples, split), count, seed)
 
       entries = {}
-      for fmt in formats:
+      for fmt in formats + ([tflite.image_only(f) for f in formats]
+                            if with_metadata else []):
+        variant = tflite.base_format(fmt)[1]
         entries[fmt] = self._export_one(
-            fmt, saved_model_dir, (calibration, calibration_metadata),
+            fmt, saved_model_dir,
+            (calibration, None if variant else calibration_metadata),
             output.uri, labels,
             json.loads(exec_properties['label_descriptions']), model_version,
-            exec_properties, (pixels, vectors), truth, lesions, reference,
+            exec_properties, (pixels, None if variant else vectors), truth,
+            lesions, reference_image_only if variant else reference,
             thresholds)
       reference_metrics = dataclasses.asdict(parity.classification_metrics(
           reference, truth, labels))
+      if with_metadata:
+        reference_image_only_metrics = dataclasses.asdict(
+            parity.classification_metrics(reference_image_only, truth, labels))
 
     report = {
         'model_name': exec_properties['model_name'],
@@ -208,13 +227,17 @@ class Executor(base_executor.BaseExecutor):
         'reference': reference_metrics,
         'formats': entries,
     }
+    if reference_image_only_metrics is not None:
+      # The SavedModel through its image-only signature: what the
+      # image_only_* files are compared with.
+      report['reference_image_only'] = reference_image_only_metrics
     release.write_json(os.path.join(output.uri, REPORT_FILE), report)
-    passed = [f for f in formats if entries[f]['passed']]
+    passed = [f for f in entries if entries[f]['passed']]
     output.set_int_custom_property('exported', 1)
     output.set_string_custom_property('model_version', model_version)
     output.set_string_custom_property('passed_formats', json.dumps(passed))
     output.set_string_custom_property(
-        'failed_formats', json.dumps([f for f in formats if f not in passed]))
+        'failed_formats', json.dumps([f for f in entries if f not in passed]))
     output.set_string_custom_property(
         'verdicts', json.dumps({f: _verdict(e) for f, e in entries.items()}))
 
@@ -227,11 +250,14 @@ class Executor(base_executor.BaseExecutor):
     ``calibration``: (images, their metadata vectors or None);
     ``parity_inputs``: (uint8 pixels, their metadata vectors or None).
     """
+    variant = tflite.base_format(fmt)[1]
     try:
       buffer = tflite.convert(saved_model_dir, fmt, *calibration)
       buffer = tflite.add_metadata(
           buffer, labels, name=exec_properties['model_name'],
-          description=DESCRIPTION, version=model_version,
+          description=DESCRIPTION + (IMAGE_ONLY_DESCRIPTION if variant
+                                     else ''),
+          version=model_version,
           author=exec_properties['author'],
           licenses=exec_properties['licenses'],
           label_descriptions=label_descriptions)

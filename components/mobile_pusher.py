@@ -94,6 +94,10 @@ def _manifest_sections(report: Dict[str, Any], pushed: List[str]):
   inputs = {'saved_model': saved_model_inputs(report['image_size'])}
   metrics = {'split': report['parity_split'],
              'saved_model': report['reference']}
+  if report.get('reference_image_only'):
+    # A model with metadata: the SavedModel with every metadata value
+    # missing, what its image_only_* files are judged against.
+    metrics['saved_model_image_only'] = report['reference_image_only']
   verdicts = {}
   for fmt, entry in formats.items():
     result = entry.get('parity') or {}

@@ -173,8 +173,8 @@ def compare(fmt: str, reference: np.ndarray, candidate: np.ndarray,
 
 def saved_model_predict(saved_model_dir: str, pixels: np.ndarray,
                         batch_size: int = 64,
-                        metadata: Optional[Dict[str, np.ndarray]] = None
-                        ) -> np.ndarray:
+                        metadata: Optional[Dict[str, np.ndarray]] = None,
+                        image_only: bool = False) -> np.ndarray:
   """The SavedModel's raw-image signature on uint8 images [N, S, S, 3]:
   the single-view one the .tflite files are converted from
   (``features.single_view_image_signature``).
@@ -182,10 +182,16 @@ def saved_model_predict(saved_model_dir: str, pixels: np.ndarray,
   ``metadata``: for a model with metadata, the images' raw metadata
   (mobile_export/data.load_metadata: age [N], sex [N], localization [N]),
   fed as they are: the reference encodes them inside the model, the .tflite
-  gets metadata_vector's encoding of the same rows.
+  gets metadata_vector's encoding of the same rows.  ``image_only``: a
+  model with metadata through its image-only signature
+  (``features.IMAGE_ONLY_SIGNATURE``, every metadata value missing; no
+  ``metadata``), the reference of its image-only .tflite files.
   """
+  if image_only and metadata is not None:
+    raise ValueError('the image-only signature takes no metadata')
   loaded = tf.saved_model.load(saved_model_dir)
   signature = loaded.signatures[
+      features.IMAGE_ONLY_SIGNATURE if image_only else
       features.single_view_image_signature(loaded.signatures)]
   outputs = []
   for start in range(0, len(pixels), batch_size):

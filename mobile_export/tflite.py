@@ -61,6 +61,11 @@ from models import quantization_aware
 FLOAT16 = 'float16'
 INT8 = 'int8'
 FORMATS = (FLOAT16, INT8)
+# A model with metadata gets, beside its two-input file of each format, an
+# image-only file of that format (``image_only_int8``, ...): the same network
+# with every metadata value missing (features.IMAGE_ONLY_SIGNATURE), one
+# image input, for the Task Library / MediaPipe image classifiers.
+IMAGE_ONLY_PREFIX = 'image_only_'
 LABELS_FILE = 'labels.txt'
 
 # The int8 model's input must be quantized exactly as raw pixels (scale
@@ -71,9 +76,26 @@ _PIXEL_SCALE_TOLERANCE = 1e-3  # relative
 
 
 def file_name(fmt: str) -> str:
-  """The file name of a format: ``model_float16.tflite``, ``model_int8.tflite``."""
-  _check_format(fmt)
+  """The file name of a format: ``model_float16.tflite``, ``model_int8.tflite``
+  (``model_image_only_int8.tflite`` for its image-only variant)."""
+  base_format(fmt)
   return f'model_{fmt}.tflite'
+
+
+def image_only(fmt: str) -> str:
+  """A format's image-only variant: 'int8' -> 'image_only_int8'."""
+  _check_format(fmt)
+  return IMAGE_ONLY_PREFIX + fmt
+
+
+def base_format(fmt: str) -> Tuple[str, bool]:
+  """(the format, whether it is the image-only variant): 'image_only_int8'
+  -> ('int8', True), 'int8' -> ('int8', False); an unknown one raises
+  ValueError."""
+  variant = fmt.startswith(IMAGE_ONLY_PREFIX)
+  base = fmt[len(IMAGE_ONLY_PREFIX):] if variant else fmt
+  _check_format(base)
+  return base, variant
 
 
 def _check_format(fmt: str) -> None:
@@ -104,7 +126,7 @@ def signature_inputs(saved_model_dir: str) -> Dict[str, set]:
           for name, signature in meta_graph.signature_def.items()}
 
 
-def signature_key(saved_model_dir: str) -> str:
+def signature_key(saved_model_dir: str, image_only: bool = False) -> str:
   """The signature the .tflite files are converted from.
 
   For an image-only model the single-view image signature
@@ -114,24 +136,32 @@ def signature_key(saved_model_dir: str) -> str:
   compares the .tflite with that same signature).  For a model whose
   ``serving_images`` also takes metadata (``mixed_input``),
   ``serving_images_metadata_vector`` (images and the encoded metadata; the
-  plain model on one view as well).
+  plain model on one view as well).  ``image_only``: the image-only files
+  of a model with metadata, ``serving_images_without_metadata``.
 
   Raises:
     MetadataInputsNotSupported: a model with metadata whose SavedModel lacks
-      the metadata-vector signature (re-export it with this code).
+      the metadata-vector (or, with ``image_only``, the image-only)
+      signature (re-export it with this code).
+    ValueError: ``image_only`` for a model without metadata (its files are
+      image-only already).
   """
   signatures = signature_inputs(saved_model_dir)
   inputs = signatures[features.IMAGE_SIGNATURE]
   if inputs == {'images'}:
+    if image_only:
+      raise ValueError(f'{saved_model_dir} takes no metadata: its .tflite '
+                       'files are image-only already')
     return features.single_view_image_signature(signatures)
-  if features.METADATA_VECTOR_SIGNATURE in signatures:
-    return features.METADATA_VECTOR_SIGNATURE
+  wanted = (features.IMAGE_ONLY_SIGNATURE if image_only
+            else features.METADATA_VECTOR_SIGNATURE)
+  if wanted in signatures:
+    return wanted
   extra = sorted(set(inputs) - {'images'})
   raise MetadataInputsNotSupported(
       f'{saved_model_dir} takes metadata inputs {extra} but has no '
-      f'{features.METADATA_VECTOR_SIGNATURE} '
-      'signature (TFLite cannot take the string metadata): re-export the '
-      'model with models/export.py, see docs/android.md')
+      f'{wanted} signature (TFLite cannot take the string metadata): '
+      're-export the model with models/export.py, see docs/android.md')
 
 
 def takes_metadata(saved_model_dir: str) -> bool:
@@ -144,15 +174,17 @@ def converter(saved_model_dir: str, key: Optional[str] = None
   """A converter of the signature ``key`` (default: ``signature_key``);
   without optimizations it converts to a float32 .tflite.
 
-  The metadata-vector signature is converted as a concrete function held by
-  a module of its own: converted from the SavedModel, the .tflite would
-  carry the SavedModel's initializer, a subgraph filling the string lookup
-  tables of ``serving_images`` (HASHTABLE ops) that this signature never
-  reads.  Its inputs are then ``images`` (0) and ``metadata`` (1), with no
-  signature def.
+  The metadata-vector and image-only signatures of a model with metadata
+  are converted as a concrete function held by a module of its own:
+  converted from the SavedModel, the .tflite would carry the SavedModel's
+  initializer, a subgraph filling the string lookup tables of
+  ``serving_images`` (HASHTABLE ops) that these signatures never read.
+  Their inputs are then ``images`` (0) and ``metadata`` (1; none for the
+  image-only one), with no signature def.
   """
   key = key or signature_key(saved_model_dir)
-  if key != features.METADATA_VECTOR_SIGNATURE:
+  if key not in (features.METADATA_VECTOR_SIGNATURE,
+                 features.IMAGE_ONLY_SIGNATURE):
     return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
                                                     signature_keys=[key])
   loaded = tf.saved_model.load(saved_model_dir)
@@ -179,9 +211,10 @@ def _float_input(calibrated: bytes, position: int) -> bytes:
   return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def convert_float16(saved_model_dir: str) -> bytes:
-  """float16 weights, float32 input in [0, 1] and float32 probabilities."""
-  float16 = converter(saved_model_dir)
+def convert_float16(saved_model_dir: str, key: Optional[str] = None) -> bytes:
+  """float16 weights, float32 input in [0, 1] and float32 probabilities
+  (``key``: the signature, default ``signature_key``)."""
+  float16 = converter(saved_model_dir, key)
   float16.optimizations = [tf.lite.Optimize.DEFAULT]
   float16.target_spec.supported_types = [tf.float16]
   return float16.convert()
@@ -229,13 +262,14 @@ def layer_nodes(calibrated: bytes, layers: Sequence[str]) -> List[str]:
 
 def calibrate(saved_model_dir: str,
               representative_images: Iterable[np.ndarray],
-              representative_metadata: Optional[Iterable[np.ndarray]] = None
-              ) -> bytes:
+              representative_metadata: Optional[Iterable[np.ndarray]] = None,
+              key: Optional[str] = None) -> bytes:
   """The float model with activation ranges from the images (not quantized).
 
   ``representative_metadata``: for a model with metadata, each image's
   encoded metadata (float32 [metadata_vector.SIZE]), in image order; None
-  for an image-only model.
+  for an image-only model (and the image-only signature).  ``key``: the
+  signature (default ``signature_key``).
 
   Raises:
     ValueError: without representative images, or when the metadata vectors
@@ -245,7 +279,7 @@ def calibrate(saved_model_dir: str,
   if not images:
     raise ValueError('int8 conversion needs at least one representative image')
   images = _with_full_pixel_range(images)
-  key = signature_key(saved_model_dir)
+  key = key or signature_key(saved_model_dir)
   vectors = (None if representative_metadata is None else
              [np.asarray(v, np.float32) for v in representative_metadata])
   if (key == features.METADATA_VECTOR_SIGNATURE) != (vectors is not None):
@@ -316,13 +350,15 @@ def as_pixels(images: Sequence[np.ndarray]) -> np.ndarray:
 def reference_probabilities(saved_model_dir: str,
                             images: Sequence[np.ndarray],
                             metadata: Optional[Sequence[np.ndarray]] = None,
-                            batch_size: int = 64) -> np.ndarray:
+                            batch_size: int = 64,
+                            key: Optional[str] = None) -> np.ndarray:
   """The SavedModel's probabilities through the signature the .tflite files
-  are converted from (``signature_key``): float32 images [S, S, 3] in [0, 1]
-  and, for a model with metadata, their encoded metadata vectors."""
+  are converted from (``key``, default ``signature_key``): float32 images
+  [S, S, 3] in [0, 1] and, for the metadata-vector signature, their encoded
+  metadata vectors."""
   return signature_probabilities(tf.saved_model.load(saved_model_dir),
-                                 signature_key(saved_model_dir), images,
-                                 metadata, batch_size)
+                                 key or signature_key(saved_model_dir),
+                                 images, metadata, batch_size)
 
 
 def signature_probabilities(loaded, key: str, images: Sequence[np.ndarray],
@@ -440,7 +476,8 @@ def convert_int8(saved_model_dir: str,
                  float_ops: Sequence[str] = DEFAULT_FLOAT_OPS,
                  representative_metadata: Optional[Iterable[np.ndarray]] = None,
                  bias_correction: Optional[bool] = None,
-                 float_layers: Sequence[str] = DEFAULT_FLOAT_LAYERS) -> bytes:
+                 float_layers: Sequence[str] = DEFAULT_FLOAT_LAYERS,
+                 key: Optional[str] = None) -> bytes:
   """Integer conversion with uint8 input and float32 output.
 
   Args:
@@ -456,6 +493,7 @@ def convert_int8(saved_model_dir: str,
       DEFAULT_FLOAT_OPS).
     float_layers: Keras layers (by name) whose ops stay float
       (DEFAULT_FLOAT_LAYERS; absent layers are ignored).
+    key: the signature converted (default ``signature_key``).
 
   Returns:
     The .tflite flatbuffer (no metadata yet).
@@ -468,7 +506,7 @@ def convert_int8(saved_model_dir: str,
   images = list(representative_images)
   metadata = (None if representative_metadata is None else
               [np.asarray(v, np.float32) for v in representative_metadata])
-  calibrated = calibrate(saved_model_dir, images, metadata)
+  calibrated = calibrate(saved_model_dir, images, metadata, key)
   buffer = quantize_calibrated(calibrated, float_ops,
                                float_nodes=layer_nodes(calibrated,
                                                        float_layers))
@@ -476,7 +514,8 @@ def convert_int8(saved_model_dir: str,
     bias_correction = set(DEFAULT_FLOAT_OPS) <= set(float_ops)
   if not bias_correction:
     return buffer
-  reference = reference_probabilities(saved_model_dir, images, metadata)
+  reference = reference_probabilities(saved_model_dir, images, metadata,
+                                      key=key)
   pixels = as_pixels(images)
   buffer, shift = correct_head_bias(
       buffer, reference, pixels,
@@ -490,13 +529,20 @@ def convert(saved_model_dir: str, fmt: str,
             representative_images: Optional[Iterable[np.ndarray]] = None,
             representative_metadata: Optional[Iterable[np.ndarray]] = None
             ) -> bytes:
-  """Converts to one of FORMATS (int8 needs representative images, and for
-  a model with metadata their encoded metadata)."""
-  _check_format(fmt)
-  if fmt == FLOAT16:
-    return convert_float16(saved_model_dir)
+  """Converts to one of FORMATS or its image-only variant (``image_only``;
+  a model with metadata only).  int8 needs representative images, and for
+  the two-input file of a model with metadata their encoded metadata (the
+  image-only variant takes none)."""
+  base, variant = base_format(fmt)
+  key = signature_key(saved_model_dir, image_only=variant)
+  if variant and representative_metadata is not None:
+    raise ValueError(f'{fmt} takes no metadata: it is converted with every '
+                     'metadata value missing')
+  if base == FLOAT16:
+    return convert_float16(saved_model_dir, key)
   return convert_int8(saved_model_dir, representative_images or [],
-                      representative_metadata=representative_metadata)
+                      representative_metadata=representative_metadata,
+                      key=key)
 
 
 class _InputImageMd(metadata_info.InputImageTensorMd):

@@ -14,6 +14,11 @@ Signatures (see ../shared/STACK.md for why it must be ExportArchive):
     (models/metadata_vector.py) -> probabilities.  The same layers as
     ``serving_images`` after its string encoding
     (registry.metadata_vector_model); the TFLite converter reads it.
+  * ``serving_images_without_metadata`` (``mixed_input`` only): images alone
+    -> probabilities, every metadata value missing (the vector
+    metadata_vector.MISSING fed to the same layers): the source of the
+    image-only .tflite files, which the Task Library / MediaPipe image
+    classifiers load; single-view too.
 All return ``{'probabilities': float32 [N, num_classes]}`` (temperature
 scaled when the Trainer applied a fit: it is folded into the softmax layer,
 ``models/calibration.py``).
@@ -113,6 +118,14 @@ def export_serving_model(model: keras.Model, export_dir: str,
         input_signature=[image_input, tf.TensorSpec(
             [None, metadata_vector.SIZE], tf.float32,
             name=features.METADATA_VECTOR_KEY)])
+
+    def serve_without_metadata(images):
+      missing = tf.tile(tf.constant(metadata_vector.MISSING[None]),
+                        [tf.shape(images)[0], 1])
+      return serve_metadata_vector(images, missing)
+    archive.add_endpoint(
+        name=features.IMAGE_ONLY_SIGNATURE, fn=serve_without_metadata,
+        input_signature=[image_input])
   else:
     archive.add_endpoint(
         name=features.IMAGE_SIGNATURE, fn=lambda images: predict(images),

@@ -34,6 +34,11 @@ SINGLE_VIEW_IMAGE_SIGNATURE = 'serving_images_single_view'
 # (models/metadata_vector.py) -> probabilities; the .tflite files' source.
 METADATA_VECTOR_SIGNATURE = 'serving_images_metadata_vector'
 METADATA_VECTOR_KEY = 'metadata'        # float32 [N, metadata_vector.SIZE]
+# Models with metadata only: images alone -> probabilities with every
+# metadata value missing (metadata_vector.MISSING): the source of the
+# image-only .tflite files pushed beside the metadata ones, which the Task
+# Library / MediaPipe image classifiers load (one image input).
+IMAGE_ONLY_SIGNATURE = 'serving_images_without_metadata'
 PREDICTION_KEY = 'probabilities'
 
 UNKNOWN = 'unknown'

@@ -109,6 +109,13 @@ def encode(age: Optional[float], sex: Text, localization: Text) -> np.ndarray:
   return encode_batch([age], [sex], [localization])[0]
 
 
+# The vector of an image whose metadata are all missing (no age, sex and
+# site unknown): what the image-only signature and .tflite files feed the
+# model (models/export.py), and what ``metadata_dropout`` trains it on.
+MISSING = encode(None, None, None)
+MISSING.setflags(write=False)
+
+
 def describe() -> str:
   """The layout slot by slot ('0: ...; 1: ...'), for metadata and docs."""
   return '; '.join(f'{i}: {name} ({meaning})'

@@ -182,6 +182,7 @@ def format_mobile_verdicts(verdicts: Optional[Dict[str, Dict]],
   if verdicts is None:
     return [f'Mobile export: {note or "did not run in this run"}.']
   lines = ['Mobile export (parity with the SavedModel on the test split):']
+  width = max([9] + [len(fmt) + 1 for fmt in verdicts])
   for fmt, v in verdicts.items():
     if v.get('top1_agreement_interval'):
       numbers = (f'top-1 agreement '
@@ -196,7 +197,7 @@ def format_mobile_verdicts(verdicts: Optional[Dict[str, Dict]],
     else:
       numbers = 'not converted'
     status = 'PASSED' if v['passed'] else 'FAILED, not pushed'
-    lines.append(f'  {fmt:<9}{status}: {numbers}')
+    lines.append(f'  {fmt:<{width}}{status}: {numbers}')
     for reason in v.get('reasons') or []:
       lines.append(f'           why: {reason}')
   return lines

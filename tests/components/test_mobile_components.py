@@ -427,12 +427,22 @@ def test_a_model_with_metadata_inputs_is_converted_gated_and_pushed(
     vector_input = entry['input'][features.METADATA_VECTOR_KEY]
     assert vector_input['shape'] == [1, metadata_vector.SIZE]
     assert vector_input['dtype'] == 'float32'
-  # The float16 file computes what the SavedModel does: it must pass.
-  assert report['formats']['float16']['passed']
-  assert report['formats']['float16']['parity'][
-      'max_probability_difference'] < 1e-3
+  # Beside them, an image-only file of each format (one uint8 / float32
+  # image input), judged against the SavedModel with metadata missing.
+  for fmt in configs.TFLITE_FORMATS:
+    entry = report['formats'][tflite.image_only(fmt)]
+    assert entry['file'] == f'model_image_only_{fmt}.tflite', entry['reasons']
+    assert features.METADATA_VECTOR_KEY not in entry['input']
+    assert entry['parity']['examples'] == report['reference']['examples']
+  assert report['reference_image_only']['examples'] == report['reference'][
+      'examples']
+  # The float16 files compute what the SavedModel does: they must pass.
+  for fmt in ('float16', 'image_only_float16'):
+    assert report['formats'][fmt]['passed']
+    assert report['formats'][fmt]['parity'][
+        'max_probability_difference'] < 1e-3
   passed = json.loads(mobile.get_string_custom_property('passed_formats'))
-  assert 'float16' in passed
+  assert {'float16', 'image_only_float16'} <= set(passed)
   base = str(tmp_path / 'serving')
   pushed = _push(model, blessing, mobile, str(tmp_path / 'pushed'), base)
   assert pushed.get_int_custom_property('pushed') == 1
@@ -441,3 +451,8 @@ def test_a_model_with_metadata_inputs_is_converted_gated_and_pushed(
   assert 'saved_model.pb' in files
   assert sorted(f for f in files if f.endswith('.tflite')) == sorted(
       tflite.file_name(fmt) for fmt in passed)
+  with open(os.path.join(base, version, 'manifest.json')) as f:
+    manifest = json.load(f)
+  assert manifest['metrics']['saved_model_image_only'] == report[
+      'reference_image_only']
+  assert manifest['parity']['formats']['image_only_float16']['pushed']

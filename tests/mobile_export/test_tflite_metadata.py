@@ -196,3 +196,112 @@ def test_skinlesion_predict_feeds_a_metadata_tflite_the_encoded_vector(
   np.testing.assert_array_equal(predictor(pixels, given),
                                 tflite.predict(int8_model, pixels, vectors))
   assert np.abs(predictor(pixels, given) - reference).max() < 0.1
+
+
+# The image-only files beside the metadata ones (issue 16): one uint8 image
+# input, the same network with every metadata value missing.
+
+@pytest.fixture(scope='module')
+def image_only_int8(saved_model, tiny_tfrecords):
+  train = [tiny_tfrecords[0]]
+  buffer = tflite.convert(saved_model, tflite.image_only(tflite.INT8),
+                          data.representative_images(train, SIZE, 30, seed=1))
+  return tflite.add_metadata(buffer, configs.LABELS, name='mixed',
+                             description='d', version='v1', author='a',
+                             licenses='l')
+
+
+@pytest.fixture(scope='module')
+def missing_reference(saved_model, rows):
+  return parity.saved_model_predict(saved_model, rows[0], image_only=True)
+
+
+def test_image_only_signature_is_the_model_with_metadata_missing(
+    saved_model, rows, missing_reference):
+  pixels = rows[0]
+  missing = parity.saved_model_predict(saved_model, pixels, metadata={
+      features.AGE_KEY: np.full(len(pixels), np.nan, np.float32),
+      features.SEX_KEY: np.asarray([features.UNKNOWN] * len(pixels), object),
+      features.LOCALIZATION_KEY: np.asarray([features.UNKNOWN] * len(pixels),
+                                            object)})
+  np.testing.assert_allclose(missing_reference, missing, atol=1e-6)
+  np.testing.assert_array_equal(
+      metadata_vector.MISSING,
+      data.encode_metadata({features.AGE_KEY: np.array([np.nan], np.float32),
+                            features.SEX_KEY: np.array([''], object),
+                            features.LOCALIZATION_KEY: np.array(['x'],
+                                                                object)})[0])
+  with pytest.raises(ValueError, match='no metadata'):
+    parity.saved_model_predict(saved_model, pixels, image_only=True,
+                               metadata=rows[1])
+
+
+def test_image_only_float16_has_one_image_input_and_matches(
+    saved_model, rows, missing_reference):
+  buffer = tflite.convert(saved_model, tflite.image_only(tflite.FLOAT16))
+  image, vector = tflite.input_tensors(buffer)
+  assert vector is None
+  assert (list(image['shape']), image['dtype']) == ([1, SIZE, SIZE, 3],
+                                                    np.float32)
+  np.testing.assert_allclose(tflite.predict(buffer, rows[0]),
+                             missing_reference, atol=2e-2)
+  subgraphs, ops = _op_names(buffer)
+  assert subgraphs == 1
+  assert tflite.schema_fb.BuiltinOperator.HASHTABLE not in ops
+
+
+def test_image_only_int8_takes_raw_pixels_alone_and_matches(
+    image_only_int8, rows, missing_reference):
+  image, vector = tflite.input_tensors(image_only_int8)
+  assert vector is None and image['dtype'] == np.uint8
+  scale, zero_point = image['quantization']
+  assert scale == pytest.approx(1 / 255, rel=1e-3) and zero_point == 0
+  probabilities = tflite.predict(image_only_int8, rows[0])
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+  assert np.abs(probabilities - missing_reference).max() < 0.1
+  meta = tflite.read_metadata(image_only_int8)
+  inputs = meta['subgraph_metadata'][0]['input_tensor_metadata']
+  assert [t['name'] for t in inputs] == ['image']
+  assert features.METADATA_VECTOR_KEY not in tflite.input_spec(
+      image_only_int8)
+
+
+def test_image_only_formats_are_for_models_with_metadata(saved_model, rows,
+                                                         tmp_path):
+  assert tflite.file_name(tflite.image_only(tflite.INT8)) == (
+      'model_image_only_int8.tflite')
+  assert tflite.base_format('image_only_float16') == (tflite.FLOAT16, True)
+  with pytest.raises(ValueError, match='unknown TFLite format'):
+    tflite.file_name('image_only_int4')
+  with pytest.raises(ValueError, match='takes no metadata'):
+    tflite.convert(saved_model, tflite.image_only(tflite.INT8),
+                   list(rows[0] / 255.0), list(rows[2]))
+  from models import export  # pylint: disable=g-import-not-at-top
+  from models import registry  # pylint: disable=g-import-not-at-top
+  plain = str(tmp_path / 'plain')
+  export.export_serving_model(
+      registry.build('cnn_baseline', num_classes=len(configs.LABELS),
+                     image_size=SIZE, width=0.25), plain, SIZE)
+  with pytest.raises(ValueError, match='image-only already'):
+    tflite.convert(plain, tflite.image_only(tflite.FLOAT16))
+
+
+def test_task_library_loads_the_image_only_int8_file_with_no_code(
+    image_only_int8, task_library_python, tiny_archive, tmp_path):
+  import glob  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from models import preprocessing  # pylint: disable=g-import-not-at-top
+  from tests.conftest import classify_with_task_library  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'model_image_only_int8.tflite'
+  path.write_bytes(image_only_int8)
+  jpegs = sorted(glob.glob(os.path.join(tiny_archive, '**', '*.jpg'),
+                           recursive=True))[:12]
+  answer = classify_with_task_library(task_library_python, str(path), jpegs)
+  assert answer['labels'] == list(configs.LABELS)
+  library = np.array([r['scores'] for r in answer['results']])
+  pixels = np.stack([preprocessing.decode_and_resize(
+      tf.io.read_file(jpeg), SIZE).numpy() for jpeg in jpegs])
+  ours = tflite.predict(image_only_int8, pixels)
+  # Its own JPEG decoder and resize: about one grey level from ours
+  # (tests/mobile_export/test_task_library.py).
+  assert np.abs(library - ours).max() <= 0.03
