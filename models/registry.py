@@ -96,6 +96,36 @@ class AgeFeatures(keras.layers.Layer):
     return {**super().get_config(), 'scale': self.scale}
 
 
+@keras.saving.register_keras_serializable('skinlesion')
+class MetadataDropout(keras.layers.Layer):
+  """In training, each example's encoded metadata vector is replaced by
+  metadata_vector.MISSING (every value missing) with probability ``rate``;
+  at inference the identity.  So ``mixed_input`` also learns to classify
+  an image alone, as its image-only signature and .tflite files ask
+  (models/export.py)."""
+
+  def __init__(self, rate: float, seed: Optional[int] = None, **kwargs):
+    super().__init__(**kwargs)
+    self.rate = float(rate)
+    self.seed = seed
+    self._seed_generator = keras.random.SeedGenerator(seed)
+
+  def call(self, vector, training=None):
+    if not training or self.rate <= 0:
+      return vector
+    hide = keras.random.uniform((ops.shape(vector)[0], 1),
+                                seed=self._seed_generator) < self.rate
+    missing = ops.cast(ops.convert_to_tensor(metadata_vector.MISSING),
+                       vector.dtype)
+    return ops.where(hide, missing[None], vector)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    return {**super().get_config(), 'rate': self.rate, 'seed': self.seed}
+
+
 @dataclasses.dataclass(frozen=True)
 class Backbone:
   constructor: Callable[..., keras.Model]
@@ -295,8 +325,12 @@ def build_mixed_input(num_classes: int, image_size: int,
                       augment: dict = None, width: float = 1.0,
                       synchronized_batch_norm: bool = False,
                       color_constancy: str = 'none',
+                      metadata_dropout: float = 0.0, seed: Optional[int] = None,
                       **unused) -> keras.Model:
-  """Image backbone + metadata MLP, concatenated, dense head (R2)."""
+  """Image backbone + metadata MLP, concatenated, dense head (R2).
+
+  ``metadata_dropout`` > 0: a MetadataDropout layer after the encoded
+  metadata (training only; none at 0, so such a model is as before)."""
   del unused
   if backbone == 'mixed_input' or (backbone not in BACKBONES
                                    and backbone != 'cnn_baseline'):
@@ -320,6 +354,9 @@ def build_mixed_input(num_classes: int, image_size: int,
       num_oov_indices=1, output_mode='one_hot', name='localization_one_hot')(
           meta[features.LOCALIZATION_KEY])
   m = keras.layers.Concatenate(name=METADATA_VECTOR_LAYER)([age, sex, site])
+  if metadata_dropout > 0:
+    m = MetadataDropout(metadata_dropout, seed=seed,
+                        name='metadata_dropout')(m)
   m = keras.layers.Dense(32, activation='relu', name='metadata_dense1')(m)
   m = keras.layers.Dense(16, activation='relu', name='metadata_dense2')(m)
   x = keras.layers.Concatenate(name='image_and_metadata')([x, m])
@@ -387,6 +424,8 @@ def options_from_config(cfg: dict, synchronized_batch_norm: bool = False
               dropout=cfg.get('dropout', 0.3),
               augment=augmentation.from_config(cfg),
               color_constancy=cfg.get('color_constancy', 'none'),
+              metadata_dropout=cfg.get('metadata_dropout', 0.0),
+              seed=cfg.get('seed'),
               synchronized_batch_norm=synchronized_batch_norm)
 
 

@@ -285,6 +285,13 @@ class Settings:
   # The weight of KL(float path || quantized path) against the teacher's.
   int8_qat_consistency: float = 1.0
   dropout: float = 0.3        # before the classification layer
+  # mixed_input: in training, each image's metadata replaced by "all
+  # missing" (metadata_vector.MISSING) with this probability, so that the
+  # image-only signature and .tflite files (metadata missing) are a model
+  # trained for that case; 0: off.
+  metadata_dropout: float = cli_flag(
+      0.0, 'mixed_input: share of training images whose metadata are '
+      'hidden (all missing), for the image-only .tflite files')
   width: float = 0.5          # filter multiplier of the CNN baseline
   # Imbalance: one of IMBALANCE_METHODS.  class_weights: R5's weights in
   # the loss; balanced_sampling: every class equally often in each batch
@@ -500,6 +507,7 @@ class Settings:
         # The ranges are calibrated on as many train images as the exporter.
         'int8_qat_calibration_examples': self.tflite_representative_examples,
         'dropout': self.dropout,
+        'metadata_dropout': self.metadata_dropout,
         'imbalance': self.imbalance,
         'calibration': self.calibration,
         'prior_correction': self.prior_correction,
@@ -589,6 +597,9 @@ class Settings:
     if self.logit_adjustment_tau < 0:
       raise ValueError(f'logit_adjustment_tau must be >= 0, got '
                        f'{self.logit_adjustment_tau}')
+    if not 0 <= self.metadata_dropout < 1:
+      raise ValueError(f'metadata_dropout must be in [0, 1), got '
+                       f'{self.metadata_dropout}')
     if not 0 <= self.label_smoothing < 1:
       raise ValueError(f'label_smoothing must be in [0, 1), got '
                        f'{self.label_smoothing}')

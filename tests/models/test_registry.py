@@ -324,6 +324,48 @@ def test_mixed_input_uses_metadata_with_a_missing_age_indicator():
                          predict(np.nan, 'female', 'face'))
 
 
+def test_metadata_dropout_hides_a_share_of_the_metadata_in_training_only():
+  layer = registry.MetadataDropout(0.3, seed=7)
+  rng = np.random.default_rng(0)
+  vectors = metadata_vector.encode_batch(
+      rng.uniform(1, 90, 4000), rng.choice(['male', 'female'], 4000),
+      rng.choice(list(metadata_vector.LOCALIZATION_VOCABULARY), 4000))
+  out = np.asarray(layer(vectors, training=True))
+  hidden = np.all(out == metadata_vector.MISSING, axis=1)
+  # Every row is either hidden whole or kept as it was (no row of this
+  # sample encodes to MISSING: every age is given).
+  np.testing.assert_array_equal(out[~hidden], vectors[~hidden])
+  assert abs(hidden.mean() - 0.3) < 0.03, hidden.mean()
+  np.testing.assert_array_equal(layer(vectors, training=False), vectors)
+  assert registry.MetadataDropout.from_config(layer.get_config()).rate == 0.3
+
+
+def test_mixed_input_with_metadata_dropout_answers_as_without_at_inference():
+  def build(rate):
+    keras.utils.set_random_seed(3)
+    return registry.build('mixed_input', num_classes=7, image_size=32,
+                          backbone='cnn_baseline', width=0.25,
+                          metadata_dropout=rate, seed=1)
+  plain, dropping = build(0.0), build(0.5)
+  names = {layer.name for layer in dropping.layers}
+  assert 'metadata_dropout' in names
+  assert 'metadata_dropout' not in {layer.name for layer in plain.layers}
+  inputs = {'image': tf.random.uniform((4, 32, 32, 3), seed=2),
+            'age': tf.constant([[30.0], [np.nan], [70.0], [5.0]]),
+            'sex': tf.constant([['male'], ['female'], ['unknown'], ['x']]),
+            'localization': tf.constant([['back'], ['face'], ['trunk'],
+                                         ['scalp']])}
+  np.testing.assert_allclose(dropping(inputs, training=False),
+                             plain(inputs, training=False), atol=1e-6)
+  # The numeric model (the .tflite files' source) holds the layer too.
+  vector_model = registry.metadata_vector_model(dropping)
+  assert 'metadata_dropout' in {layer.name for layer in vector_model.layers}
+  with pytest.raises(ValueError, match='metadata_dropout'):
+    configs.Settings(metadata_dropout=1.0)
+  assert configs.Settings(metadata_dropout=0.25).trainer_config()[
+      'metadata_dropout'] == 0.25
+
+
 def test_mixed_precision_keeps_a_float32_output():
   cfg = configs.Settings(model='mobilenet_v2', weights='none',
                          alpha=0.35).trainer_config()
