@@ -6,7 +6,9 @@ disjoint train / eval / test splits by lesion_id hash) and the Trainer's
 ``serving_default`` signature on one split (``--split``): balanced accuracy,
 accuracy, macro F1, per-class recall (melanoma first), wall time, and the
 split's ECE / NLL with the Trainer's temperature scaling and without it.
-Each run is also scored with flips / dihedral test-time augmentation
+A model with metadata is also scored through its image-only signature
+(``image_only``: every metadata value missing, as its image_only_* .tflite
+files).  Each run is also scored with flips / dihedral test-time augmentation
 applied after training (``tta_after_training``) and on recoloured copies of
 the split (``colour_probes``: white balance and saturation, COLOUR_PROBES);
 ``--probe SERVING_DIR:IMAGE_SIZE`` scores an already trained model that way
@@ -200,6 +202,26 @@ def score_colour_probes(serving_dir: str, files, labels, image_size: int,
           for probe, probabilities in by_probe.items()}
 
 
+def score_image_only(serving_dir: str, files, labels, image_size: int):
+  """decision_metrics of a model with metadata through its image-only
+  signature (every metadata value missing: what its image_only_* .tflite
+  files compute); None for a model without one."""
+  model = tf.saved_model.load(serving_dir)
+  if features.IMAGE_ONLY_SIGNATURE not in model.signatures:
+    return None
+  signature = model.signatures[features.IMAGE_ONLY_SIGNATURE]
+  y_true, probabilities = [], []
+  for batch in preprocessing.read_examples(files).batch(32):
+    parsed = tf.io.parse_example(batch, preprocessing.image_label_spec())
+    images = preprocessing.decode_batch(parsed[features.IMAGE_KEY],
+                                        image_size)
+    probabilities.append(
+        signature(images=images)[features.PREDICTION_KEY].numpy())
+    y_true.extend(parsed[features.LABEL_KEY].numpy())
+  return decision_metrics(np.array(y_true), np.concatenate(probabilities),
+                          labels)
+
+
 def score_tta(serving_dir: str, files, labels, image_size: int,
               modes=('flips', 'dihedral')) -> dict:
   """decision_metrics with test-time augmentation applied after training."""
@@ -238,6 +260,8 @@ def main():
     serving, _, size = probe.rpartition(':')
     result = {'serving_dir': serving, 'split': args.split,
               **score(serving, split(args.split), labels),
+              'image_only': score_image_only(serving, split(args.split),
+                                             labels, int(size)),
               'colour_probes': score_colour_probes(
                   serving, split(args.split), labels, int(size))}
     print(json.dumps({k: v for k, v in result.items()
@@ -272,6 +296,9 @@ def main():
       result['tta_after_training'] = score_tta(
           fn_args.serving_model_dir, split(args.split), labels,
           cfg['image_size'])
+    result['image_only'] = score_image_only(
+        fn_args.serving_model_dir, split(args.split), labels,
+        cfg['image_size'])
     result['colour_probes'] = score_colour_probes(
         fn_args.serving_model_dir, split(args.split), labels,
         cfg['image_size'])

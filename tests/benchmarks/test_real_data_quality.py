@@ -97,3 +97,26 @@ def test_colour_probes_score_the_recoloured_images(tiny_model):
   np.testing.assert_allclose(scored['cool_white_balance'], predict(cool),
                              atol=1e-6)
   assert np.abs(scored['cool_white_balance'] - predict(images)).max() > 1e-5
+
+
+def test_image_only_scores_the_model_with_its_metadata_missing(tiny_model):
+  serving, files, labels = tiny_model
+  scored = real_data_quality.score_image_only(serving, files, labels,
+                                              TINY_IMAGE_SIZE)
+  model = tf.saved_model.load(serving)
+  if features.METADATA_VECTOR_SIGNATURE not in model.signatures:
+    assert scored is None
+    return
+  _, images, y_true = _single_view(serving, files)
+  signature = model.signatures[features.single_view_image_signature(
+      set(model.signatures))]
+  n = len(images)
+  missing = signature(
+      images=tf.constant(images),
+      age=tf.constant(np.full(n, np.nan, np.float32)),
+      sex=tf.constant([features.UNKNOWN] * n),
+      localization=tf.constant([features.UNKNOWN] * n))[
+          features.PREDICTION_KEY].numpy()
+  by_hand = real_data_quality.decision_metrics(y_true, missing, labels)
+  for key in ('balanced_accuracy', 'accuracy', 'recall'):
+    assert scored[key] == by_hand[key], key
