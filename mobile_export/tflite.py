@@ -65,7 +65,7 @@ FORMATS = (FLOAT16, INT8)
 # image-only file of that format (``image_only_int8``, ...): the same network
 # with every metadata value missing (features.IMAGE_ONLY_SIGNATURE), one
 # image input, for the Task Library / MediaPipe image classifiers.
-IMAGE_ONLY_PREFIX = 'image_only_'
+IMAGE_ONLY_PREFIX = features.IMAGE_ONLY_FORMAT_PREFIX
 LABELS_FILE = 'labels.txt'
 
 # The int8 model's input must be quantized exactly as raw pixels (scale

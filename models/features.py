@@ -39,6 +39,8 @@ METADATA_VECTOR_KEY = 'metadata'        # float32 [N, metadata_vector.SIZE]
 # image-only .tflite files pushed beside the metadata ones, which the Task
 # Library / MediaPipe image classifiers load (one image input).
 IMAGE_ONLY_SIGNATURE = 'serving_images_without_metadata'
+# Their formats are the .tflite formats with this prefix (image_only_int8).
+IMAGE_ONLY_FORMAT_PREFIX = 'image_only_'
 PREDICTION_KEY = 'probabilities'
 
 UNKNOWN = 'unknown'

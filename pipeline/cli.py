@@ -332,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help='isic: ISIC 2018 columns image,MEL,NV,BCC,AKIEC,'
                     'BKL,DF,VASC (default: our label names)')
   pred.add_argument('--tflite', nargs='?', const=configs.TFLITE_FORMATS[0],
-                    choices=configs.TFLITE_FORMATS,
+                    choices=configs.TFLITE_FILE_FORMATS,
                     help='use the pushed .tflite of this format (default '
-                    f'{configs.TFLITE_FORMATS[0]}) instead of the SavedModel')
+                    f'{configs.TFLITE_FORMATS[0]}; image_only_*: a metadata '
+                    "model's image-only file) instead of the SavedModel")
   pred.add_argument('--metadata', metavar='CSV',
                     help='patient metadata for a model that reads it: '
                     'HAM10000 columns (image_id, age, sex, localization) or '
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
   srv.add_argument('--host', default=configs.SERVE_HOST,
                    help=f'default {configs.SERVE_HOST} (this machine only)')
   srv.add_argument('--tflite', nargs='?', const=configs.TFLITE_FORMATS[0],
-                   choices=configs.TFLITE_FORMATS,
+                   choices=configs.TFLITE_FILE_FORMATS,
                    help='serve the pushed .tflite of this format (default '
                    f'{configs.TFLITE_FORMATS[0]}; no Grad-CAM) instead of '
                    'the SavedModel')

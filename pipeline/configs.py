@@ -16,6 +16,8 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from models import features
+
 # The domain (labels, age bands, layouts, vocabularies), defined in
 # models/domain.py; re-exported here beside the settings that use it.
 from models.domain import (  # pylint: disable=unused-import
@@ -108,6 +110,10 @@ BEAM_PIPELINE_ARGS: List[str] = [
 # model (mobile_export/tflite.py; each is pushed only if it passes the parity
 # gate, whose bounds are Settings fields below) and their metadata.
 TFLITE_FORMATS: Tuple[str, ...] = ('float16', 'int8')
+# What `skinlesion predict / serve --tflite` can run: those, and the
+# image-only files a model with metadata gets beside them.
+TFLITE_FILE_FORMATS: Tuple[str, ...] = TFLITE_FORMATS + tuple(
+    features.IMAGE_ONLY_FORMAT_PREFIX + f for f in TFLITE_FORMATS)
 
 # Kubeflow / Vertex AI.  The container image (Dockerfile) installs the project
 # at PROJECT_DIR_IN_IMAGE; the Trainer imports run_fn from the installed

@@ -243,7 +243,8 @@ def predict(model_dir: str, image_paths: Sequence[str],
       latest version is used).
     image_paths: image files.
     tflite_format: None: the SavedModel; else a .tflite format of the
-      version (configs.TFLITE_FORMATS, e.g. 'float16').
+      version (configs.TFLITE_FILE_FORMATS, e.g. 'float16', or
+      'image_only_int8' for a metadata model's image-only file).
     metadata: patient metadata by image name (file stem), for a model that
       reads it; images without a row get missing values.
 

@@ -456,3 +456,9 @@ def test_a_model_with_metadata_inputs_is_converted_gated_and_pushed(
   assert manifest['metrics']['saved_model_image_only'] == report[
       'reference_image_only']
   assert manifest['parity']['formats']['image_only_float16']['pushed']
+  # `skinlesion predict --tflite image_only_float16` runs it on images alone.
+  from pipeline import predict  # pylint: disable=g-import-not-at-top
+  pushed_model = predict.PushedModel(os.path.join(base, version),
+                                     'image_only_float16')
+  assert pushed_model.metadata_keys == ()
+  assert pushed_model.file == 'model_image_only_float16.tflite'

@@ -19,7 +19,7 @@ RUN_VALUES = {
     'fine_tune_epochs': 2, 'imbalance': 'none', 'logit_adjustment_tau': 1.0,
     'label_smoothing': 0.1, 'lr_schedule': 'cosine', 'warmup_epochs': 0.5,
     'int8_weight_epochs': 2,
-    'int8_qat_epochs': 3,
+    'int8_qat_epochs': 3, 'metadata_dropout': 0.25,
     'tta': 'dihedral', 'color_constancy': 'shades_of_gray', 'tuner_trials': 2,
     'prior_correction': 'balanced',
     'min_balanced_accuracy': 0.6, 'min_melanoma_recall': 0.7,
