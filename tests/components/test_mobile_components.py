@@ -462,3 +462,17 @@ def test_a_model_with_metadata_inputs_is_converted_gated_and_pushed(
                                      'image_only_float16')
   assert pushed_model.metadata_keys == ()
   assert pushed_model.file == 'model_image_only_float16.tflite'
+  # benchmarks/pushed_tflite.py measures each pushed file against the
+  # float32 conversion of the signature it came from.
+  from benchmarks import pushed_tflite  # pylint: disable=g-import-not-at-top
+  measured = pushed_tflite.benchmark(os.path.join(base, version), images=4,
+                                     rounds=2, warmup=1)['files']
+  assert set(measured) == {'float32', 'image_only_float32'} | set(passed)
+  for fmt in passed:
+    assert measured[fmt]['bytes'] == os.path.getsize(
+        os.path.join(base, version, tflite.file_name(fmt)))
+    assert measured[fmt]['top1_agreement'] == manifest['parity']['formats'][
+        fmt]['top1_agreement']
+  # float16 weights: about half the float32 file of the same signature.
+  for fmt in ('float16', 'image_only_float16'):
+    assert 0.4 < measured[fmt]['bytes_vs_float32'] < 0.8, measured[fmt]

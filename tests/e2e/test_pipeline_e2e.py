@@ -321,6 +321,27 @@ def test_task_library_classifies_jpegs_like_the_interpreter(
   assert agree.mean() >= 0.9
 
 
+def test_pushed_tflite_benchmark_measures_every_pushed_file(first_run):
+  from benchmarks import pushed_tflite  # pylint: disable=g-import-not-at-top
+  _, run = first_run
+  results = pushed_tflite.benchmark(run.pushed_model, images=6, rounds=2,
+                                    warmup=1)
+  files = results['files']
+  assert set(files) == {'float32', 'float16', 'int8'}
+  with open(os.path.join(run.pushed_model, 'manifest.json')) as f:
+    manifest = json.load(f)
+  for fmt in configs.TFLITE_FORMATS:
+    assert files[fmt]['bytes'] == manifest['files'][
+        tflite.file_name(fmt)]['bytes']
+    assert files[fmt]['top1_agreement_interval'] == manifest['parity'][
+        'formats'][fmt]['top1_agreement_interval']
+    assert files[fmt]['latency_1_thread']['median_ms'] > 0
+  assert files['int8']['bytes_vs_float32'] < files['float16'][
+      'bytes_vs_float32'] < 1
+  table = pushed_tflite.render_markdown([{**results, 'label': 'demo'}])
+  assert '| int8 |' in table and '| float32 |' in table
+
+
 def _report_numbers(run):
   with open(os.path.join(os.path.dirname(run.report),
                          run_report.DATA_FILE)) as f:
