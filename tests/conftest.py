@@ -277,8 +277,6 @@ def write_split_jpegs(tfrecord, directory):
 # The TFLite Task Library runs in its own venv (tflite-support without
 # TensorFlow, which it cannot share a process with): `make setup` creates it;
 # `make test` points SKINLESION_TFLITE_PYTHON at it.
-TASK_LIBRARY_CLIENT = os.path.join(PROJECT_ROOT, 'mobile_export',
-                                   'task_library_client.py')
 
 
 @pytest.fixture(scope='session')
@@ -296,15 +294,8 @@ def task_library_python():
 
 def classify_with_task_library(python, model_path, image_paths):
   """mobile_export/task_library_client.py's JSON, run by that Python."""
-  import json  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith('PYTHON') and k != 'TF_USE_LEGACY_KERAS'}
-  done = subprocess.run(
-      [python, TASK_LIBRARY_CLIENT, model_path, *image_paths],
-      capture_output=True, text=True, env=env, timeout=300, check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  return json.loads(done.stdout)
+  from benchmarks import task_library_agreement  # pylint: disable=g-import-not-at-top
+  return task_library_agreement.task_library(python, model_path, image_paths)
 
 
 CHROMIUM = '/usr/bin/chromium'

@@ -36,7 +36,6 @@ from pipeline import configs
 from pipeline import summary
 from tests.conftest import LOOSE_GATES
 from tests.conftest import TINY_AUC_THRESHOLDS
-from tests.conftest import classify_with_task_library
 from tests.conftest import cli_with_settings
 from tests.conftest import open_in_headless_chromium
 
@@ -289,36 +288,25 @@ def test_version_directory_is_complete_and_its_manifest_true(first_run):
 @pytest.mark.parametrize('fmt', configs.TFLITE_FORMATS)
 def test_task_library_classifies_jpegs_like_the_interpreter(
     first_run, fmt, task_library_python, tmp_path):
+  from benchmarks import task_library_agreement  # pylint: disable=g-import-not-at-top
   _, run = first_run
   path = os.path.join(run.pushed_model, tflite.file_name(fmt))
   jpegs, _ = _test_jpegs(run, str(tmp_path))
-  answer = classify_with_task_library(task_library_python, path, jpegs)
+  # The Task Library classifies the JPEG files from the metadata alone; the
+  # reference is tf.lite.Interpreter on our own preprocessing.
+  result = task_library_agreement.compare(path, jpegs, task_library_python,
+                                          tie=TIE)
   # Everything the Task Library needed came from the metadata.
-  assert answer['labels'] == list(configs.LABELS)
-  assert answer['version'] == os.path.basename(run.pushed_model)
-  library = np.array([r['scores'] for r in answer['results']])
-  assert [r['names'] for r in answer['results']] == [
-      list(configs.LABELS)] * len(jpegs)
-  # The reference: tf.lite.Interpreter on our own preprocessing.
-  with open(path, 'rb') as f:
-    buffer = f.read()
-  pixels = np.stack([preprocessing.decode_and_resize(
-      tf.io.read_file(jpeg), IMAGE_SIZE).numpy() for jpeg in jpegs])
-  ours = tflite.predict(buffer, pixels)
-  np.testing.assert_allclose(library.sum(axis=1), 1.0, atol=0.02)
-  top1 = np.array([r['top1'] for r in answer['results']])
-  agree = top1 == ours.argmax(1)
-  ranked = np.sort(ours, axis=1)
-  lead = ranked[:, -1] - ranked[:, -2]
-  print(f'{fmt}: {len(jpegs)} images, top-1 agreement {agree.mean():.4f}, '
-        f'max score difference {np.abs(library - ours).max():.4f}, '
-        f'{int((lead <= TIE).sum())} near-ties')
+  assert result['labels'] == list(configs.LABELS)
+  assert result['version'] == os.path.basename(run.pushed_model)
+  print(f'{fmt}: {result}')
   # The Task Library decodes and resizes with its own code (about one grey
   # level from TensorFlow's, see tests/mobile_export/test_task_library.py):
   # scores stay close, and top-1 is the same on every image but near-ties.
-  assert np.abs(library - ours).max() <= TIE
-  np.testing.assert_array_equal(top1[lead > TIE], ours.argmax(1)[lead > TIE])
-  assert agree.mean() >= 0.9
+  assert result['max_sum_error'] <= 0.02
+  assert result['max_score_difference'] <= TIE
+  assert result['top1_agreement_outside_near_ties'] in (None, 1.0)
+  assert result['top1_agreement'] >= 0.9
 
 
 def test_pushed_tflite_benchmark_measures_every_pushed_file(first_run):
