@@ -99,6 +99,9 @@ def main(argv=None) -> int:
   parser.add_argument('--model', required=True, help='a pushed version')
   parser.add_argument('--metadata', help='HAM10000_metadata.csv, for a '
                       'model that takes patient metadata')
+  parser.add_argument('--tflite', metavar='FORMAT',
+                      help='predict with the pushed .tflite of this format '
+                      '(e.g. image_only_int8) instead of the SavedModel')
   parser.add_argument('--scorer', required=True,
                       help='the isic-challenge-scoring executable')
   parser.add_argument('--work-dir', help='scratch folder (default: temp)')
@@ -115,6 +118,8 @@ def main(argv=None) -> int:
              '--format', 'isic']
   if args.metadata:
     command += ['--metadata', args.metadata]
+  if args.tflite:
+    command += ['--tflite', args.tflite]
   subprocess.run(command, check=True)
   scored = subprocess.run([args.scorer, '-o', 'json', 'classification',
                            truth, predictions], check=True,
@@ -123,7 +128,8 @@ def main(argv=None) -> int:
   own = own_scores(truth, predictions)
   result = {
       'model': os.path.abspath(args.model), 'split': args.split,
-      'metadata': bool(args.metadata), 'images': own['images'],
+      'metadata': bool(args.metadata), 'tflite': args.tflite,
+      'images': own['images'],
       # The scorer's target metric (its 'overall'): balanced accuracy of
       # the arg-max class.
       'scorer_balanced_accuracy': official['aggregate']['balanced_accuracy'],
