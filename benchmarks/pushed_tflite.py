@@ -49,29 +49,26 @@ FLOAT32 = 'float32'
 
 def files_of(version_dir: str, work: str) -> Dict[str, Dict]:
   """Every pushed .tflite of the version and the float32 reference(s):
-  name -> {path, format, reference (the float32 row it is compared with)}.
+  name -> {path, reference (the float32 row it is compared with), parity}.
 
   The float32 files are converted here into ``work``."""
   manifest = release.verify_version(version_dir)
-  pushed = sorted(f for f in manifest['files'] if f.endswith('.tflite'))
-  rows = {}
-  variants = sorted({tflite.base_format(f[len('model_'):-len('.tflite')])[1]
-                     for f in pushed})
-  for image_only in variants or [False]:
-    key = tflite.signature_key(version_dir, image_only=image_only)
-    name = (tflite.IMAGE_ONLY_PREFIX if image_only else '') + FLOAT32
-    path = os.path.join(work, f'model_{name}.tflite')
+  pushed = {fmt: entry for fmt, entry in manifest['parity']['formats'].items()
+            if entry.get('pushed')}
+  reference = lambda variant: (tflite.IMAGE_ONLY_PREFIX if variant
+                               else '') + FLOAT32
+  rows = {}  # Each reference, then the pushed files compared with it.
+  for variant in sorted({tflite.base_format(fmt)[1] for fmt in pushed}
+                        or {False}):
+    path = os.path.join(work, f'model_{reference(variant)}.tflite')
     with open(path, 'wb') as f:
-      f.write(tflite.converter(version_dir, key).convert())
-    rows[name] = {'path': path, 'format': name, 'reference': None}
-  for file in pushed:
-    fmt = file[len('model_'):-len('.tflite')]
-    image_only = tflite.base_format(fmt)[1]
-    rows[fmt] = {
-        'path': os.path.join(version_dir, file), 'format': fmt,
-        'reference': (tflite.IMAGE_ONLY_PREFIX if image_only else '')
-                     + FLOAT32,
-        'parity': manifest['parity']['formats'].get(fmt, {})}
+      f.write(tflite.converter(version_dir, tflite.signature_key(
+          version_dir, image_only=variant)).convert())
+    rows[reference(variant)] = {'path': path, 'reference': None}
+    for fmt, entry in sorted(pushed.items()):
+      if tflite.base_format(fmt)[1] == variant:
+        rows[fmt] = {'path': os.path.join(version_dir, entry['file']),
+                     'reference': reference(variant), 'parity': entry}
   return rows
 
 
@@ -83,7 +80,8 @@ def measure_latency(paths: Dict[str, str], images: int, rounds: int,
   for name, path in paths.items():
     interpreter = tf.lite.Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
-    image, vector = tflite.input_tensors(open(path, 'rb').read())
+    with open(path, 'rb') as f:
+      image, vector = tflite.input_tensors(f.read())
     size = int(image['shape'][1])
     pixels = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
     out = interpreter.get_output_details()[0]
