@@ -117,7 +117,8 @@ def test_model_trains_exports_and_converts(name, size, extra, tiny_tfrecords,
   # Grad-CAM's signature is left out for a model with metadata inputs.
   assert set(loaded.signatures) == {features.EXAMPLE_SIGNATURE,
                                     features.IMAGE_SIGNATURE} | (
-                                        {features.METADATA_VECTOR_SIGNATURE}
+                                        {features.METADATA_VECTOR_SIGNATURE,
+                                         features.IMAGE_ONLY_SIGNATURE}
                                         if with_metadata else
                                         {explain.GRADCAM_SIGNATURE})
   serialized = _eval_examples(tiny_tfrecords)
