@@ -178,10 +178,18 @@ class Executor(base_executor.BaseExecutor):
       reference = parity.saved_model_predict(saved_model_dir, pixels,
                                              metadata=raw_metadata)
       # The image-only files' reference: the same SavedModel with every
-      # metadata value missing.
+      # metadata value missing.  A metadata model exported before that
+      # signature existed gets failed image-only entries with the reason.
+      image_only_reason = None
+      if with_metadata:
+        try:
+          tflite.signature_key(saved_model_dir, image_only=True)
+        except tflite.MetadataInputsNotSupported as e:
+          image_only_reason = f'not converted: {e}'
+          logging.warning('No image-only .tflite: %s', e)
       reference_image_only = (
           parity.saved_model_predict(saved_model_dir, pixels, image_only=True)
-          if with_metadata else None)
+          if with_metadata and not image_only_reason else None)
       if tflite.INT8 in formats:
         split = exec_properties['representative_split']
         count = exec_properties['representative_examples']
@@ -196,6 +204,10 @@ class Executor(base_executor.BaseExecutor):
       for fmt in formats + ([tflite.image_only(f) for f in formats]
                             if with_metadata else []):
         variant = tflite.base_format(fmt)[1]
+        if variant and image_only_reason:
+          entries[fmt] = {'file': None, 'passed': False,
+                          'reasons': [image_only_reason]}
+          continue
         entries[fmt] = self._export_one(
             fmt, saved_model_dir,
             (calibration, None if variant else calibration_metadata),
@@ -206,7 +218,7 @@ class Executor(base_executor.BaseExecutor):
             thresholds)
       reference_metrics = dataclasses.asdict(parity.classification_metrics(
           reference, truth, labels))
-      if with_metadata:
+      if reference_image_only is not None:
         reference_image_only_metrics = dataclasses.asdict(
             parity.classification_metrics(reference_image_only, truth, labels))
 

@@ -476,3 +476,38 @@ def test_a_model_with_metadata_inputs_is_converted_gated_and_pushed(
   # float16 weights: about half the float32 file of the same signature.
   for fmt in ('float16', 'image_only_float16'):
     assert 0.4 < measured[fmt]['bytes_vs_float32'] < 0.8, measured[fmt]
+
+
+def test_a_metadata_model_exported_before_the_image_only_signature(
+    inputs, tmp_path):
+  """Its two-input files are converted and pushed as before; its image-only
+  entries fail with the reason (re-export), nothing crashes."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  from models import export  # pylint: disable=g-import-not-at-top
+  from models import registry  # pylint: disable=g-import-not-at-top
+  _, examples = inputs
+  model = standard_artifacts.Model()
+  model.uri = str(tmp_path / 'model')
+  serving = os.path.join(model.uri, 'Format-Serving')
+  export.export_serving_model(
+      registry.build('mixed_input', num_classes=len(configs.LABELS),
+                     image_size=TINY_IMAGE_SIZE, backbone='cnn_baseline',
+                     width=0.25), serving, TINY_IMAGE_SIZE, with_metadata=True)
+  # The signatures as an export before 2841a7d wrote them.
+  proto = saved_model_pb2.SavedModel()
+  path = os.path.join(serving, 'saved_model.pb')
+  with open(path, 'rb') as f:
+    proto.ParseFromString(f.read())
+  del proto.meta_graphs[0].signature_def[features.IMAGE_ONLY_SIGNATURE]
+  with open(path, 'wb') as f:
+    f.write(proto.SerializeToString())
+  mobile = _export(mobile_exporter.Executor, model, examples,
+                   _blessing(True), str(tmp_path / 'mobile'))
+  with open(os.path.join(mobile.uri, mobile_exporter.REPORT_FILE)) as f:
+    report = json.load(f)
+  assert report['formats']['float16']['passed']
+  assert 'reference_image_only' not in report
+  for fmt in configs.TFLITE_FORMATS:
+    entry = report['formats'][tflite.image_only(fmt)]
+    assert entry['file'] is None and not entry['passed']
+    assert features.IMAGE_ONLY_SIGNATURE in entry['reasons'][0]
