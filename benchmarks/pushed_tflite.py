@@ -41,7 +41,6 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from mobile_export import release  # pylint: disable=g-import-not-at-top
 from mobile_export import tflite  # pylint: disable=g-import-not-at-top
-from models import features  # pylint: disable=g-import-not-at-top
 from models import metadata_vector  # pylint: disable=g-import-not-at-top
 
 FLOAT32 = 'float32'
@@ -78,10 +77,12 @@ def measure_latency(paths: Dict[str, str], images: int, rounds: int,
   runners = {}
   rng = np.random.default_rng(seed)
   for name, path in paths.items():
-    interpreter = tf.lite.Interpreter(model_path=path, num_threads=threads)
-    interpreter.allocate_tensors()
     with open(path, 'rb') as f:
-      image, vector = tflite.input_tensors(f.read())
+      buffer = f.read()
+    interpreter = tf.lite.Interpreter(model_content=buffer,
+                                      num_threads=threads)
+    interpreter.allocate_tensors()
+    image, vector = tflite.input_tensors(buffer)
     size = int(image['shape'][1])
     pixels = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
     out = interpreter.get_output_details()[0]
