@@ -13,9 +13,10 @@ when asked for the final number):
   intervals from mobile_export/parity.py):
     - ``dynamic_range``: int8 weights, float activations (weight error only);
     - ``int8``: the converter's full-integer model (uint8 in, float out);
-    - ``int8_float_head``: the same, the head (last FULLY_CONNECTED and
-      SOFTMAX) left in float -- the single uint8 image input kept (the
-      converter's default, tflite.DEFAULT_FLOAT_OPS); ``_mean``,
+    - ``int8_float_head``: the same, the head (every FULLY_CONNECTED and
+      the SOFTMAX) left in float -- the single uint8 image input kept
+      (tflite.FLOAT_HEAD_OPS, the converter's default until the hidden
+      Dense layers went int8: benchmarks/int8_head.py); ``_mean``,
       ``_depthwise``, ``_conv2d``: those ops in float too;
     - ``int8_stratified``: full integer, calibration stratified by class;
     - ``int8_float_head_bias_corrected``: the float-head model with its
@@ -256,7 +257,7 @@ def main():
                  if with_metadata else None)
   calibrated = tflite.calibrate(args.saved_model, random_cal, cal_vectors)
   float_model = float32(args.saved_model)
-  head = list(tflite.DEFAULT_FLOAT_OPS)
+  head = list(tflite.FLOAT_HEAD_OPS)
   cal_pixels = tflite.as_pixels(random_cal)
   cal_reference = tflite.reference_probabilities(args.saved_model, random_cal,
                                                  cal_vectors)

@@ -153,7 +153,7 @@ def main(argv=None):
   cal_images, cal_meta = sample(args.calibration, args.seed)
   calibrated = tflite.calibrate(args.saved_model, cal_images, cal_meta)
   float_head = tflite.quantize_calibrated(calibrated,
-                                          tflite.DEFAULT_FLOAT_OPS)
+                                          tflite.FLOAT_HEAD_OPS)
   cal_reference = tflite.reference_probabilities(args.saved_model, cal_images,
                                                  cal_meta)
   bias_corrected, _ = tflite.correct_head_bias(

@@ -71,14 +71,19 @@ def test_int8_model_is_integer_inside_with_uint8_in_float_out(int8_model,
   float_inputs = {op['op_name'] for op in ops
                   if any(tensors[i]['dtype'] == np.float32
                          for i in op['inputs'] if i >= 0)}
-  # Selective float fallback: only the head (tflite.DEFAULT_FLOAT_OPS) and
-  # the DEQUANTIZE feeding it compute in float; every convolution is int8.
-  assert float_inputs <= set(tflite.DEFAULT_FLOAT_OPS), float_inputs
+  # Selective float fallback: only the output layer (its FULLY_CONNECTED)
+  # and the softmax (tflite.DEFAULT_FLOAT_OPS) compute in float; every
+  # convolution and the hidden Dense layer are int8.
+  assert float_inputs <= {'FULLY_CONNECTED', 'SOFTMAX'}, float_inputs
   assert 'SOFTMAX' in float_inputs
   assert any(op['op_name'] == 'CONV_2D' for op in ops)
   for op in ops:
     if op['op_name'] in ('CONV_2D', 'DEPTHWISE_CONV_2D'):
       assert tensors[op['inputs'][0]]['dtype'] == np.int8, op
+  dense_weights = [tensors[op['inputs'][1]]['dtype'] for op in ops
+                   if op['op_name'] == 'FULLY_CONNECTED']
+  # cnn_baseline: gap -> dense (hidden, int8) -> probabilities (float).
+  assert dense_weights == [np.int8, np.float32], dense_weights
 
 
 def test_int8_model_mostly_agrees_with_the_savedmodel(trained_model,
@@ -246,9 +251,10 @@ def test_head_bias_correction_needs_the_head_in_float(trained_model, images):
   calibration = images[:10]
   integer = tflite.convert_int8(trained_model.serving_model_dir,
                                 [im / 255.0 for im in calibration],
-                                float_ops=(), bias_correction=False)
+                                float_ops=(), float_layers=(),
+                                bias_correction=False)
   reference = np.full((10, len(configs.LABELS)), 1 / len(configs.LABELS))
-  with pytest.raises(ValueError, match='head is quantized'):
+  with pytest.raises(ValueError, match='output layer is quantized'):
     tflite.correct_head_bias(integer, reference, calibration)
 
 
@@ -260,10 +266,12 @@ def test_int8_conversion_corrects_the_head_bias_by_default(trained_model,
   reference = tflite.reference_probabilities(saved, calibration)
   corrected, _ = tflite.correct_head_bias(plain, reference, images[:20])
   assert tflite.convert_int8(saved, calibration) == corrected
-  with pytest.raises(ValueError, match='head is quantized'):
-    tflite.convert_int8(saved, calibration, float_ops=(),
+  with pytest.raises(ValueError, match='output layer is quantized'):
+    tflite.convert_int8(saved, calibration, float_ops=(), float_layers=(),
                         bias_correction=True)
-  # The fully integer file has no float head to correct: left as it is.
-  assert tflite.convert_int8(saved, calibration, float_ops=()) == (
-      tflite.convert_int8(saved, calibration, float_ops=(),
+  # The fully integer file has no float output layer to correct: left as
+  # it is.
+  assert tflite.convert_int8(saved, calibration, float_ops=(),
+                             float_layers=()) == (
+      tflite.convert_int8(saved, calibration, float_ops=(), float_layers=(),
                           bias_correction=False))

@@ -132,7 +132,9 @@ def test_int8_takes_raw_pixels_and_a_float_vector_and_matches(
   probabilities = tflite.predict(int8_model, pixels, vectors)
   np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
   assert np.abs(probabilities - reference).max() < 0.1
-  # The head (and the metadata MLP's Dense layers) stay float.
+  # Convolutions and the hidden Dense layers are int8, except the metadata
+  # MLP's first, which reads the float32 vector input as it is; the output
+  # layer and the softmax stay float.
   tensors = tf.lite.Interpreter(model_content=int8_model).get_tensor_details()
   ops = tf.lite.Interpreter(
       model_content=int8_model)._get_ops_details()  # pylint: disable=protected-access
@@ -141,6 +143,11 @@ def test_int8_takes_raw_pixels_and_a_float_vector_and_matches(
           and tensors[op['inputs'][0]]['dtype'] != np.int8} == set()
   assert 'SOFTMAX' in {op['op_name'] for op in ops
                        if tensors[op['inputs'][0]]['dtype'] == np.float32}
+  dense_weights = [tensors[op['inputs'][1]]['dtype'] for op in ops
+                   if op['op_name'] == 'FULLY_CONNECTED']
+  assert sorted(map(str, dense_weights)) == sorted(map(str, [
+      np.float32, np.int8, np.int8, np.float32])), dense_weights
+  assert dense_weights[-1] == np.float32, dense_weights
 
 
 def test_predict_refuses_missing_or_misshapen_metadata(int8_model, rows):
