@@ -330,6 +330,29 @@ def test_pushed_tflite_benchmark_measures_every_pushed_file(first_run):
   assert '| int8 |' in table and '| float32 |' in table
 
 
+def test_gates_on_split_reproduces_the_run_s_gates(first_run):
+  """benchmarks/gates_on_split.py (the gates of a run, on any split), on
+  the test split of the run's own model: the IntervalGate's report."""
+  from benchmarks import gates_on_split  # pylint: disable=g-import-not-at-top
+  settings, run = first_run
+  report = gates_on_split.gates_on_split(run.pushed_model, run.examples_uri,
+                                         configs.TEST_SPLIT, settings)
+  expected = [g for g in run.gate_report['gates'] if 'slice_family' in g]
+  assert [g['slice_family'] for g in report['subgroup_gates']] == [
+      g['slice_family'] for g in expected]
+  for got, want in zip(report['subgroup_gates'], expected):
+    assert got['passed'] == want['passed']
+    assert set(got['groups']) == set(want['groups'])
+    for group, entry in want['groups'].items():
+      for bound in ('value', 'lower', 'upper'):
+        assert got['groups'][group]['difference'][bound] == pytest.approx(
+            entry['difference'][bound], abs=1e-9), (group, bound)
+  assert report['overall']['metrics']['balanced_accuracy'][
+      'value'] == pytest.approx(
+          run.intervals['overall']['metrics']['balanced_accuracy']['value'],
+          abs=1e-9)
+
+
 def _report_numbers(run):
   with open(os.path.join(os.path.dirname(run.report),
                          run_report.DATA_FILE)) as f:
