@@ -91,6 +91,15 @@ def load_split(saved_model_dir, examples_dir, split, image_size):
           vectors, reference)
 
 
+def calibration_sample(train_files, image_size, count, seed, with_metadata):
+  """MobileExporter's calibration sample of the train split: (float32
+  images in [0, 1], their encoded metadata vectors or None)."""
+  images = data.representative_images(train_files, image_size, count, seed)
+  vectors = (data.representative_metadata(train_files, count, seed)
+             if with_metadata else None)
+  return images, vectors
+
+
 def stratified_images(files, image_size, count, seed):
   """``count`` train images, as equal per class as the classes allow."""
   pixels, labels = data.load_images(files, image_size)
@@ -250,11 +259,8 @@ def main():
   thresholds = parity.Thresholds(0.98, args.max_drop)
 
   train = split_files(args.examples, 'train')
-  random_cal = data.representative_images(train, args.image_size,
-                                          args.calibration, args.seed)
-  cal_vectors = (data.representative_metadata(train, args.calibration,
-                                              args.seed)
-                 if with_metadata else None)
+  random_cal, cal_vectors = calibration_sample(
+      train, args.image_size, args.calibration, args.seed, with_metadata)
   calibrated = tflite.calibrate(args.saved_model, random_cal, cal_vectors)
   float_model = float32(args.saved_model)
   head = list(tflite.FLOAT_HEAD_OPS)

@@ -42,7 +42,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from benchmarks import int8_error  # pylint: disable=g-import-not-at-top
 from benchmarks import pushed_tflite  # pylint: disable=g-import-not-at-top
-from mobile_export import data  # pylint: disable=g-import-not-at-top
 from mobile_export import parity  # pylint: disable=g-import-not-at-top
 from mobile_export import tflite  # pylint: disable=g-import-not-at-top
 from models import quantization_aware  # pylint: disable=g-import-not-at-top
@@ -99,10 +98,8 @@ def main(argv=None) -> int:
    reference) = int8_error.load_split(args.saved_model, args.examples,
                                       args.split, args.image_size)
   train = int8_error.split_files(args.examples, 'train')
-  calibration = data.representative_images(train, args.image_size,
-                                           args.calibration, args.seed)
-  calibration_metadata = (data.representative_metadata(
-      train, args.calibration, args.seed) if with_metadata else None)
+  calibration, calibration_metadata = int8_error.calibration_sample(
+      train, args.image_size, args.calibration, args.seed, with_metadata)
   variants = convert_variants(args.saved_model, calibration,
                               calibration_metadata)
 

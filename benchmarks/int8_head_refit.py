@@ -35,7 +35,6 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
 
 from benchmarks import int8_error  # pylint: disable=g-import-not-at-top
-from mobile_export import data  # pylint: disable=g-import-not-at-top
 from mobile_export import parity  # pylint: disable=g-import-not-at-top
 from mobile_export import tflite  # pylint: disable=g-import-not-at-top
 
@@ -145,10 +144,8 @@ def main(argv=None):
   train = int8_error.split_files(args.examples, 'train')
 
   def sample(count, seed):
-    images = data.representative_images(train, args.image_size, count, seed)
-    meta = (data.representative_metadata(train, count, seed)
-            if with_metadata else None)
-    return images, meta
+    return int8_error.calibration_sample(train, args.image_size, count, seed,
+                                         with_metadata)
 
   cal_images, cal_meta = sample(args.calibration, args.seed)
   calibrated = tflite.calibrate(args.saved_model, cal_images, cal_meta)
