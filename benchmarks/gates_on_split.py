@@ -66,6 +66,16 @@ def gates_on_split(serving_dir: str, examples_dir: str, split: str,
           'passed': all(g['passed'] for g in gates)}
 
 
+def summary(report: dict) -> dict:
+  """The gates of a ``gates_on_split`` report in brief: whether all pass,
+  and per slice family whether it passes with the gate's note (the worst
+  group's difference, or the failed groups)."""
+  return {'passed': report['passed'],
+          'families': {g['slice_family']: {'passed': g['passed'],
+                                           'note': g['note']}
+                       for g in report['subgroup_gates']}}
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--examples', required=True,

@@ -10,8 +10,10 @@ A model with metadata is also scored through its image-only signature
 (``image_only``: every metadata value missing, as its image_only_* .tflite
 files).  Each run is also scored with flips / dihedral test-time augmentation
 applied after training (``tta_after_training``) and on recoloured copies of
-the split (``colour_probes``: white balance and saturation, COLOUR_PROBES);
-``--probe SERVING_DIR:IMAGE_SIZE`` scores an already trained model that way
+the split (``colour_probes``: white balance and saturation, COLOUR_PROBES),
+and each trained run against the pipeline's subgroup gates on the split
+(``subgroup_gates``: benchmarks/gates_on_split.py, with the run's gate
+settings); ``--probe SERVING_DIR:IMAGE_SIZE`` scores an already trained model that way
 without training.  Choosing between configurations is done on ``--split
 eval`` (the default); ``--split test`` is for the one final score of the
 chosen configuration.
@@ -42,6 +44,7 @@ from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
 
+from benchmarks import gates_on_split  # pylint: disable=g-import-not-at-top
 from models import augmentation  # pylint: disable=g-import-not-at-top
 from models import calibration  # pylint: disable=g-import-not-at-top
 from models import features  # pylint: disable=g-import-not-at-top
@@ -302,6 +305,13 @@ def main():
     result['colour_probes'] = score_colour_probes(
         fn_args.serving_model_dir, split(args.split), labels,
         cfg['image_size'])
+    # The run's subgroup gates on this split: a candidate that fails them
+    # on eval would be refused on test (BENCHMARKS.md, "EfficientNet-Lite0
+    # at 160 px").
+    result['subgroup_gates'] = gates_on_split.summary(
+        gates_on_split.gates_on_split(fn_args.serving_model_dir,
+                                      args.examples, args.split,
+                                      configs.Settings(**settings)))
     print(json.dumps({k: v for k, v in result.items()
                       if k not in ('config', 'confusion', 'phases')}),
           flush=True)

@@ -120,3 +120,30 @@ def test_image_only_scores_the_model_with_its_metadata_missing(tiny_model):
   by_hand = real_data_quality.decision_metrics(y_true, missing, labels)
   for key in ('balanced_accuracy', 'accuracy', 'recall'):
     assert scored[key] == by_hand[key], key
+
+
+def test_each_run_is_checked_against_the_subgroup_gates(tiny_model,
+                                                        tiny_tfrecords):
+  """What real_data_quality records per run (``subgroup_gates``): the
+  pipeline's gates on the scored split, in brief."""
+  import os  # pylint: disable=g-import-not-at-top
+  from benchmarks import gates_on_split  # pylint: disable=g-import-not-at-top
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  serving, _, _ = tiny_model
+  examples = os.path.dirname(os.path.dirname(tiny_tfrecords[1]))
+  settings = configs.Settings(min_subgroup_examples=1,
+                              min_subgroup_class_examples=1,
+                              max_subgroup_gap=0.0)
+  report = gates_on_split.gates_on_split(serving, examples, 'eval', settings)
+  brief = gates_on_split.summary(report)
+  assert list(brief['families']) == list(configs.SUBGROUP_GAP_FAMILIES)
+  assert brief['passed'] == all(f['passed'] for f in brief['families'].values())
+  for gate in report['subgroup_gates']:
+    assert gate['bound'] == 0.0
+    # A group fails exactly when its whole interval lies below -max_gap.
+    for entry in gate['groups'].values():
+      assert entry['passed'] == (not entry['difference']['upper'] < 0.0)
+    assert brief['families'][gate['slice_family']]['passed'] == (
+        not gate['failed_groups'])
+  assert report['examples'] == len(list(
+      preprocessing.read_examples([tiny_tfrecords[1]])))
