@@ -14,6 +14,7 @@ family-wise interval, whether the gate passes, and the headline intervals.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,35 +35,20 @@ from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at
 
 def gates_on_split(serving_dir: str, examples_dir: str, split: str,
                    settings: configs.Settings) -> dict:
-  """What IntervalGate computes, on ``split`` of an Examples folder."""
+  """What IntervalGate computes, on ``split`` of an Examples folder (its
+  labels, from the folder's labels file, with the gate settings of
+  ``settings``)."""
   files = [os.path.join(examples_dir, f'Split-{split}', '*')]
   scored = predictions_lib.predict_split(tf.saved_model.load(serving_dir),
                                          files)
   with open(os.path.join(examples_dir, features.LABELS_FILE),
             encoding='utf-8') as f:
-    class_names = f.read().split()
-  melanoma = configs.melanoma_class(class_names,
-                                    settings.melanoma_label) or None
-  common = dict(draws=settings.bootstrap_draws, seed=settings.seed)
-  slices = {key: scored.slices[key]
-            for key in pipeline_lib.interval_slice_features()}
-  result = interval_gate.compute_intervals(
-      scored.labels, scored.probabilities, scored.lesion_ids, slices,
-      class_names, melanoma, confidence=settings.interval_confidence,
-      calibration_bins=configs.CALIBRATION_BINS, **common)
-  families = list(configs.SUBGROUP_GAP_FAMILIES)
-  gates = interval_gate.subgroup_gates(
-      scored.labels, scored.probabilities, scored.lesion_ids,
-      {key: scored.slices[key] for key in families}, families, class_names,
-      settings.subgroup_gap_metric, melanoma,
-      max_gap=settings.max_subgroup_gap,
-      min_examples=settings.min_subgroup_examples,
-      min_class_examples=settings.min_subgroup_class_examples,
-      exclude_unknown=settings.subgroup_gap_exclude_unknown,
-      confidence=settings.interval_confidence, **common)
+    settings = dataclasses.replace(settings, labels=tuple(f.read().split()))
+  result, gates = interval_gate.score_candidate(
+      scored, **pipeline_lib.interval_gate_scoring(settings))
   return {'serving': serving_dir, 'split': split,
           'examples': int(len(scored.labels)),
-          'overall': result.get('overall'), 'subgroup_gates': gates,
+          'overall': result['overall'], 'subgroup_gates': gates,
           'passed': all(g['passed'] for g in gates)}
 
 

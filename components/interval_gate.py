@@ -40,7 +40,7 @@ pushes only when this blessing and the Evaluator's are both positive.
 import io
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -274,6 +274,34 @@ def _write_json(uri: str, name: str, value: Any) -> None:
     f.write(json.dumps(value, indent=2) + '\n')
 
 
+def score_candidate(candidate: predictions_lib.Predictions, *, labels: str,
+                    melanoma_label: str, slice_features: str,
+                    slice_families: str, metric: str, max_gap: float,
+                    min_examples: int, min_class_examples: int,
+                    exclude_unknown: int, confidence: float, draws: int,
+                    seed: int, calibration_bins: int
+                    ) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+  """(intervals.json, the subgroup gates) of a model's predictions on one
+  split, from IntervalGate's own parameters (see its Args): what the
+  component computes before the regression gate, for any split
+  (benchmarks/gates_on_split.py scores the eval split with it)."""
+  class_names = json.loads(labels)
+  melanoma = melanoma_label or None
+  common = dict(draws=draws, seed=seed, confidence=confidence)
+  slices = {key: candidate.slices[key] for key in json.loads(slice_features)}
+  result = compute_intervals(
+      candidate.labels, candidate.probabilities, candidate.lesion_ids, slices,
+      class_names, melanoma, calibration_bins=calibration_bins, **common)
+  families = json.loads(slice_families)
+  gates = subgroup_gates(
+      candidate.labels, candidate.probabilities, candidate.lesion_ids,
+      {key: candidate.slices[key] for key in families}, families,
+      class_names, metric, melanoma, max_gap=max_gap,
+      min_examples=min_examples, min_class_examples=min_class_examples,
+      exclude_unknown=bool(exclude_unknown), **common)
+  return result, gates
+
+
 def _predict(model: types.Artifact, split_files: Sequence[str]
              ) -> predictions_lib.Predictions:
   loaded = tf.saved_model.load(path_utils.serving_model_path(model.uri))
@@ -328,25 +356,18 @@ def IntervalGate(
     calibration_bins: ECE bins.
     baseline_model: the latest blessed model (the regression baseline).
   """
-  class_names = json.loads(labels)
-  melanoma = melanoma_label or None
   split_files = [os.path.join(
       artifact_utils.get_split_uri([examples], split), '*')]
   candidate = _predict(model, split_files)
-  slices = {key: candidate.slices[key] for key in json.loads(slice_features)}
-  common = dict(draws=draws, seed=seed)
-  result = compute_intervals(
-      candidate.labels, candidate.probabilities, candidate.lesion_ids, slices,
-      class_names, melanoma, confidence=confidence,
-      calibration_bins=calibration_bins, **common)
+  result, gates = score_candidate(
+      candidate, labels=labels, melanoma_label=melanoma_label,
+      slice_features=slice_features, slice_families=slice_families,
+      metric=metric, max_gap=max_gap, min_examples=min_examples,
+      min_class_examples=min_class_examples, exclude_unknown=exclude_unknown,
+      confidence=confidence, draws=draws, seed=seed,
+      calibration_bins=calibration_bins)
   result['split'] = split
-  gates = subgroup_gates(
-      candidate.labels, candidate.probabilities, candidate.lesion_ids,
-      {key: candidate.slices[key] for key in json.loads(slice_families)},
-      json.loads(slice_families), class_names, metric, melanoma,
-      max_gap=max_gap, min_examples=min_examples,
-      min_class_examples=min_class_examples,
-      exclude_unknown=bool(exclude_unknown), confidence=confidence, **common)
+  common = dict(draws=draws, seed=seed)
   baseline = None
   if baseline_model is not None:
     baseline = _predict(baseline_model, split_files)

@@ -19,7 +19,7 @@ Pipelines v2 and Vertex AI Pipelines); only the settings differ.
 import hashlib
 import json
 import os
-from typing import List
+from typing import Any, Dict, List
 
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
@@ -227,6 +227,27 @@ def interval_slice_features() -> List[str]:
           if len(keys) == 1 and keys[0] != features.LABEL_KEY]
 
 
+def interval_gate_scoring(settings: configs.Settings) -> Dict[str, Any]:
+  """IntervalGate's parameters for scoring one split (all but the split,
+  the baseline's regression bound and the artifacts): also those of
+  interval_gate.score_candidate, which benchmarks/gates_on_split.py calls
+  on the eval split."""
+  return dict(
+      labels=json.dumps(list(settings.labels)),
+      melanoma_label=settings.melanoma_class,
+      slice_features=json.dumps(interval_slice_features()),
+      slice_families=json.dumps(list(configs.SUBGROUP_GAP_FAMILIES)),
+      metric=settings.subgroup_gap_metric,
+      max_gap=settings.max_subgroup_gap,
+      min_examples=settings.min_subgroup_examples,
+      min_class_examples=settings.min_subgroup_class_examples,
+      exclude_unknown=int(settings.subgroup_gap_exclude_unknown),
+      confidence=settings.interval_confidence,
+      draws=settings.bootstrap_draws,
+      seed=settings.seed,
+      calibration_bins=configs.CALIBRATION_BINS)
+
+
 def resolve_auto_labels(settings: configs.Settings) -> None:
   """labels 'auto': sets settings.labels to the archive's classes, sorted
   (folder names, or the label column's values through the label map; the
@@ -426,20 +447,8 @@ def create_pipeline(settings: configs.Settings, ingest_only: bool = False,
       model=trainer.outputs['model'],
       baseline_model=model_resolver.outputs['model'],
       split=configs.TEST_SPLIT,
-      labels=json.dumps(list(settings.labels)),
-      melanoma_label=settings.melanoma_class,
-      slice_features=json.dumps(interval_slice_features()),
-      slice_families=json.dumps(list(configs.SUBGROUP_GAP_FAMILIES)),
-      metric=settings.subgroup_gap_metric,
-      max_gap=settings.max_subgroup_gap,
-      min_examples=settings.min_subgroup_examples,
-      min_class_examples=settings.min_subgroup_class_examples,
-      exclude_unknown=int(settings.subgroup_gap_exclude_unknown),
       max_balanced_accuracy_drop=settings.max_balanced_accuracy_drop,
-      confidence=settings.interval_confidence,
-      draws=settings.bootstrap_draws,
-      seed=settings.seed,
-      calibration_bins=configs.CALIBRATION_BINS)
+      **interval_gate_scoring(settings))
 
   exporter = mobile_exporter.MobileExporter(
       model=trainer.outputs['model'],
