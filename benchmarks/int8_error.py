@@ -235,21 +235,31 @@ def ties(probabilities):
   return int(np.sum(top2[:, 1] == top2[:, 0]))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def add_model_split_args(parser):
+  """The arguments of the int8 benchmarks that score one SavedModel's int8
+  files on one split, calibrated as MobileExporter calibrates them."""
   parser.add_argument('--saved-model', required=True)
   parser.add_argument('--examples', required=True)
   parser.add_argument('--image-size', type=int, required=True)
-  parser.add_argument('--split', default='eval')
-  parser.add_argument('--calibration', type=int, default=200)
-  parser.add_argument('--seed', type=int, default=42)
+  parser.add_argument('--split', default='eval',
+                      help='the split scored (choose on eval; test once)')
+  parser.add_argument('--calibration', type=int, default=200,
+                      help='train images for the activation ranges '
+                           '(MobileExporter: 200)')
+  parser.add_argument('--seed', type=int, default=42,
+                      help='calibration sample seed (MobileExporter: 42)')
+  parser.add_argument('--out', required=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  add_model_split_args(parser)
   parser.add_argument('--debug-images', type=int, default=50)
   parser.add_argument('--max-drop', type=float, default=0.08)
   parser.add_argument('--float-nodes', type=int, nargs='*',
                       default=[5, 10, 20],
                       help='variants keeping the k nodes of largest '
                            'whole-model-verify error in float')
-  parser.add_argument('--out', required=True)
   args = parser.parse_args()
   start = time.time()
 

@@ -80,17 +80,8 @@ def convert_variants(saved_model_dir, calibration, calibration_metadata):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--saved-model', required=True)
-  parser.add_argument('--examples', required=True)
-  parser.add_argument('--image-size', type=int, required=True)
-  parser.add_argument('--split', default='eval',
-                      help='the split scored (choose on eval; test once)')
-  parser.add_argument('--calibration', type=int, default=200,
-                      help='train images (MobileExporter: 200)')
-  parser.add_argument('--seed', type=int, default=42,
-                      help='calibration sample seed (MobileExporter: 42)')
+  int8_error.add_model_split_args(parser)
   parser.add_argument('--latency-images', type=int, default=200)
-  parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   start = time.time()
 

@@ -120,19 +120,11 @@ def fit_head(features: np.ndarray, reference: np.ndarray, w0: np.ndarray,
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--saved-model', required=True)
-  parser.add_argument('--examples', required=True)
-  parser.add_argument('--image-size', type=int, required=True)
-  parser.add_argument('--split', default='eval')
-  parser.add_argument('--calibration', type=int, default=200,
-                      help='train images for the activation ranges '
-                           '(as MobileExporter)')
+  int8_error.add_model_split_args(parser)
   parser.add_argument('--fit-images', type=int, nargs='*',
                       default=[200, 1000],
                       help='train images the head is refitted on')
   parser.add_argument('--l2', type=float, nargs='*', default=[1e-3, 1e-2])
-  parser.add_argument('--seed', type=int, default=42)
-  parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   start = time.time()
 
