@@ -331,12 +331,36 @@ def learning_rate_schedule(cfg: Dict, learning_rate: float, epochs: int,
       warmup_steps=warmup)
 
 
+def make_optimizer(cfg: Dict, learning_rate,
+                   steps_per_epoch: Optional[int] = None
+                   ) -> keras.optimizers.Optimizer:
+  """Adam at ``learning_rate`` (a float or a Keras schedule).
+
+  With ``ema_momentum`` > 0 it keeps an exponential moving average of the
+  trainable weights (Keras' ``use_ema``: average = m * average + (1 - m) *
+  weights after every step) and writes the average into the model every
+  ``steps_per_epoch`` steps, i.e. at the end of each epoch, before
+  validation: the epoch's validation metrics, early stopping's best weights
+  and what fit() leaves in the model (Keras writes the average at the end of
+  fit too) are the averaged weights, and training goes on from them.
+  Without ``steps_per_epoch`` the average is written at the end of fit only.
+  """
+  momentum = float(cfg.get('ema_momentum') or 0.0)
+  if not momentum:
+    return keras.optimizers.Adam(learning_rate)
+  return keras.optimizers.Adam(
+      learning_rate, use_ema=True, ema_momentum=momentum,
+      ema_overwrite_frequency=int(steps_per_epoch) if steps_per_epoch
+      else None)
+
+
 def compile_model(model: keras.Model, cfg: Dict, num_classes: int,
-                  learning_rate, class_counts=None) -> None:
-  """Compiles with Adam at ``learning_rate`` (a float or a Keras schedule)
-  and make_loss(cfg, class_counts)."""
+                  learning_rate, class_counts=None,
+                  steps_per_epoch: Optional[int] = None) -> None:
+  """Compiles with make_optimizer(cfg, learning_rate, steps_per_epoch) and
+  make_loss(cfg, class_counts)."""
   model.compile(
-      optimizer=keras.optimizers.Adam(learning_rate),
+      optimizer=make_optimizer(cfg, learning_rate, steps_per_epoch),
       loss=make_loss(cfg, class_counts),
       metrics=['accuracy', metrics.BalancedAccuracy(num_classes)],
       jit_compile=bool(cfg.get('jit_compile', False)),
@@ -415,6 +439,8 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
         raise ValueError('a cosine schedule over one pass per epoch needs '
                          'the train split\'s class_counts')
       steps = epoch_steps(class_counts, int(cfg['batch_size']))
+    elif steps_per_epoch is None and class_counts is not None:
+      steps = epoch_steps(class_counts, int(cfg['batch_size']))
     else:
       steps = steps_per_epoch
     if name == INT8_QAT_PHASE:
@@ -463,7 +489,7 @@ def _fit_phase(model, cfg, num_classes, train_ds, eval_ds, strategy, name,
       registry.set_trainable(model, fine_tune_layers)
     compile_model(model, cfg, num_classes,
                   learning_rate_schedule(cfg, learning_rate, epochs, steps),
-                  class_counts)
+                  class_counts, steps)
   result = model.fit(train_ds, validation_data=eval_ds,
                      initial_epoch=epoch, epochs=epoch + epochs,
                      steps_per_epoch=steps_per_epoch,

@@ -322,6 +322,14 @@ class Settings:
   # Label smoothing in the cross-entropy (or focal loss): targets
   # (1 - eps) * one-hot + eps / classes, eps in [0, 1); 0: off.
   label_smoothing: float = cli_flag(0.0, 'label smoothing of the loss')
+  # Weight averaging (0: off): each phase's optimizer keeps an exponential
+  # moving average of the trainable weights with this momentum per step and
+  # writes it into the model at the end of every epoch, so validation, early
+  # stopping's best weights and the exported model are the averaged weights
+  # (models/trainer.py, make_optimizer).
+  ema_momentum: float = cli_flag(
+      0.0, 'exponential moving average of the weights, momentum per step '
+      '(0: off)')
   # Learning rate of each phase: 'constant' (halved on a val_loss plateau,
   # ReduceLROnPlateau) or 'cosine': linear warm-up from 0 over the phase's
   # first warmup_epochs epochs (fractions allowed), then cosine decay to 0 at
@@ -525,6 +533,7 @@ class Settings:
         'focal_gamma': self.focal_gamma,
         'logit_adjustment_tau': self.logit_adjustment_tau,
         'label_smoothing': self.label_smoothing,
+        'ema_momentum': self.ema_momentum,
         'lr_schedule': self.lr_schedule,
         'warmup_epochs': self.warmup_epochs,
         'tta': self.tta,
@@ -610,6 +619,9 @@ class Settings:
     if not 0 <= self.metadata_dropout < 1:
       raise ValueError(f'metadata_dropout must be in [0, 1), got '
                        f'{self.metadata_dropout}')
+    if not 0 <= self.ema_momentum < 1:
+      raise ValueError(f'ema_momentum must be in [0, 1), got '
+                       f'{self.ema_momentum}')
     if not 0 <= self.label_smoothing < 1:
       raise ValueError(f'label_smoothing must be in [0, 1), got '
                        f'{self.label_smoothing}')

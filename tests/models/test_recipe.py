@@ -157,6 +157,61 @@ def test_cosine_phases_compile_a_schedule_and_drop_the_plateau_callback(
   assert phases[0]['lr_schedule'] == 'cosine'
 
 
+class _WeightsAtValidation(keras.callbacks.Callback):
+  """The model's trainable weights and the optimizer's moving averages as
+  validation starts, each epoch."""
+
+  def __init__(self):
+    super().__init__()
+    self.seen = []
+
+  def on_test_begin(self, logs=None):
+    optimizer = self.model.optimizer
+    self.seen.append((
+        [np.array(w) for w in self.model.trainable_weights],
+        [np.array(a) for a in optimizer._model_variables_moving_average  # pylint: disable=protected-access
+         if a is not None]))
+
+
+def test_weight_averaging_is_what_validation_and_the_model_get(
+    tiny_tfrecords):
+  cfg = configs.Settings(image_size=16, width=0.25, batch_size=8, epochs=3,
+                         ema_momentum=0.9, imbalance='none',
+                         early_stopping_patience=10).trainer_config()
+  model = trainer.build_model(cfg, 7, False, 'float32')
+  batches = trainer.make_dataset([tiny_tfrecords[0]], 16, 8, training=True,
+                                 seed=1, cache=False).take(2)
+  at_validation = _WeightsAtValidation()
+  trainer.fit_phases(model, cfg, 7, batches.repeat(), batches,
+                     tf.distribute.get_strategy(), lambda: [at_validation],
+                     steps_per_epoch=2, verbose=0)
+  optimizer = model.optimizer
+  assert optimizer.use_ema and optimizer.ema_momentum == 0.9
+  assert optimizer.ema_overwrite_frequency == 2  # the end of each epoch
+  assert len(at_validation.seen) == 3
+  for weights, averages in at_validation.seen:
+    assert len(weights) == len(averages)
+    for w, a in zip(weights, averages):
+      np.testing.assert_array_equal(w, a)
+  # Training moved the weights between the epochs' averages.
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      at_validation.seen[0][0], at_validation.seen[-1][0]))
+  final = [np.array(a) for a in optimizer._model_variables_moving_average  # pylint: disable=protected-access
+           if a is not None]
+  for w, a in zip(model.trainable_weights, final):
+    np.testing.assert_array_equal(np.array(w), a)
+
+
+def test_weight_averaging_is_off_by_default_and_checked():
+  off = trainer.make_optimizer(configs.Settings().trainer_config(), 1e-3, 5)
+  assert not off.use_ema
+  no_steps = trainer.make_optimizer({'ema_momentum': 0.99}, 1e-3)
+  assert no_steps.use_ema and no_steps.ema_overwrite_frequency is None
+  for bad in (1.0, -0.1):
+    with pytest.raises(ValueError, match='ema_momentum'):
+      configs.Settings(ema_momentum=bad)
+
+
 def _neutral_texture(seed=0, size=24):
   gray = np.random.default_rng(seed).uniform(0.2, 0.7, (1, size, size, 1))
   return np.repeat(gray, 3, axis=-1).astype('float32')
