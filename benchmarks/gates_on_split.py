@@ -34,13 +34,16 @@ from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at
 
 
 def gates_on_split(serving_dir: str, examples_dir: str, split: str,
-                   settings: configs.Settings) -> dict:
+                   settings: configs.Settings,
+                   scored: predictions_lib.Predictions = None) -> dict:
   """What IntervalGate computes, on ``split`` of an Examples folder (its
   labels, from the folder's labels file, with the gate settings of
-  ``settings``)."""
-  files = [os.path.join(examples_dir, f'Split-{split}', '*')]
-  scored = predictions_lib.predict_split(tf.saved_model.load(serving_dir),
-                                         files)
+  ``settings``); ``scored``: the model's predictions on that split when
+  already made (predictions.predict_split)."""
+  if scored is None:
+    files = [os.path.join(examples_dir, f'Split-{split}', '*')]
+    scored = predictions_lib.predict_split(tf.saved_model.load(serving_dir),
+                                           files)
   with open(os.path.join(examples_dir, features.LABELS_FILE),
             encoding='utf-8') as f:
     settings = dataclasses.replace(settings, labels=tuple(f.read().split()))

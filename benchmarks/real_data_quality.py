@@ -45,6 +45,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
 
 from benchmarks import gates_on_split  # pylint: disable=g-import-not-at-top
+from components import predictions as predictions_lib  # pylint: disable=g-import-not-at-top
 from models import augmentation  # pylint: disable=g-import-not-at-top
 from models import calibration  # pylint: disable=g-import-not-at-top
 from models import features  # pylint: disable=g-import-not-at-top
@@ -56,27 +57,21 @@ from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 def predict_split(serving_dir: str, files):
   """(labels [N], probabilities [N, K], lesion ids [N]) of the examples
-  signature on these TFRecords (an image without a lesion id is its own
-  lesion: its image id stands in)."""
-  model = tf.saved_model.load(serving_dir)
-  serve = model.signatures[features.EXAMPLE_SIGNATURE]
-  spec = {features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-          features.LESION_ID_KEY: tf.io.FixedLenFeature([], tf.string, b''),
-          features.IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string, b'')}
-  y_true, probabilities, lesions = [], [], []
-  for batch in preprocessing.read_examples(files).batch(64):
-    probabilities.append(serve(examples=batch)[features.PREDICTION_KEY].numpy())
-    parsed = tf.io.parse_example(batch, spec)
-    y_true.extend(parsed[features.LABEL_KEY].numpy())
-    lesions.extend(
-        (lesion or image).decode() for lesion, image in zip(
-            parsed[features.LESION_ID_KEY].numpy(),
-            parsed[features.IMAGE_ID_KEY].numpy()))
-  return np.array(y_true), np.concatenate(probabilities), np.array(lesions)
+  signature on these TFRecords (components/predictions.py: an image without
+  a lesion id is its own lesion)."""
+  scored = predictions_lib.predict_split(tf.saved_model.load(serving_dir),
+                                         files)
+  return scored.labels, scored.probabilities, np.array(scored.lesion_ids)
 
 
-def score(serving_dir: str, files, labels) -> dict:
-  y_true, probabilities, _ = predict_split(serving_dir, files)
+def score(serving_dir: str, files, labels,
+          scored: predictions_lib.Predictions = None) -> dict:
+  """The model's metrics on these TFRecords; ``scored``: its predictions
+  on them when already made (predictions.predict_split)."""
+  if scored is None:
+    y_true, probabilities, _ = predict_split(serving_dir, files)
+  else:
+    y_true, probabilities = scored.labels, scored.probabilities
   y_pred = probabilities.argmax(axis=1)
   # Calibration on the scored split, with the Trainer's temperature (folded
   # into the model when applied) and without it: softmax(log p * T) undoes
@@ -293,8 +288,12 @@ def main():
               'epochs_run': len(history['history']['loss']),
               'phases': history['phases'],
               'train_counts': history['train_counts'],
-              'split': args.split,
-              **score(fn_args.serving_model_dir, split(args.split), labels)}
+              'split': args.split}
+    # One prediction of the split for the metrics and the gates.
+    scored = predictions_lib.predict_split(
+        tf.saved_model.load(fn_args.serving_model_dir), split(args.split))
+    result.update(score(fn_args.serving_model_dir, split(args.split), labels,
+                        scored))
     if cfg.get('tta', 'none') == 'none' and not args.no_tta:
       result['tta_after_training'] = score_tta(
           fn_args.serving_model_dir, split(args.split), labels,
@@ -311,7 +310,7 @@ def main():
     result['subgroup_gates'] = gates_on_split.summary(
         gates_on_split.gates_on_split(fn_args.serving_model_dir,
                                       args.examples, args.split,
-                                      configs.Settings(**settings)))
+                                      configs.Settings(**settings), scored))
     print(json.dumps({k: v for k, v in result.items()
                       if k not in ('config', 'confusion', 'phases')}),
           flush=True)

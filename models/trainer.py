@@ -434,15 +434,14 @@ def fit_phases(model: keras.Model, cfg: Dict, num_classes: int, train_ds,
       left = budget - (time.monotonic() - start)
       share = epochs / sum(p[1] for p in phases[index:])
       extra = [TimeBudget(max(0.0, left * share))]
-    if steps_per_epoch is None and cfg.get('lr_schedule') == 'cosine':
-      if class_counts is None:
-        raise ValueError('a cosine schedule over one pass per epoch needs '
-                         'the train split\'s class_counts')
+    # The phase's steps per epoch (a cosine schedule's length, weight
+    # averaging's write): given, or one pass over the train split.
+    steps = steps_per_epoch
+    if steps is None and class_counts is not None:
       steps = epoch_steps(class_counts, int(cfg['batch_size']))
-    elif steps_per_epoch is None and class_counts is not None:
-      steps = epoch_steps(class_counts, int(cfg['batch_size']))
-    else:
-      steps = steps_per_epoch
+    elif steps is None and cfg.get('lr_schedule') == 'cosine':
+      raise ValueError('a cosine schedule over one pass per epoch needs '
+                       'the train split\'s class_counts')
     if name == INT8_QAT_PHASE:
       if calibration is None:
         raise ValueError('the int8_qat phase needs the calibration images '
